@@ -1,0 +1,260 @@
+// KvStore: the engine's `kv` adapter, through keyv. `in_memory` keeps keyv on a Map; `file_based` keeps it on
+// SQLite (@keyv/sqlite) so the streams survive a restart. An in-process index serves reads and decides
+// create/update, revisions and order; keyv is the store every write goes through before it is acknowledged.
+import { mkdir } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import Keyv from 'keyv'
+import KeyvSqlite from '@keyv/sqlite'
+import type {
+  DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter, StreamEvent,
+  StreamEventBody, UpdateResult
+} from './adapter.js'
+import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
+import { ClosedError, StorageError } from '../errors.js'
+import type { KvConfig } from '../options.js'
+import { StreamClock } from '../clock.js'
+
+// No ':' here: keyv splits iterator keys on the first ':' to strip the namespace.
+const KEYV_NAMESPACE = 'fastifystreams'
+// Rows fetched per page when loading a SQLite file at start.
+const LOAD_PAGE_SIZE = 1000
+
+/** What keyv stores per item: the value, its place in the group, and the revision/timestamp of its last change. */
+interface ItemRecord { v: unknown, o: number, r: number, t: number }
+/** What keyv stores per group that has seen a delete: the revision/timestamp a delete left behind. */
+interface GroupRecord { r: number, t: number }
+
+interface GroupState {
+  items: Map<string, unknown>
+  order: Map<string, number>
+  rev: number
+  timestamp: number
+  nextOrder: number
+  /** Writes to one group run one at a time, so they persist and emit in commit order. */
+  tail: Promise<unknown>
+}
+
+function itemKey (stream: string, group: string, id: string): string {
+  return JSON.stringify(['i', stream, group, id])
+}
+
+function groupKey (stream: string, group: string): string {
+  return JSON.stringify(['g', stream, group])
+}
+
+export class KvAdapter implements StreamAdapter {
+  private readonly streams = new Map<string, Map<string, GroupState>>()
+  private readonly listeners = new Set<EventListener>()
+  private readonly clock = new StreamClock()
+  private readonly keyv: Keyv
+  private readonly sqlite: KeyvSqlite | null = null
+  private closed = false
+
+  constructor (private readonly config: KvConfig) {
+    if (config.storeMethod === 'file_based') {
+      this.sqlite = new KeyvSqlite({ uri: `sqlite://${resolve(config.filePath)}`, iterationLimit: LOAD_PAGE_SIZE })
+      this.keyv = new Keyv({ store: this.sqlite, namespace: KEYV_NAMESPACE, throwOnErrors: true })
+    } else {
+      // One Map per adapter, holding values by reference: nothing to serialise in memory.
+      this.keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
+    }
+  }
+
+  async start (): Promise<void> {
+    if (this.config.storeMethod !== 'file_based' || this.sqlite === null) return
+    try {
+      await mkdir(dirname(resolve(this.config.filePath)), { recursive: true })
+      // WAL with synchronous=FULL: every acknowledged commit is on disk, at one fsync per write.
+      await this.sqlite.query('PRAGMA journal_mode=WAL')
+      await this.sqlite.query('PRAGMA synchronous=FULL')
+      await this.load()
+    } catch (err) {
+      throw new StorageError(`cannot open ${this.config.filePath}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Rebuilds the index from the file: items in their recorded order, revisions and timestamps as left. */
+  private async load (): Promise<void> {
+    const records: Array<[string[], ItemRecord | GroupRecord]> = []
+    if (this.keyv.iterator === undefined) return
+    for await (const [key, value] of this.keyv.iterator(KEYV_NAMESPACE)) {
+      records.push([JSON.parse(key as string) as string[], value as ItemRecord | GroupRecord])
+    }
+    records.sort((a, b) => ('o' in a[1] ? a[1].o : -1) - ('o' in b[1] ? b[1].o : -1))
+    for (const [[kind, stream, group, id], record] of records) {
+      const state = this.group(stream, group)
+      state.rev = Math.max(state.rev, record.r)
+      state.timestamp = Math.max(state.timestamp, record.t)
+      this.clock.observe(record.t)
+      if (kind === 'i') {
+        const item = record as ItemRecord
+        state.items.set(id, item.v)
+        state.order.set(id, item.o)
+        state.nextOrder = Math.max(state.nextOrder, item.o + 1)
+      }
+    }
+  }
+
+  private group (stream: string, group: string): GroupState {
+    let groups = this.streams.get(stream)
+    if (groups === undefined) {
+      groups = new Map()
+      this.streams.set(stream, groups)
+    }
+    let state = groups.get(group)
+    if (state === undefined) {
+      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, tail: Promise.resolve() }
+      groups.set(group, state)
+    }
+    return state
+  }
+
+  private peek (stream: string, group: string): GroupState | undefined {
+    return this.streams.get(stream)?.get(group)
+  }
+
+  private checkOpen (): void {
+    if (this.closed) throw new ClosedError()
+  }
+
+  /** Queues `work` behind the group's earlier writes; a failed write does not block the next ones. */
+  private serial<T> (state: GroupState, work: () => Promise<T>): Promise<T> {
+    const run = state.tail.then(work, work)
+    state.tail = run.catch(() => {})
+    return run
+  }
+
+  private async persist (write: () => Promise<unknown>): Promise<void> {
+    try {
+      await write()
+    } catch (err) {
+      throw new StorageError((err as Error).message)
+    }
+  }
+
+  private emit (state: GroupState, stream: string, group: string, id: string | null, rev: number, timestamp: number, event: StreamEventBody): void {
+    state.timestamp = timestamp
+    const streamEvent: StreamEvent = { stream, group, id, rev, timestamp, event }
+    for (const listener of this.listeners) listener(streamEvent)
+  }
+
+  /** Stores `value` at `id`, keeping the item's place; emits create or update once the store has it. */
+  private async write (state: GroupState, stream: string, group: string, id: string, value: unknown): Promise<unknown> {
+    const old = state.items.has(id) ? state.items.get(id) : undefined
+    const order = state.order.get(id) ?? state.nextOrder
+    const rev = state.rev + 1
+    const timestamp = this.clock.next(state.timestamp)
+    await this.persist(() => this.keyv.set(itemKey(stream, group, id), { v: value, o: order, r: rev, t: timestamp } satisfies ItemRecord))
+    if (order === state.nextOrder) state.nextOrder++
+    state.items.set(id, value)
+    state.order.set(id, order)
+    state.rev = rev
+    this.emit(state, stream, group, id, rev, timestamp, { type: old === undefined ? 'create' : 'update', data: value })
+    return old === undefined ? null : old
+  }
+
+  async get (stream: string, group: string, id: string): Promise<unknown> {
+    this.checkOpen()
+    return this.peek(stream, group)?.items.get(id) ?? null
+  }
+
+  async set (stream: string, group: string, id: string, value: unknown): Promise<SetResult> {
+    this.checkOpen()
+    const state = this.group(stream, group)
+    return this.serial(state, async () => ({ old_value: await this.write(state, stream, group, id, value), new_value: value }))
+  }
+
+  async delete (stream: string, group: string, id: string): Promise<DeleteResult> {
+    this.checkOpen()
+    const state = this.peek(stream, group)
+    if (state === undefined) return { old_value: null }
+    return this.serial(state, async () => {
+      if (!state.items.has(id)) return { old_value: null }
+      const old = state.items.get(id)
+      const rev = state.rev + 1
+      const timestamp = this.clock.next(state.timestamp)
+      // The group record first: were the process to die between the two, the revision still never goes back.
+      await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
+      await this.persist(() => this.keyv.delete(itemKey(stream, group, id)))
+      state.items.delete(id)
+      state.order.delete(id)
+      state.rev = rev
+      this.emit(state, stream, group, id, rev, timestamp, { type: 'delete', data: old })
+      return { old_value: old }
+    })
+  }
+
+  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<UpdateResult> {
+    this.checkOpen()
+    const state = this.group(stream, group)
+    return this.serial(state, async () => {
+      const { value, errors } = applyUpdateOps(state.items.get(id), ops)
+      const next = prepare === undefined ? value : prepare(value)
+      const old = await this.write(state, stream, group, id, next)
+      return errors.length > 0 ? { old_value: old, new_value: next, errors } : { old_value: old, new_value: next }
+    })
+  }
+
+  async publish (stream: string, group: string, id: string | null, event: { type: string, data: unknown }): Promise<void> {
+    this.checkOpen()
+    const state = this.group(stream, group)
+    await this.serial(state, async () => {
+      this.emit(state, stream, group, id, state.rev, this.clock.next(state.timestamp), { type: 'event', event })
+    })
+  }
+
+  async getGroup (stream: string, group: string): Promise<unknown[]> {
+    this.checkOpen()
+    const state = this.peek(stream, group)
+    return state === undefined ? [] : [...state.items.values()]
+  }
+
+  async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
+    this.checkOpen()
+    const state = this.peek(stream, group)
+    if (state === undefined) return { items: [], rev: 0, timestamp: 0 }
+    return { items: [...state.items.values()], rev: state.rev, timestamp: state.timestamp }
+  }
+
+  async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
+    this.checkOpen()
+    const state = this.peek(stream, group)
+    if (state === undefined) return { value: null, rev: 0, timestamp: 0 }
+    return { value: state.items.get(id) ?? null, rev: state.rev, timestamp: state.timestamp }
+  }
+
+  async listGroups (stream: string): Promise<string[]> {
+    this.checkOpen()
+    const groups = this.streams.get(stream)
+    if (groups === undefined) return []
+    return [...groups].filter(([, state]) => state.items.size > 0).map(([group]) => group).sort()
+  }
+
+  async listAll (): Promise<ListAllResult> {
+    this.checkOpen()
+    const stream: ListAllResult['stream'] = []
+    for (const id of [...this.streams.keys()].sort()) {
+      const groups = await this.listGroups(id)
+      if (groups.length > 0) stream.push({ id, groups })
+    }
+    return { stream, count: stream.length }
+  }
+
+  subscribe (listener: EventListener): () => void {
+    this.listeners.add(listener)
+    return () => { this.listeners.delete(listener) }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    // Let acknowledged and queued writes reach the store before it closes.
+    await Promise.all([...this.streams.values()].flatMap(groups => [...groups.values()].map(state => state.tail)))
+    this.listeners.clear()
+    await this.keyv.disconnect()
+  }
+}
+
+export function createKvAdapter (config: KvConfig): KvAdapter {
+  return new KvAdapter(config)
+}

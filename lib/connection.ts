@@ -1,0 +1,165 @@
+// One socket: its auth context, its subscriptions, its frames handled strictly in order, its byte cap.
+// A connection never touches another socket; a bad frame costs only this socket.
+import type { WebSocket, RawData } from 'ws'
+import type { FastifyBaseLogger } from 'fastify'
+import type { StreamAdapter } from './adapters/adapter.js'
+import type { Hold, Hub, Member } from './hub.js'
+import type { NormalizedOptions } from './options.js'
+import { errorEnvelope, parseClientFrame, syncEnvelope, unauthorizedEnvelope, type Subscription } from './protocol.js'
+
+export const CLOSE_GOING_AWAY = 1001
+export const CLOSE_POLICY = 1008
+export const CLOSE_TOO_BIG = 1009
+/** Past its byte cap a socket is closed with 1013 (try again later): the client reconnects and re-syncs. */
+export const CLOSE_SLOW_CONSUMER = 1013
+/** Frames waiting behind a slow join before the socket counts as flooding. */
+export const MAX_PENDING_FRAMES = 1024
+
+/** What a connection needs from the plugin around it. */
+export interface ConnectionHost {
+  hub: Hub
+  adapter: StreamAdapter
+  options: NormalizedOptions
+  log: FastifyBaseLogger
+  /** Runs the join triggers; resolves true when the join may go ahead. */
+  authorizeJoin(sub: Subscription, context: unknown): Promise<boolean>
+  /** Runs the leave triggers (errors are logged, never thrown). */
+  runLeave(sub: Subscription, context: unknown): Promise<void>
+  forget(connection: Connection): void
+}
+
+export class Connection implements Member {
+  hold: Hold | null = null
+  private readonly subscriptions = new Map<string, Subscription>()
+  private tail: Promise<void> = Promise.resolve()
+  private pending = 0
+  private invalidFrames = 0
+  private closed = false
+
+  constructor (private readonly socket: WebSocket, readonly context: unknown, private readonly host: ConnectionHost) {
+    socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
+    socket.on('close', () => this.onClose())
+    socket.on('error', (err) => host.log.debug({ err }, 'fastify-streams: socket error'))
+  }
+
+  send (frame: Buffer | string): void {
+    if (this.closed) return
+    if (this.socket.bufferedAmount > this.host.options.maxBufferedBytes) {
+      this.host.log.warn({ buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
+      this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
+      return
+    }
+    this.socket.send(frame)
+  }
+
+  close (code: number, reason: string): void {
+    if (this.socket.readyState === this.socket.OPEN || this.socket.readyState === this.socket.CONNECTING) this.socket.close(code, reason)
+    this.onClose()
+  }
+
+  get subscriptionCount (): number {
+    return this.subscriptions.size
+  }
+
+  private refuse (reason: string, code: number): void {
+    this.host.log.debug({ reason }, 'fastify-streams: refused a client frame')
+    if (code === CLOSE_TOO_BIG || ++this.invalidFrames > this.host.options.maxInvalidFrames) this.close(code, reason)
+  }
+
+  private onFrame (data: RawData, isBinary: boolean): void {
+    if (this.closed) return
+    const raw = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
+    // The app may have registered @fastify/websocket with a larger limit than ours.
+    if (raw.length > this.host.options.maxPayload) return this.refuse('frame over maxPayload', CLOSE_TOO_BIG)
+    const parsed = parseClientFrame(raw.toString('utf8'), this.host.options.maxNameLength)
+    if (!parsed.ok) return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
+    const message = parsed.message
+    if (message === null) return
+    if (++this.pending > MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
+    const step = message.type === 'join' ? () => this.join(message.sub) : () => this.leave(message.sub)
+    this.tail = this.tail.then(step).catch((err) => {
+      this.host.log.error({ err }, 'fastify-streams: failed to handle a client frame')
+    }).finally(() => { this.pending-- })
+  }
+
+  private async join (sub: Subscription): Promise<void> {
+    if (this.closed) return
+    const replaced = this.subscriptions.get(sub.subscriptionId)
+    if (replaced === undefined && this.subscriptions.size >= this.host.options.maxSubscriptionsPerSocket) {
+      this.send(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS', `at most ${this.host.options.maxSubscriptionsPerSocket} subscriptions per connection`))
+      return
+    }
+    if (!await this.host.authorizeJoin(sub, this.context)) {
+      this.send(unauthorizedEnvelope(sub, Date.now()))
+      return
+    }
+    if (this.closed) return
+    if (replaced !== undefined) this.host.hub.remove(this, replaced)
+    this.subscriptions.set(sub.subscriptionId, sub)
+    this.host.hub.add(this, sub)
+    if (!await this.sync(sub)) {
+      this.subscriptions.delete(sub.subscriptionId)
+      this.host.hub.remove(this, sub)
+    }
+  }
+
+  /**
+   * Sends `sub` the current state, holding the room's live events meanwhile so that none is lost or arrives
+   * ahead of the sync. Resolves false when the state could not be read (the client is told with an error event).
+   */
+  private async sync (sub: Subscription): Promise<boolean> {
+    const { hub, adapter } = this.host
+    hub.startHold(this, sub)
+    try {
+      const snapshot = sub.id === null
+        ? await adapter.snapshotGroup(sub.streamName, sub.groupId)
+        : await adapter.snapshotItem(sub.streamName, sub.groupId, sub.id)
+      const data = 'items' in snapshot ? snapshot.items : snapshot.value
+      // A stock item client drops a message whose timestamp is not above its last (0 at first): never send 0.
+      const timestamp = Math.max(snapshot.timestamp, 1)
+      hub.releaseHold(this, sub, snapshot.timestamp, Buffer.from(syncEnvelope(sub, timestamp, snapshot.rev, data)))
+      return true
+    } catch (err) {
+      hub.releaseHold(this, sub, -Infinity, null)
+      this.host.log.warn({ err }, 'fastify-streams: could not read the state for a sync')
+      const code = (err as { code?: unknown }).code
+      this.send(errorEnvelope(sub, Date.now(), typeof code === 'string' ? code : 'STREAMS_ERR_SYNC', 'could not read the current state'))
+      return false
+    }
+  }
+
+  /** Re-sends every open subscription its current state (after a shared backend's feed may have missed events). */
+  resync (): void {
+    if (this.closed) return
+    this.tail = this.tail.then(async () => {
+      for (const sub of this.subscriptions.values()) {
+        if (this.closed) return
+        // A failed re-sync keeps the subscription: the next reconnect of the backend re-syncs it again.
+        await this.sync(sub)
+      }
+    })
+  }
+
+  private async leave (sub: Subscription): Promise<void> {
+    const existing = this.subscriptions.get(sub.subscriptionId)
+    if (existing !== undefined) {
+      this.subscriptions.delete(sub.subscriptionId)
+      this.host.hub.remove(this, existing)
+    }
+    // The engine runs leave triggers for every leave message, even for an id it never accepted.
+    await this.host.runLeave(existing ?? sub, this.context)
+  }
+
+  private onClose (): void {
+    if (this.closed) return
+    this.closed = true
+    this.host.forget(this)
+    // After any join still in flight: every subscription left open gets its leave, once.
+    this.tail = this.tail.then(async () => {
+      const open = [...this.subscriptions.values()]
+      this.subscriptions.clear()
+      for (const sub of open) this.host.hub.remove(this, sub)
+      for (const sub of open) await this.host.runLeave(sub, this.context)
+    })
+  }
+}

@@ -1,0 +1,130 @@
+// The subscription index and fan-out. A room is one (stream, group); it knows, per socket, how many group
+// subscriptions and which item subscriptions that socket holds there. Each event is serialised once and
+// written once per socket, however many of the socket's subscriptions it matches: the stock clients route
+// one frame to every room it belongs to themselves.
+import type { StreamEvent } from './adapters/adapter.js'
+import { eventEnvelope, type Subscription } from './protocol.js'
+
+/** What a socket must offer the hub: a way to take a frame, and the join it may be holding events for. */
+export interface Member {
+  send(frame: Buffer): void
+  hold: Hold | null
+}
+
+interface Membership {
+  groupSubscriptions: number
+  itemSubscriptions: Map<string, number>
+}
+
+interface Room {
+  members: Map<Member, Membership>
+}
+
+interface HeldEvent { event: StreamEvent, frame: Buffer }
+
+/** Events of one room held back from one socket while a subscription's sync is being read. */
+export interface Hold {
+  room: string
+  events: HeldEvent[]
+}
+
+export function roomKey (stream: string, group: string): string {
+  return `${stream}\u0000${group}`
+}
+
+function owes (membership: Membership, eventId: string | null): boolean {
+  if (membership.groupSubscriptions > 0) return true
+  return eventId !== null && (membership.itemSubscriptions.get(eventId) ?? 0) > 0
+}
+
+/** Would the socket get this event through a subscription other than `sub`? */
+function owesWithout (membership: Membership, sub: Subscription, eventId: string | null): boolean {
+  if (membership.groupSubscriptions - (sub.id === null ? 1 : 0) > 0) return true
+  if (eventId === null) return false
+  return (membership.itemSubscriptions.get(eventId) ?? 0) - (sub.id === eventId ? 1 : 0) > 0
+}
+
+function matches (sub: Subscription, eventId: string | null): boolean {
+  return sub.id === null || sub.id === eventId
+}
+
+export class Hub {
+  private readonly rooms = new Map<string, Room>()
+
+  add (member: Member, sub: Subscription): void {
+    const key = roomKey(sub.streamName, sub.groupId)
+    let room = this.rooms.get(key)
+    if (room === undefined) {
+      room = { members: new Map() }
+      this.rooms.set(key, room)
+    }
+    let membership = room.members.get(member)
+    if (membership === undefined) {
+      membership = { groupSubscriptions: 0, itemSubscriptions: new Map() }
+      room.members.set(member, membership)
+    }
+    if (sub.id === null) membership.groupSubscriptions++
+    else membership.itemSubscriptions.set(sub.id, (membership.itemSubscriptions.get(sub.id) ?? 0) + 1)
+  }
+
+  remove (member: Member, sub: Subscription): void {
+    const key = roomKey(sub.streamName, sub.groupId)
+    const room = this.rooms.get(key)
+    const membership = room?.members.get(member)
+    if (room === undefined || membership === undefined) return
+    if (sub.id === null) {
+      membership.groupSubscriptions--
+    } else {
+      const count = (membership.itemSubscriptions.get(sub.id) ?? 0) - 1
+      if (count > 0) membership.itemSubscriptions.set(sub.id, count)
+      else membership.itemSubscriptions.delete(sub.id)
+    }
+    if (membership.groupSubscriptions <= 0 && membership.itemSubscriptions.size === 0) room.members.delete(member)
+    if (room.members.size === 0) this.rooms.delete(key)
+  }
+
+  /** Sends one committed event to every socket subscribed to it (or queues it where a sync is being read). */
+  dispatch (event: StreamEvent): void {
+    const key = roomKey(event.stream, event.group)
+    const room = this.rooms.get(key)
+    if (room === undefined) return
+    let frame: Buffer | undefined
+    for (const [member, membership] of room.members) {
+      const held = member.hold !== null && member.hold.room === key
+      if (!held && !owes(membership, event.id)) continue
+      frame ??= Buffer.from(eventEnvelope(event))
+      if (held) member.hold!.events.push({ event, frame })
+      else member.send(frame)
+    }
+  }
+
+  /** Starts holding the room's events for `member` while the sync of `sub` is read. */
+  startHold (member: Member, sub: Subscription): void {
+    member.hold = { room: roomKey(sub.streamName, sub.groupId), events: [] }
+  }
+
+  /**
+   * Ends the hold: events the sync already contains (timestamp ≤ the snapshot's) go out first, and only if
+   * another subscription of the socket is owed them; then the sync (when given); then newer events.
+   * So no event is lost, duplicated into the new subscription, or delivered ahead of its sync.
+   */
+  releaseHold (member: Member, sub: Subscription, snapshotTimestamp: number, syncFrame: Buffer | null): void {
+    const hold = member.hold
+    member.hold = null
+    if (hold === null) return
+    const membership = this.rooms.get(hold.room)?.members.get(member)
+    for (const { event, frame } of hold.events) {
+      if (event.timestamp <= snapshotTimestamp && membership !== undefined && owesWithout(membership, sub, event.id)) member.send(frame)
+    }
+    if (syncFrame !== null) member.send(syncFrame)
+    for (const { event, frame } of hold.events) {
+      if (event.timestamp <= snapshotTimestamp) continue
+      if ((syncFrame !== null && matches(sub, event.id)) || (membership !== undefined && owesWithout(membership, sub, event.id))) member.send(frame)
+    }
+  }
+
+  /** How many rooms have at least one subscriber (for tests and metrics). */
+  get size (): number {
+    return this.rooms.size
+  }
+}

@@ -1,0 +1,213 @@
+// fastify-streams: the plugin entry. Options are checked first; then the adapter is built and started, the
+// `streams` decorator added, the WebSocket route served, and everything opened here closed with the app.
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import websocket from '@fastify/websocket'
+import type { WebSocket } from 'ws'
+import type { StreamAdapter } from './adapters/adapter.js'
+import { createKvAdapter } from './adapters/kv.js'
+import { createStreamsApi, type StreamsApi } from './api.js'
+import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
+import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
+import { Hub } from './hub.js'
+import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
+import type { Subscription } from './protocol.js'
+import { Registry } from './registry.js'
+
+export * from './errors.js'
+export type { StreamsOptions, AuthInput, AuthFunction } from './options.js'
+export type { StreamsApi, CustomEvent } from './api.js'
+export type * from './adapters/adapter.js'
+export type { UpdateOp, UpdateOpError } from './update-ops.js'
+export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
+export { createKvAdapter } from './adapters/kv.js'
+
+export interface FastifyStreams extends StreamsApi {
+  /** Closes every open stream socket with `code` (clients reconnect and re-sync). */
+  dropConnections(code?: number): void
+  /** Number of open stream sockets. */
+  readonly connectionCount: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    streams: FastifyStreams
+  }
+}
+
+const CONTEXT = Symbol('fastify-streams.context')
+type AuthedRequest = FastifyRequest & { [CONTEXT]?: unknown }
+
+/** Returns the adapter, and whether it is ours to close (an adapter object the user passed in is borrowed). */
+async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: StreamAdapter, owned: boolean }> {
+  const choice = options.adapter
+  switch (choice.kind) {
+    case 'instance':
+      return { adapter: choice.adapter, owned: false }
+    case 'kv':
+      return { adapter: createKvAdapter(choice), owned: true }
+    case 'redis': {
+      const { createRedisAdapter } = await import('./adapters/redis.js')
+      return {
+        adapter: createRedisAdapter({
+          redis_url: choice.redisUrl,
+          client: choice.client,
+          key_prefix: choice.keyPrefix,
+          connect_timeout_ms: choice.connectTimeoutMs,
+          command_timeout_ms: choice.commandTimeoutMs
+        } as never),
+        owned: true
+      }
+    }
+    case 'custom': {
+      const adapter = await choice.factory(choice.config)
+      const missing = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
+        .filter(method => typeof (adapter as unknown as Record<string, unknown>)?.[method] !== 'function')
+      if (missing.length > 0) throw new InvalidAdapterError(`"${choice.name}" returned an object without ${missing.join(', ')}`)
+      return { adapter, owned: true }
+    }
+  }
+}
+
+function authInput (request: FastifyRequest): AuthInput {
+  const headers: Record<string, string> = {}
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value[0] : value
+  }
+  const [path, query = ''] = request.url.split('?', 2)
+  // As the engine does: split on '&' then the first '='; values are not percent-decoded.
+  const queryParams: Record<string, string[]> = Object.create(null)
+  for (const pair of query.split('&')) {
+    const at = pair.indexOf('=')
+    const key = at < 0 ? pair : pair.slice(0, at)
+    if (key === '') continue
+    ;(queryParams[key] ??= []).push(at < 0 ? '' : pair.slice(at + 1))
+  }
+  const { remoteAddress = '', remotePort = 0 } = request.raw.socket
+  const addr = remoteAddress.includes(':') ? `[${remoteAddress}]:${remotePort}` : `${remoteAddress}:${remotePort}`
+  return { headers, path, query_params: queryParams, addr }
+}
+
+const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, rawOptions) => {
+  if (app.hasDecorator('streams')) throw new AlreadyRegisteredError()
+  const options = normalizeOptions(rawOptions)
+
+  const { adapter, owned } = await buildAdapter(options)
+  try {
+    await adapter.start?.()
+  } catch (err) {
+    if (owned) await adapter.close().catch(() => {})
+    throw err
+  }
+
+  const log = app.log
+  const registry = new Registry()
+  const hub = new Hub()
+  const connections = new Set<Connection>()
+  let closed = false
+  const api = createStreamsApi({ adapter, registry, options, log, isClosed: () => closed })
+
+  const stopFeed = adapter.subscribe((event) => hub.dispatch(event))
+  const stopResync = adapter.onResync?.(() => { for (const connection of connections) connection.resync() })
+
+  async function authenticate (input: AuthInput): Promise<unknown> {
+    const auth = options.authFunction
+    if (auth === null) return null
+    let fn: unknown = auth
+    if (typeof auth === 'string') {
+      fn = registry.has(auth) ? (value: AuthInput) => registry.call(auth, value) : resolveDotted(app, auth)
+      if (typeof fn !== 'function') throw new Error(`auth function "${auth}" is not registered`)
+    }
+    const result = await (fn as AuthFunction)(input)
+    return result !== null && typeof result === 'object' && 'context' in result ? result.context ?? null : null
+  }
+
+  const host: ConnectionHost = {
+    hub,
+    adapter,
+    options,
+    log,
+    async authorizeJoin (sub: Subscription, context: unknown): Promise<boolean> {
+      const input = { subscription_id: sub.subscriptionId, stream_name: sub.streamName, group_id: sub.groupId, id: sub.id, context }
+      for (const trigger of registry.triggersOf('join')) {
+        try {
+          const result = await registry.call(trigger.functionPath, input)
+          if (result !== null && typeof result === 'object' && (result as { unauthorized?: unknown }).unauthorized === true) return false
+        } catch (err) {
+          log.warn({ err, function_path: trigger.functionPath }, 'fastify-streams: join trigger failed')
+          if (options.joinFailure === 'deny') return false
+        }
+      }
+      return true
+    },
+    async runLeave (sub: Subscription, context: unknown): Promise<void> {
+      const input = { subscription_id: sub.subscriptionId, stream_name: sub.streamName, group_id: sub.groupId, id: sub.id, context }
+      for (const trigger of registry.triggersOf('leave')) {
+        try {
+          await registry.call(trigger.functionPath, input)
+        } catch (err) {
+          log.warn({ err, function_path: trigger.functionPath }, 'fastify-streams: leave trigger failed')
+        }
+      }
+    },
+    forget: (connection) => { connections.delete(connection) }
+  }
+
+  function dropConnections (code = CLOSE_GOING_AWAY): void {
+    for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')
+  }
+
+  app.decorate('streams', Object.assign(api, {
+    dropConnections,
+    get connectionCount () { return connections.size }
+  }))
+
+  if (!app.hasPlugin('@fastify/websocket')) {
+    await app.register(websocket, {
+      options: {
+        maxPayload: options.maxPayload,
+        // Browsers drop a socket whose server echoes no subprotocol; the token itself is never echoed.
+        handleProtocols: (protocols: Set<string>) => protocols.has('Authorization') ? 'Authorization' : ([...protocols][0] ?? false)
+      }
+    })
+  }
+
+  app.route({
+    method: 'GET',
+    url: options.path,
+    preValidation: async (request: AuthedRequest, reply) => {
+      try {
+        request[CONTEXT] = await authenticate(authInput(request))
+      } catch (err) {
+        if (options.authFailure === 'anonymous') {
+          log.debug({ err }, 'fastify-streams: auth failed, connecting anonymously')
+          request[CONTEXT] = null
+          return
+        }
+        log.debug({ err }, 'fastify-streams: auth failed')
+        return reply.code(401).send({ code: 'STREAMS_ERR_UNAUTHORIZED', message: 'Authentication failed' })
+      }
+    },
+    handler: async (_request, reply) => reply.code(404).send({ code: 'STREAMS_ERR_NOT_WEBSOCKET', message: 'Connect with a WebSocket' }),
+    wsHandler: (socket: WebSocket, request: AuthedRequest) => {
+      if (closed) {
+        socket.close(CLOSE_GOING_AWAY, 'server closing')
+        return
+      }
+      connections.add(new Connection(socket, request[CONTEXT] ?? null, host))
+    }
+  })
+
+  app.addHook('preClose', async () => {
+    closed = true
+    dropConnections(CLOSE_GOING_AWAY)
+  })
+  app.addHook('onClose', async () => {
+    stopFeed()
+    stopResync?.()
+    if (owned) await adapter.close()
+  })
+}
+
+export const fastifyStreams = fp(plugin, { name: 'fastify-streams', fastify: '5.x' })
+export default fastifyStreams

@@ -1,0 +1,87 @@
+// The wire protocol: client frames in (parsed and checked), server envelopes out (serialised once).
+// Envelope field order is the engine's: type, timestamp, streamName, groupId, id, event; `rev` is ours
+// and the stock clients ignore it.
+import type { StreamEvent } from './adapters/adapter.js'
+import { InvalidNameError } from './errors.js'
+
+export interface Subscription {
+  subscriptionId: string
+  streamName: string
+  groupId: string
+  id: string | null
+}
+
+export type ClientMessage = { type: 'join' | 'leave', sub: Subscription }
+
+export type ParseResult = { ok: true, message: ClientMessage } | { ok: false, reason: string } | { ok: true, message: null }
+
+const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype'])
+
+/** Why `value` is not a usable stream, group or item name, or null when it is. */
+export function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
+  if (typeof value !== 'string') return `${kind} name must be a string`
+  if (value.length === 0) return `${kind} name must not be empty`
+  if (value.length > maxLength) return `${kind} name longer than ${maxLength} characters`
+  if (FORBIDDEN_NAMES.has(value)) return `${kind} name "${value}" is reserved`
+  // Stream names end at the first ':' in the shared Redis key layout `stream:{stream}:{group}`.
+  if (kind === 'stream' && value.includes(':')) return 'stream name must not contain ":"'
+  return null
+}
+
+export function checkName (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string {
+  const problem = nameProblem(kind, value, maxLength)
+  if (problem !== null) throw new InvalidNameError(`${kind} name`, problem)
+  return value as string
+}
+
+/**
+ * Parses one client frame. Empty frames are ignored (`message: null`), like the engine does; anything that is
+ * not a join/leave with string names is refused with a reason.
+ */
+export function parseClientFrame (raw: string, maxNameLength: number): ParseResult {
+  if (raw.trim() === '') return { ok: true, message: null }
+  let frame: unknown
+  try {
+    frame = JSON.parse(raw)
+  } catch {
+    return { ok: false, reason: 'not JSON' }
+  }
+  if (frame === null || typeof frame !== 'object' || Array.isArray(frame)) return { ok: false, reason: 'not an object' }
+  const { type, data } = frame as { type?: unknown, data?: unknown }
+  if (type !== 'join' && type !== 'leave') return { ok: false, reason: 'unknown message type' }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return { ok: false, reason: 'data must be an object' }
+  const { subscriptionId, streamName, groupId, id } = data as Record<string, unknown>
+  if (typeof subscriptionId !== 'string' || subscriptionId === '' || subscriptionId.length > maxNameLength) return { ok: false, reason: 'bad subscriptionId' }
+  const problem = nameProblem('stream', streamName, maxNameLength) ??
+    nameProblem('group', groupId, maxNameLength) ??
+    (id === undefined || id === null ? null : nameProblem('item', id, maxNameLength))
+  if (problem !== null) return { ok: false, reason: problem }
+  return {
+    ok: true,
+    message: { type, sub: { subscriptionId, streamName: streamName as string, groupId: groupId as string, id: (id ?? null) as string | null } }
+  }
+}
+
+function head (timestamp: number, stream: string, group: string, id: string | null): string {
+  return `{"type":"stream","timestamp":${timestamp},"streamName":${JSON.stringify(stream)},"groupId":${JSON.stringify(group)},"id":${id === null ? 'null' : JSON.stringify(id)}`
+}
+
+/** The one serialisation of a change or custom event, shared by every socket that receives it. */
+export function eventEnvelope (event: StreamEvent): string {
+  return `${head(event.timestamp, event.stream, event.group, event.id)},"event":${JSON.stringify(event.event)},"rev":${event.rev}}`
+}
+
+/** The reply to a join: the group's items (array) or the item's value (or null). */
+export function syncEnvelope (sub: Subscription, timestamp: number, rev: number, data: unknown): string {
+  return `${head(timestamp, sub.streamName, sub.groupId, sub.id)},"event":{"type":"sync","data":${JSON.stringify(data ?? null)}},"rev":${rev}}`
+}
+
+/** The engine's answer to a refused join; stock clients ignore it, other clients can show it. */
+export function unauthorizedEnvelope (sub: Subscription, timestamp: number): string {
+  return `${head(timestamp, sub.streamName, sub.groupId, sub.id)},"event":{"type":"unauthorized"}}`
+}
+
+/** A custom `error` event to one subscription's room (reachable with `subscription.onEvent('error', …)`). */
+export function errorEnvelope (sub: Subscription, timestamp: number, code: string, message: string): string {
+  return `${head(timestamp, sub.streamName, sub.groupId, sub.id)},"event":{"type":"event","event":{"type":"error","data":${JSON.stringify({ code, message })}}}}`
+}
