@@ -46,27 +46,24 @@ export class KvAdapter implements StreamAdapter {
   private readonly streams = new Map<string, Map<string, GroupState>>()
   private readonly listeners = new Set<EventListener>()
   private readonly clock = new StreamClock()
-  private readonly keyv: Keyv
-  private readonly sqlite: KeyvSqlite | null = null
+  // One Map per adapter, holding values by reference: nothing to serialise in memory. A SQLite store
+  // replaces it in start(), once the file's folder exists.
+  private keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
   private closed = false
 
-  constructor (private readonly config: KvConfig) {
-    if (config.storeMethod === 'file_based') {
-      this.sqlite = new KeyvSqlite({ uri: `sqlite://${resolve(config.filePath)}`, iterationLimit: LOAD_PAGE_SIZE })
-      this.keyv = new Keyv({ store: this.sqlite, namespace: KEYV_NAMESPACE, throwOnErrors: true })
-    } else {
-      // One Map per adapter, holding values by reference: nothing to serialise in memory.
-      this.keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
-    }
-  }
+  constructor (private readonly config: KvConfig) {}
 
   async start (): Promise<void> {
-    if (this.config.storeMethod !== 'file_based' || this.sqlite === null) return
+    if (this.config.storeMethod !== 'file_based') return
+    const file = resolve(this.config.filePath)
     try {
-      await mkdir(dirname(resolve(this.config.filePath)), { recursive: true })
+      await mkdir(dirname(file), { recursive: true })
+      const sqlite = new KeyvSqlite({ uri: `sqlite://${file}`, iterationLimit: LOAD_PAGE_SIZE })
+      sqlite.on('error', () => {}) // the failed query below reports it
+      this.keyv = new Keyv({ store: sqlite, namespace: KEYV_NAMESPACE, throwOnErrors: true })
       // WAL with synchronous=FULL: every acknowledged commit is on disk, at one fsync per write.
-      await this.sqlite.query('PRAGMA journal_mode=WAL')
-      await this.sqlite.query('PRAGMA synchronous=FULL')
+      await sqlite.query('PRAGMA journal_mode=WAL')
+      await sqlite.query('PRAGMA synchronous=FULL')
       await this.load()
     } catch (err) {
       throw new StorageError(`cannot open ${this.config.filePath}: ${(err as Error).message}`)

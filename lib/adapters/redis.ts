@@ -1,0 +1,691 @@
+// RedisAdapter: the engine-compatible Redis layout (one hash per group at `stream:{stream}:{group}`, one
+// pub/sub channel `stream::events` carrying the wire JSON), with atomic write+publish in Lua so that the
+// publish order is the commit order on every node.
+//
+// Keys (all under `key_prefix`):
+//   stream:{stream}:{group}        hash   item id → JSON text of the item (what iii engines read and write)
+//   stream-meta:{stream}:{group}   hash   rev (stored changes so far), ts (last timestamp handed out)
+//   stream-order:{stream}:{group}  zset   item id → rev of its first insert (getGroup order)
+// The meta and order keys do not match `stream:*`, so engines scanning that pattern never see them.
+// Meta keys outlive their group on purpose: rev and ts must keep growing if the group is re-created.
+
+import { createHash } from 'node:crypto'
+import { Redis, type RedisOptions } from 'ioredis'
+import type {
+  DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter,
+  StreamEvent, StreamEventBody, UpdateResult
+} from './adapter.js'
+import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
+import {
+  BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, InvalidOptionError, StorageError
+} from '../errors.js'
+
+export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000
+export const DEFAULT_COMMAND_TIMEOUT_MS = 2000
+/** How many times `update` re-reads and retries its compare-and-set before giving up with ConflictError. */
+export const MAX_UPDATE_ATTEMPTS = 20
+const SCAN_COUNT = 1000
+const QUIT_TIMEOUT_MS = 1000
+
+export interface RedisAdapterConfig {
+  /** `redis://` or `rediss://` URL; ignored when `client` is given. */
+  redis_url?: string
+  /** A caller-owned ioredis client: used for commands, duplicated for the subscriber, never closed by us. */
+  client?: Redis
+  /** Prepended to every key and to the channel. */
+  key_prefix?: string
+  connect_timeout_ms?: number
+  command_timeout_ms?: number
+}
+
+interface NormalisedConfig {
+  url: string
+  client: Redis | null
+  prefix: string
+  connectTimeoutMs: number
+  commandTimeoutMs: number
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Lua. Values travel as JSON text produced by JSON.stringify in JS and are never decoded here (cjson would
+// reorder keys and mangle numbers); envelopes are built by concatenation, in the wire field order.
+
+// Shared tail of every write: bump rev, take ts = max(TIME ms, last ts + 1), store meta, publish.
+const STAMP = `
+local function stamp (metaKey, bump)
+  local meta = redis.call('HMGET', metaKey, 'rev', 'ts')
+  local rev = tonumber(meta[1]) or 0
+  if bump then rev = rev + 1 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ts = math.max(now, (tonumber(meta[2]) or 0) + 1)
+  local revs = string.format('%.0f', rev)
+  local tss = string.format('%.0f', ts)
+  if bump then
+    redis.call('HSET', metaKey, 'rev', revs, 'ts', tss)
+  else
+    redis.call('HSET', metaKey, 'ts', tss)
+  end
+  return revs, tss
+end
+`
+
+const PRELUDE = 'if redis.replicate_commands then pcall(redis.replicate_commands) end\n' + STAMP
+
+// KEYS: hash, meta, order. ARGV: channel, id, new JSON, envelope head, mode ('set' | 'cas'),
+// expected present ('1' | '0'), expected JSON. Returns {1, old|nil, rev, ts} or, on a CAS mismatch, {0, current|nil}.
+const WRITE_SCRIPT = PRELUDE + `
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if ARGV[5] == 'cas' then
+  if ARGV[6] == '1' then
+    if old ~= ARGV[7] then return {0, old} end
+  elseif old then
+    return {0, old}
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+local revs, tss = stamp(KEYS[2], true)
+redis.call('ZADD', KEYS[3], 'NX', revs, ARGV[2])
+local kind = 'create'
+if old then kind = 'update' end
+redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[4] .. kind .. '","data":' .. ARGV[3] .. '},"rev":' .. revs .. '}')
+return {1, old, revs, tss}
+`
+
+// KEYS: hash, meta, order. ARGV: channel, id, envelope head. Returns {0} when absent, else {1, old, rev, ts}.
+const DELETE_SCRIPT = PRELUDE + `
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if not old then return {0} end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+local revs, tss = stamp(KEYS[2], true)
+redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[3] .. 'delete","data":' .. old .. '},"rev":' .. revs .. '}')
+return {1, old, revs, tss}
+`
+
+// KEYS: meta. ARGV: channel, envelope middle (from ,"streamName" through the event object). Returns {rev, ts}.
+const PUBLISH_SCRIPT = PRELUDE + `
+local revs, tss = stamp(KEYS[1], false)
+redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2] .. ',"rev":' .. revs .. '}')
+return {revs, tss}
+`
+
+// KEYS: hash, meta, order. Returns {rev, ts, values...}: values in first-insert order, then items the order
+// index does not know (written by an engine) sorted by id.
+const SNAPSHOT_GROUP_SCRIPT = `
+local all = redis.call('HGETALL', KEYS[1])
+local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
+local out = {meta[1] or '0', meta[2] or '0'}
+if #all == 0 then return out end
+local values = {}
+for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
+local order = redis.call('ZRANGE', KEYS[3], 0, -1)
+for _, field in ipairs(order) do
+  local value = values[field]
+  if value then
+    out[#out + 1] = value
+    values[field] = nil
+  end
+end
+local rest = {}
+for field, _ in pairs(values) do rest[#rest + 1] = field end
+table.sort(rest)
+for _, field in ipairs(rest) do out[#out + 1] = values[field] end
+return out
+`
+
+// KEYS: hash, meta. ARGV: id. Returns {value|nil, rev, ts}.
+const SNAPSHOT_ITEM_SCRIPT = `
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
+return {value, meta[1] or '0', meta[2] or '0'}
+`
+
+interface Script { lua: string, sha: string, keys: number }
+
+function script (lua: string, keys: number): Script {
+  return { lua, sha: createHash('sha1').update(lua).digest('hex'), keys }
+}
+
+const SCRIPTS = {
+  write: script(WRITE_SCRIPT, 3),
+  delete: script(DELETE_SCRIPT, 3),
+  publish: script(PUBLISH_SCRIPT, 1),
+  snapshotGroup: script(SNAPSHOT_GROUP_SCRIPT, 3),
+  snapshotItem: script(SNAPSHOT_ITEM_SCRIPT, 2)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+const CHANGE_KINDS = new Set(['create', 'update', 'delete'])
+
+function pick (config: Record<string, unknown>, snake: string, camel: string): unknown {
+  return config[snake] !== undefined ? config[snake] : config[camel]
+}
+
+function positiveInt (value: unknown, name: string, fallback: number): number {
+  if (value === undefined || value === null) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
+    throw new InvalidOptionError(`adapter.config.${name}`, 'expected a positive integer (milliseconds)')
+  }
+  return value
+}
+
+function normalise (raw: unknown): NormalisedConfig {
+  const config = (raw !== null && typeof raw === 'object' ? raw : {}) as Record<string, unknown>
+  const url = pick(config, 'redis_url', 'redisUrl') ?? DEFAULT_REDIS_URL
+  if (typeof url !== 'string' || !/^rediss?:\/\//.test(url)) {
+    throw new InvalidOptionError('adapter.config.redis_url', 'expected a redis:// or rediss:// URL')
+  }
+  const client = config.client ?? null
+  if (client !== null && !(client instanceof Redis)) {
+    const looksLikeClient = typeof client === 'object' && typeof (client as Redis).duplicate === 'function' &&
+      typeof (client as Redis).evalsha === 'function'
+    if (!looksLikeClient) throw new InvalidOptionError('adapter.config.client', 'expected an ioredis client')
+  }
+  if (client !== null && (client as Redis).options?.keyPrefix) {
+    throw new InvalidOptionError('adapter.config.client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
+  }
+  const prefix = pick(config, 'key_prefix', 'keyPrefix') ?? ''
+  if (typeof prefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
+  return {
+    url,
+    client: client as Redis | null,
+    prefix,
+    connectTimeoutMs: positiveInt(pick(config, 'connect_timeout_ms', 'connectTimeoutMs'), 'connect_timeout_ms', DEFAULT_CONNECT_TIMEOUT_MS),
+    commandTimeoutMs: positiveInt(pick(config, 'command_timeout_ms', 'commandTimeoutMs'), 'command_timeout_ms', DEFAULT_COMMAND_TIMEOUT_MS)
+  }
+}
+
+/** Escapes the glob metacharacters of SCAN MATCH. */
+export function escapeGlob (text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&')
+}
+
+function encode (value: unknown, what: string): string {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch (err) {
+    throw new InvalidArgumentError(`${what} is not JSON-serialisable (${(err as Error).message})`)
+  }
+  if (text === undefined) throw new InvalidArgumentError(`${what} is not JSON-serialisable`)
+  return text
+}
+
+/** Parses stored JSON for a read; an unparsable value is a storage error, not silently dropped. */
+function decode (text: unknown, where: string): unknown {
+  if (text === null || text === undefined) return null
+  try {
+    return JSON.parse(String(text))
+  } catch {
+    throw new StorageError(`${where} does not hold valid JSON`)
+  }
+}
+
+/** Parses an old value returned by a write that already committed: never throws, keeps the raw text. */
+function decodeLoose (text: unknown): unknown {
+  if (text === null || text === undefined) return null
+  try {
+    return JSON.parse(String(text))
+  } catch {
+    return String(text)
+  }
+}
+
+function isReplyError (err: unknown): boolean {
+  return err instanceof Error && err.name === 'ReplyError'
+}
+
+const UNAVAILABLE_REPLIES = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|MISCONF)\b/
+
+function withCause<E extends Error> (error: E, cause: unknown): E {
+  Object.defineProperty(error, 'cause', { value: cause, enumerable: false, writable: true, configurable: true })
+  return error
+}
+
+function hasCode (err: unknown): err is { code: string } {
+  return err !== null && typeof err === 'object' && typeof (err as { code?: unknown }).code === 'string' &&
+    (err as { code: string }).code.startsWith('STREAMS_ERR_')
+}
+
+/** Parses one channel message into a StreamEvent; null when it is not a well-formed stream envelope. */
+export function parseEnvelope (message: string): StreamEvent | null {
+  let raw: unknown
+  try {
+    raw = JSON.parse(message)
+  } catch {
+    return null
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return null
+  const envelope = raw as Record<string, unknown>
+  if (envelope.type !== undefined && envelope.type !== 'stream') return null
+  const { timestamp, streamName, groupId, event } = envelope
+  if (typeof timestamp !== 'number' || !Number.isFinite(timestamp)) return null
+  if (typeof streamName !== 'string' || typeof groupId !== 'string') return null
+  const id = envelope.id ?? null
+  if (id !== null && typeof id !== 'string') return null
+  if (event === null || typeof event !== 'object' || Array.isArray(event)) return null
+  const body = event as Record<string, unknown>
+  let parsed: StreamEventBody
+  if (typeof body.type === 'string' && CHANGE_KINDS.has(body.type)) {
+    parsed = { type: body.type as 'create' | 'update' | 'delete', data: body.data ?? null }
+  } else if (body.type === 'event') {
+    const inner = body.event
+    if (inner === null || typeof inner !== 'object' || Array.isArray(inner)) return null
+    const custom = inner as Record<string, unknown>
+    if (typeof custom.type !== 'string') return null
+    parsed = { type: 'event', event: { type: custom.type, data: custom.data ?? null } }
+  } else {
+    return null
+  }
+  // Messages from publishers that do not stamp revisions (stock iii engines) carry no rev: reported as 0.
+  const rev = typeof envelope.rev === 'number' && Number.isSafeInteger(envelope.rev) && envelope.rev >= 0 ? envelope.rev : 0
+  return { stream: streamName, group: groupId, id, rev, timestamp, event: parsed }
+}
+
+/** The part of an envelope between `"timestamp":<ts>` and the event kind, JSON-encoded in JS. */
+function envelopeHead (stream: string, group: string, id: string | null): string {
+  return `,"streamName":${JSON.stringify(stream)},"groupId":${JSON.stringify(group)},"id":${id === null ? 'null' : JSON.stringify(id)},"event":`
+}
+
+function noop (): void {}
+
+type Status = 'idle' | 'starting' | 'ready' | 'closed'
+
+export class RedisAdapter implements StreamAdapter {
+  readonly keyPrefix: string
+  readonly channel: string
+  private readonly config: NormalisedConfig
+  private readonly borrowed: boolean
+  private client: Redis | null = null
+  private subscriber: Redis | null = null
+  private status: Status = 'idle'
+  private starting: Promise<void> | null = null
+  private closing: Promise<void> | null = null
+  private readonly listeners = new Set<{ fn: EventListener }>()
+  private readonly resyncListeners = new Set<{ fn: () => void }>()
+  private readonly locks = new Map<string, Promise<void>>()
+  /** True once the subscriber was subscribed and then lost its connection: the next ready is a resync. */
+  private subscriberLost = false
+  private subscribed = false
+
+  constructor (config: RedisAdapterConfig | Record<string, unknown> = {}) {
+    this.config = normalise(config)
+    this.borrowed = this.config.client !== null
+    this.keyPrefix = this.config.prefix
+    this.channel = `${this.config.prefix}stream::events`
+  }
+
+  // ----- lifecycle ---------------------------------------------------------------------------------------
+
+  async start (): Promise<void> {
+    if (this.status === 'closed') throw new ClosedError()
+    if (this.status === 'ready') return
+    this.starting ??= this.doStart().finally(() => { this.starting = null })
+    return this.starting
+  }
+
+  private connectionOptions (): RedisOptions {
+    return {
+      lazyConnect: true,
+      connectTimeout: this.config.connectTimeoutMs,
+      commandTimeout: this.config.commandTimeoutMs,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
+      // ioredis arms this timer even for a socket that is already gone (refused); keep it short
+      disconnectTimeout: 500,
+      retryStrategy: (attempt: number) => Math.min(attempt * 100, 1000)
+    }
+  }
+
+  private async doStart (): Promise<void> {
+    this.status = 'starting'
+    const options = this.connectionOptions()
+    let client: Redis
+    let subscriber: Redis
+    try {
+      if (this.config.client !== null) {
+        client = this.config.client
+        subscriber = client.duplicate({ ...options, autoResubscribe: false, keyPrefix: undefined })
+      } else {
+        client = new Redis(this.config.url, { ...options, connectionName: 'fastify-streams' })
+        subscriber = new Redis(this.config.url, { ...options, autoResubscribe: false, connectionName: 'fastify-streams-sub' })
+      }
+    } catch (err) {
+      this.status = 'idle'
+      throw withCause(new BackendUnavailableError(`cannot create the Redis client (${(err as Error).message})`), err)
+    }
+    let lastError: Error | null = null
+    const recordError = (err: Error) => { lastError = err }
+    if (!this.borrowed) client.on('error', recordError)
+    subscriber.on('error', recordError)
+    this.client = client
+    this.subscriber = subscriber
+
+    let timer: NodeJS.Timeout | undefined
+    try {
+      const deadline = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => {
+          const reason = lastError?.message ?? 'timed out'
+          reject(new BackendUnavailableError(`Redis not reachable within ${this.config.connectTimeoutMs} ms (${reason})`))
+        }, this.config.connectTimeoutMs)
+        timer.unref()
+      })
+      await Promise.race([deadline, Promise.all([this.whenReady(client), this.whenReady(subscriber)])])
+      await Promise.race([deadline, this.subscribeChannel(subscriber)])
+    } catch (err) {
+      clearTimeout(timer)
+      this.client = null
+      this.subscriber = null
+      if (!this.borrowed) client.disconnect()
+      subscriber.disconnect()
+      if (this.status === 'starting') this.status = 'idle'
+      throw hasCode(err) ? err : withCause(new BackendUnavailableError((err as Error).message), err)
+    }
+    clearTimeout(timer)
+    if (this.status !== 'starting') {
+      // closed while starting
+      if (!this.borrowed) client.disconnect()
+      subscriber.disconnect()
+      throw new ClosedError()
+    }
+    subscriber.on('message', (channel: string, message: string) => this.onMessage(channel, message))
+    subscriber.on('close', () => { if (this.subscribed) this.subscriberLost = true })
+    subscriber.on('ready', () => { if (this.subscriberLost) this.resubscribe(subscriber) })
+    this.status = 'ready'
+  }
+
+  /** Resolves when the connection is ready, starting it if it is idle; keeps waiting through retries. */
+  private whenReady (redis: Redis): Promise<void> {
+    if (redis.status === 'ready') return Promise.resolve()
+    return new Promise<void>((resolve) => {
+      const onReady = () => { redis.off('ready', onReady); resolve() }
+      redis.on('ready', onReady)
+      if (redis.status === 'wait') redis.connect().catch(noop)
+    })
+  }
+
+  private async subscribeChannel (subscriber: Redis): Promise<void> {
+    await subscriber.subscribe(this.channel)
+    this.subscribed = true
+  }
+
+  private resubscribe (subscriber: Redis): void {
+    if (this.status !== 'ready' || subscriber !== this.subscriber) return
+    this.subscribeChannel(subscriber).then(() => {
+      if (this.status !== 'ready' || !this.subscriberLost) return
+      this.subscriberLost = false
+      for (const entry of [...this.resyncListeners]) {
+        try { entry.fn() } catch {}
+      }
+    }, () => {
+      // The connection dropped again before SUBSCRIBE answered; the next ready retries.
+    })
+  }
+
+  async close (): Promise<void> {
+    if (this.closing) return this.closing
+    this.status = 'closed'
+    this.closing = this.doClose()
+    return this.closing
+  }
+
+  private async doClose (): Promise<void> {
+    const client = this.client
+    const subscriber = this.subscriber
+    this.client = null
+    this.subscriber = null
+    this.listeners.clear()
+    this.resyncListeners.clear()
+    const waits: Array<Promise<void>> = []
+    if (subscriber) waits.push(quit(subscriber))
+    if (client && !this.borrowed) waits.push(quit(client))
+    await Promise.all(waits)
+  }
+
+  // ----- feed --------------------------------------------------------------------------------------------
+
+  subscribe (listener: EventListener): () => void {
+    if (this.status === 'closed') return noop
+    const entry = { fn: listener }
+    this.listeners.add(entry)
+    return () => { this.listeners.delete(entry) }
+  }
+
+  onResync (listener: () => void): () => void {
+    if (this.status === 'closed') return noop
+    const entry = { fn: listener }
+    this.resyncListeners.add(entry)
+    return () => { this.resyncListeners.delete(entry) }
+  }
+
+  private onMessage (channel: string, message: string): void {
+    if (channel !== this.channel || this.status !== 'ready') return
+    const event = parseEnvelope(message)
+    if (event === null) return
+    for (const entry of [...this.listeners]) {
+      if (!this.listeners.has(entry)) continue
+      try { entry.fn(event) } catch {}
+    }
+  }
+
+  // ----- keys and commands -------------------------------------------------------------------------------
+
+  private groupKey (stream: string, group: string): string {
+    return `${this.keyPrefix}stream:${stream}:${group}`
+  }
+
+  private metaKey (stream: string, group: string): string {
+    return `${this.keyPrefix}stream-meta:${stream}:${group}`
+  }
+
+  private orderKey (stream: string, group: string): string {
+    return `${this.keyPrefix}stream-order:${stream}:${group}`
+  }
+
+  private ready (): Redis {
+    if (this.status === 'closed') throw new ClosedError()
+    if (this.status !== 'ready' || this.client === null) throw new BackendUnavailableError('the Redis adapter is not started')
+    return this.client
+  }
+
+  /** Runs one command with a bounded wait (also for a borrowed client with its own settings), mapping errors. */
+  private async run<T> (command: (redis: Redis) => Promise<T>): Promise<T> {
+    const redis = this.ready()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new BackendUnavailableError(`Redis did not answer within ${this.config.commandTimeoutMs} ms`)), this.config.commandTimeoutMs)
+      timer.unref()
+    })
+    try {
+      return await Promise.race([command(redis), timeout])
+    } catch (err) {
+      throw this.mapError(err)
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  private mapError (err: unknown): Error {
+    if (hasCode(err)) return err as unknown as Error
+    if (this.status === 'closed') return withCause(new ClosedError(), err)
+    const message = err instanceof Error ? err.message : String(err)
+    if (isReplyError(err) && !UNAVAILABLE_REPLIES.test(message)) return withCause(new StorageError(message), err)
+    return withCause(new BackendUnavailableError(message), err)
+  }
+
+  private async evalScript (redis: Redis, s: Script, args: Array<string | number>): Promise<unknown> {
+    try {
+      return await redis.evalsha(s.sha, s.keys, ...args)
+    } catch (err) {
+      if (!(isReplyError(err) && /^NOSCRIPT/.test((err as Error).message))) throw err
+      return await redis.eval(s.lua, s.keys, ...args)
+    }
+  }
+
+  private script (s: Script, args: Array<string | number>): Promise<unknown> {
+    return this.run((redis) => this.evalScript(redis, s, args))
+  }
+
+  // ----- reads -------------------------------------------------------------------------------------------
+
+  async get (stream: string, group: string, id: string): Promise<unknown> {
+    const text = await this.run((redis) => redis.hget(this.groupKey(stream, group), id))
+    return decode(text, `item "${id}" of ${stream}/${group}`)
+  }
+
+  async getGroup (stream: string, group: string): Promise<unknown[]> {
+    return (await this.snapshotGroup(stream, group)).items
+  }
+
+  async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
+    const reply = await this.script(SCRIPTS.snapshotGroup, [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group)]) as unknown[]
+    const items = reply.slice(2).map((text) => decode(text, `an item of ${stream}/${group}`))
+    return { items, rev: Number(reply[0]), timestamp: Number(reply[1]) }
+  }
+
+  async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
+    const reply = await this.script(SCRIPTS.snapshotItem, [this.groupKey(stream, group), this.metaKey(stream, group), id]) as unknown[]
+    return { value: decode(reply[0], `item "${id}" of ${stream}/${group}`), rev: Number(reply[1]), timestamp: Number(reply[2]) }
+  }
+
+  async listGroups (stream: string): Promise<string[]> {
+    const head = `${this.keyPrefix}stream:${stream}:`
+    const groups = new Set<string>()
+    await this.scan(`${escapeGlob(head)}*`, (key) => {
+      if (key.startsWith(head) && key.length > head.length) groups.add(key.slice(head.length))
+    })
+    return [...groups].sort()
+  }
+
+  async listAll (): Promise<ListAllResult> {
+    const head = `${this.keyPrefix}stream:`
+    const streams = new Map<string, Set<string>>()
+    await this.scan(`${escapeGlob(head)}*`, (key) => {
+      if (!key.startsWith(head)) return
+      const rest = key.slice(head.length)
+      const colon = rest.indexOf(':')
+      if (colon <= 0 || colon === rest.length - 1) return
+      const stream = rest.slice(0, colon)
+      let groups = streams.get(stream)
+      if (!groups) streams.set(stream, groups = new Set())
+      groups.add(rest.slice(colon + 1))
+    })
+    const list = [...streams.keys()].sort().map((id) => ({ id, groups: [...streams.get(id)!].sort() }))
+    return { stream: list, count: list.length }
+  }
+
+  /** SCAN (never KEYS) over hashes matching `pattern`; empty hashes do not exist in Redis. */
+  private async scan (pattern: string, onKey: (key: string) => void): Promise<void> {
+    let cursor = '0'
+    do {
+      const [next, keys] = await this.run((redis) => redis.scan(cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT, 'TYPE', 'hash'))
+      for (const key of keys) onKey(key)
+      cursor = next
+    } while (cursor !== '0')
+  }
+
+  // ----- writes ------------------------------------------------------------------------------------------
+
+  private writeArgs (stream: string, group: string, id: string): string[] {
+    return [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.channel, id]
+  }
+
+  async set (stream: string, group: string, id: string, value: unknown): Promise<SetResult> {
+    const text = encode(value, 'the item value')
+    this.ready()
+    const reply = await this.script(SCRIPTS.write, [...this.writeArgs(stream, group, id), text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '']) as unknown[]
+    return { old_value: decodeLoose(reply[1]), new_value: JSON.parse(text) }
+  }
+
+  async delete (stream: string, group: string, id: string): Promise<DeleteResult> {
+    const reply = await this.script(SCRIPTS.delete, [...this.writeArgs(stream, group, id), envelopeHead(stream, group, id) + '{"type":"']) as unknown[]
+    if (Number(reply[0]) !== 1) return { old_value: null }
+    return { old_value: decodeLoose(reply[1]) }
+  }
+
+  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<UpdateResult> {
+    if (!Array.isArray(ops)) throw new InvalidArgumentError('ops must be an array')
+    this.ready()
+    // One compare-and-set loop per item at a time on this node: contention is then only between nodes.
+    return this.withLock(JSON.stringify([stream, group, id]), async () => {
+      const head = envelopeHead(stream, group, id) + '{"type":"'
+      let current = await this.run((redis) => redis.hget(this.groupKey(stream, group), id)) as string | null
+      for (let attempt = 1; attempt <= MAX_UPDATE_ATTEMPTS; attempt++) {
+        const old = decode(current, `item "${id}" of ${stream}/${group}`)
+        const { value, errors } = applyUpdateOps(old, ops)
+        const next = prepare ? prepare(value) : value
+        const text = encode(next, 'the updated value')
+        const reply = await this.script(SCRIPTS.write, [
+          ...this.writeArgs(stream, group, id), text, head, 'cas', current === null ? '0' : '1', current ?? ''
+        ]) as unknown[]
+        if (Number(reply[0]) === 1) {
+          const result: UpdateResult = { old_value: old, new_value: JSON.parse(text) }
+          if (errors.length > 0) result.errors = errors
+          return result
+        }
+        current = reply[1] === null || reply[1] === undefined ? null : String(reply[1])
+        if (attempt > 2) await sleep(Math.random() * Math.min(2 ** attempt, 50))
+      }
+      throw new ConflictError(`item "${id}" of ${stream}/${group} changed ${MAX_UPDATE_ATTEMPTS} times while being updated`)
+    })
+  }
+
+  async publish (stream: string, group: string, id: string | null, event: { type: string, data: unknown }): Promise<void> {
+    if (event === null || typeof event !== 'object' || typeof event.type !== 'string') {
+      throw new InvalidArgumentError('event.type must be a string')
+    }
+    const data = event.data === undefined ? 'null' : encode(event.data, 'the event data')
+    const middle = envelopeHead(stream, group, id) + `{"type":"event","event":{"type":${JSON.stringify(event.type)},"data":${data}}}`
+    await this.script(SCRIPTS.publish, [this.metaKey(stream, group), this.channel, middle])
+  }
+
+  private async withLock<T> (key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(key) ?? Promise.resolve()
+    let release!: () => void
+    const mine = new Promise<void>((resolve) => { release = resolve })
+    const tail = previous.then(() => mine)
+    this.locks.set(key, tail)
+    await previous
+    try {
+      return await fn()
+    } finally {
+      release()
+      if (this.locks.get(key) === tail) this.locks.delete(key)
+    }
+  }
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => { setTimeout(resolve, ms).unref() })
+}
+
+/** QUIT, or a hard disconnect when the server does not answer in time (or is gone). */
+async function quit (redis: Redis): Promise<void> {
+  redis.removeAllListeners('message')
+  if (redis.status === 'end') return
+  if (redis.status !== 'ready') {
+    redis.disconnect()
+    return
+  }
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([
+      redis.quit().then(noop, noop),
+      new Promise<void>((resolve) => { timer = setTimeout(resolve, QUIT_TIMEOUT_MS); timer.unref() })
+    ])
+  } finally {
+    clearTimeout(timer)
+    if ((redis.status as string) !== 'end') redis.disconnect()
+  }
+}
+
+/** The `adapter.class` factory: `createRedisAdapter(config)`; call `start()` before use. */
+export function createRedisAdapter (config: RedisAdapterConfig | Record<string, unknown> = {}): RedisAdapter {
+  return new RedisAdapter(config)
+}
+
+export default createRedisAdapter

@@ -1,0 +1,445 @@
+// RedisAdapter against a real redis-server started for this file (never the one at 6379).
+import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
+import { createRedisAdapter, RedisAdapter, escapeGlob, parseEnvelope } from '../../lib/adapters/redis.js'
+import type { StreamEvent } from '../../lib/adapters/adapter.js'
+import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
+import { adapterContract } from './contract.js'
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function waitFor (what: string, check: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
+function feed (adapter: RedisAdapter): StreamEvent[] {
+  const events: StreamEvent[] = []
+  adapter.subscribe((event) => { events.push(event) })
+  return events
+}
+
+async function commandCount (server: RedisServer, name: string): Promise<number> {
+  const info = replyText(await server.command('INFO', 'commandstats'))
+  const match = new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm').exec(info)
+  return match ? Number(match[1]) : 0
+}
+
+const server = await startRedisServer()
+t.teardown(() => server.close())
+
+// Every adapter and raw client a test opens is closed by the test itself; these track them.
+async function open (t: Test, config: Record<string, unknown> = {}): Promise<RedisAdapter> {
+  const adapter = createRedisAdapter({ redis_url: server.url, ...config })
+  t.teardown(() => adapter.close())
+  await adapter.start()
+  return adapter
+}
+
+function raw (t: Test, url = server.url): Redis {
+  const client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy: () => 100 })
+  client.on('error', () => {})
+  t.teardown(() => { client.disconnect() })
+  return client
+}
+
+t.beforeEach(async () => { await server.command('FLUSHALL') })
+
+// The shared contract, each adapter under its own key prefix on the shared server.
+let contractRun = 0
+t.test('contract', async (t) => {
+  adapterContract(t, async () => ({ adapter: createRedisAdapter({ redis_url: server.url, key_prefix: `contract${++contractRun}:` }) }))
+})
+
+t.test('helpers', async (t) => {
+  t.equal(escapeGlob('a*b?c[d]e\\f'), 'a\\*b\\?c\\[d\\]e\\\\f')
+  t.equal(parseEnvelope('nope'), null)
+  t.equal(parseEnvelope('[1]'), null)
+  t.equal(parseEnvelope('{"type":"stream","timestamp":1,"streamName":"s","groupId":"g","id":null,"event":{"type":"sync","data":[]}}'), null)
+  t.same(parseEnvelope('{"type":"stream","timestamp":5,"streamName":"s","groupId":"g","id":"i","event":{"type":"update","data":{"a":1}}}'),
+    { stream: 's', group: 'g', id: 'i', rev: 0, timestamp: 5, event: { type: 'update', data: { a: 1 } } }, 'engine messages without rev parse with rev 0')
+})
+
+t.test('set, get, delete and their events', async (t) => {
+  const adapter = await open(t)
+  const events = feed(adapter)
+  t.same(await adapter.get('todo', 'inbox', 't1'), null)
+  t.same(await adapter.set('todo', 'inbox', 't1', { id: 't1', n: 1 }), { old_value: null, new_value: { id: 't1', n: 1 } })
+  t.same(await adapter.get('todo', 'inbox', 't1'), { id: 't1', n: 1 })
+  t.same(await adapter.set('todo', 'inbox', 't1', { id: 't1', n: 2 }), { old_value: { id: 't1', n: 1 }, new_value: { id: 't1', n: 2 } })
+  t.same(await adapter.delete('todo', 'inbox', 'nope'), { old_value: null }, 'delete of a missing item')
+  t.same(await adapter.delete('todo', 'inbox', 't1'), { old_value: { id: 't1', n: 2 } })
+  t.same(await adapter.get('todo', 'inbox', 't1'), null)
+  t.same(await adapter.set('todo', 'inbox', 'scalar', 42), { old_value: null, new_value: 42 })
+  t.same(await adapter.get('todo', 'inbox', 'scalar'), 42)
+  await waitFor('4 events', () => events.length >= 4)
+  await sleep(50)
+  t.same(events.map((e) => [e.event.type, e.id, e.rev, (e.event as { data: unknown }).data]), [
+    ['create', 't1', 1, { id: 't1', n: 1 }],
+    ['update', 't1', 2, { id: 't1', n: 2 }],
+    ['delete', 't1', 3, { id: 't1', n: 2 }],
+    ['create', 'scalar', 4, 42]
+  ], 'create/update/delete in order, nothing for the missing delete')
+  t.ok(events.every((e) => e.stream === 'todo' && e.group === 'inbox'))
+  await t.rejects(adapter.set('todo', 'inbox', 'x', undefined), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
+  const cyclic: Record<string, unknown> = {}
+  cyclic.self = cyclic
+  await t.rejects(adapter.set('todo', 'inbox', 'x', cyclic), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
+})
+
+t.test('engine-compatible layout and exact wire envelope on stream::events', async (t) => {
+  const adapter = await open(t)
+  const client = raw(t)
+  const sub = raw(t)
+  const messages: string[] = []
+  sub.on('message', (channel: string, message: string) => { if (channel === 'stream::events') messages.push(message) })
+  await sub.subscribe('stream::events')
+  await adapter.set('todo', 'in:box', 't"1', { id: 't"1', big: 2 ** 70, f: 1.5, nested: { z: 1, a: [2] } })
+  await adapter.delete('todo', 'in:box', 't"1')
+  await adapter.publish('todo', 'in:box', null, { type: 'typing', data: { user: 'ana' } })
+  await adapter.publish('todo', 'in:box', 'i1', { type: 'ping', data: undefined })
+  await waitFor('4 messages', () => messages.length >= 4)
+  const stored = JSON.stringify({ id: 't"1', big: 2 ** 70, f: 1.5, nested: { z: 1, a: [2] } })
+  const parsed = messages.map((m) => JSON.parse(m))
+  const ts = parsed.map((m) => m.timestamp as number)
+  t.equal(messages[0], `{"type":"stream","timestamp":${ts[0]},"streamName":"todo","groupId":"in:box","id":"t\\"1","event":{"type":"create","data":${stored}},"rev":1}`)
+  t.equal(messages[1], `{"type":"stream","timestamp":${ts[1]},"streamName":"todo","groupId":"in:box","id":"t\\"1","event":{"type":"delete","data":${stored}},"rev":2}`)
+  t.equal(messages[2], `{"type":"stream","timestamp":${ts[2]},"streamName":"todo","groupId":"in:box","id":null,"event":{"type":"event","event":{"type":"typing","data":{"user":"ana"}}},"rev":2}`)
+  t.equal(messages[3], `{"type":"stream","timestamp":${ts[3]},"streamName":"todo","groupId":"in:box","id":"i1","event":{"type":"event","event":{"type":"ping","data":null}},"rev":2}`)
+  t.ok(ts[0] < ts[1] && ts[1] < ts[2] && ts[2] < ts[3], 'timestamps strictly increase, custom events included')
+  t.ok(Math.abs(ts[0] - Date.now()) < 60_000, 'timestamps are epoch ms')
+
+  await adapter.set('todo', 'in:box', 'a', { id: 'a' })
+  t.same(await client.hgetall('stream:todo:in:box'), { a: '{"id":"a"}' }, 'the group hash holds items only, as JSON text')
+  t.same(await client.hgetall('stream-meta:todo:in:box'), { rev: '3', ts: String((await adapter.snapshotGroup('todo', 'in:box')).timestamp) })
+  t.same((await client.keys('stream:*')).sort(), ['stream:todo:in:box'], 'nothing else matches stream:*')
+
+  // an engine writing the same hash directly is read back
+  await client.hset('stream:todo:in:box', 'engine', '{"id":"engine","x":1}')
+  t.same(await adapter.get('todo', 'in:box', 'engine'), { id: 'engine', x: 1 })
+  t.same(await adapter.set('todo', 'in:box', 'engine', { id: 'engine', x: 2 }), { old_value: { id: 'engine', x: 1 }, new_value: { id: 'engine', x: 2 } })
+  await client.hset('stream:todo:in:box', 'bad', 'not json')
+  await t.rejects(adapter.get('todo', 'in:box', 'bad'), { code: 'STREAMS_ERR_STORAGE' }, 'unparsable stored JSON is a clear error')
+})
+
+t.test('getGroup keeps first-insert order; snapshots read rev and ts', async (t) => {
+  const adapter = await open(t)
+  const client = raw(t)
+  t.same(await adapter.getGroup('s', 'g'), [])
+  t.same(await adapter.snapshotGroup('s', 'g'), { items: [], rev: 0, timestamp: 0 })
+  t.same(await adapter.snapshotItem('s', 'g', 'x'), { value: null, rev: 0, timestamp: 0 })
+  for (const id of ['c', 'a', 'b', 'd']) await adapter.set('s', 'g', id, { id })
+  await adapter.set('s', 'g', 'a', { id: 'a', v: 2 })
+  await adapter.delete('s', 'g', 'b')
+  await adapter.set('s', 'g', 'b', { id: 'b', v: 3 })
+  await adapter.update('s', 'g', 'c', [{ type: 'set', path: 'v', value: 4 }])
+  await client.hset('stream:s:g', 'z-engine', '{"id":"z-engine"}', 'y-engine', '{"id":"y-engine"}')
+  t.same(await adapter.getGroup('s', 'g'), [
+    { id: 'c', v: 4 }, { id: 'a', v: 2 }, { id: 'd' }, { id: 'b', v: 3 }, { id: 'y-engine' }, { id: 'z-engine' }
+  ], 'first-insert order, re-set keeps its place, re-created goes last, unknown items last sorted')
+  const snapshot = await adapter.snapshotGroup('s', 'g')
+  t.equal(snapshot.rev, 8)
+  t.equal(snapshot.items.length, 6)
+  t.ok(snapshot.timestamp > 0)
+  const item = await adapter.snapshotItem('s', 'g', 'a')
+  t.same(item, { value: { id: 'a', v: 2 }, rev: 8, timestamp: snapshot.timestamp })
+  await adapter.delete('s', 'g', 'd')
+  t.equal(await client.zscore('stream-order:s:g', 'd'), null, 'delete removes the order entry')
+})
+
+t.test('listGroups and listAll use SCAN, never KEYS', async (t) => {
+  const adapter = await open(t)
+  const client = raw(t)
+  // a few thousand keys: other streams, meta keys, a non-hash key under the pattern, prefixed keys
+  const pipeline = client.pipeline()
+  for (let i = 0; i < 3000; i++) pipeline.hset(`stream:noise${i % 50}:g${i}`, 'x', '1')
+  for (let i = 0; i < 500; i++) pipeline.set(`unrelated:${i}`, 'x')
+  pipeline.set('stream:todo:not-a-hash', 'x')
+  pipeline.hset('other:stream:todo:g', 'x', '1')
+  await pipeline.exec()
+  await adapter.set('todo', 'b', '1', 1)
+  await adapter.set('todo', 'a:with:colons', '1', 1)
+  await adapter.set('todo', 'a', '1', 1)
+  await adapter.set('todo', 'gone', '1', 1)
+  await adapter.delete('todo', 'gone', '1')
+  await adapter.set('t*do', 'star', '1', 1)
+  await adapter.set('t?do', 'q', '1', 1)
+  await adapter.set('t[o]do', 'br', '1', 1)
+  await adapter.set('t\\do', 'bs', '1', 1)
+  await adapter.set('tXdo', 'x', '1', 1)
+  const keysBefore = await commandCount(server, 'keys')
+  const scansBefore = await commandCount(server, 'scan')
+
+  t.same(await adapter.listGroups('todo'), ['a', 'a:with:colons', 'b'], 'sorted, non-empty hashes only')
+  t.same(await adapter.listGroups('t*do'), ['star'], 'glob characters in the stream name are literal')
+  t.same(await adapter.listGroups('t?do'), ['q'])
+  t.same(await adapter.listGroups('t[o]do'), ['br'])
+  t.same(await adapter.listGroups('t\\do'), ['bs'])
+  t.same(await adapter.listGroups('missing'), [])
+  const all = await adapter.listAll()
+  t.equal(all.count, 56)
+  t.equal(all.stream.length, 56)
+  t.same(all.stream.map((s) => s.id), [...all.stream.map((s) => s.id)].sort(), 'streams sorted')
+  t.same(all.stream.find((s) => s.id === 'todo'), { id: 'todo', groups: ['a', 'a:with:colons', 'b'] })
+  t.equal(all.stream.find((s) => s.id === 'noise7')?.groups.length, 60)
+  t.same(all.stream.find((s) => s.id === 't*do'), { id: 't*do', groups: ['star'] })
+  t.equal(await commandCount(server, 'keys'), keysBefore, 'no KEYS command was sent')
+  t.ok(await commandCount(server, 'scan') > scansBefore, 'SCAN was used')
+})
+
+t.test('update: ops, per-op errors, prepare, missing item', async (t) => {
+  const adapter = await open(t)
+  const events = feed(adapter)
+  const first = await adapter.update('s', 'g', 'x', [{ type: 'increment', path: 'n', by: 2 }, { type: 'append', path: 'tags', value: 'a' }],
+    (value) => ({ ...(value as object), id: 'x' }))
+  t.same(first, { old_value: null, new_value: { n: 2, tags: ['a'], id: 'x' } })
+  t.notOk('errors' in first, 'no errors member when all ops apply')
+  const second = await adapter.update('s', 'g', 'x', [
+    { type: 'increment', path: 'tags', by: 1 },
+    { type: 'merge', value: { m: { deep: true } } },
+    { type: 'remove', path: 'n' },
+    { type: 'set', path: '__proto__', value: 1 }
+  ])
+  t.same(second.old_value, { n: 2, tags: ['a'], id: 'x' })
+  t.same(second.new_value, { tags: ['a'], id: 'x', m: { deep: true } })
+  t.same(second.errors?.map((e) => [e.op_index, e.code]), [[0, 'increment.not_number'], [3, 'set.path.proto_polluted']])
+  t.same(await adapter.get('s', 'g', 'x'), { tags: ['a'], id: 'x', m: { deep: true } })
+  await waitFor('2 events', () => events.length >= 2)
+  t.same(events.map((e) => [e.event.type, e.rev]), [['create', 1], ['update', 2]])
+  await t.rejects(adapter.update('s', 'g', 'x', 'nope' as never), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
+})
+
+t.test('200 concurrent increments from two adapters end with the exact sum', async (t) => {
+  const a = await open(t)
+  const b = await open(t)
+  const eventsA = feed(a)
+  const writes = []
+  for (let i = 0; i < 200; i++) writes.push((i % 2 === 0 ? a : b).update('s', 'g', 'counter', [{ type: 'increment', path: 'n', by: 1 }]))
+  const results = await Promise.all(writes)
+  t.same(await a.get('s', 'g', 'counter'), { n: 200 })
+  const seen = results.map((r) => (r.new_value as { n: number }).n).sort((x, y) => x - y)
+  t.same(seen, Array.from({ length: 200 }, (_, i) => i + 1), 'every update saw a distinct predecessor')
+  await waitFor('200 events', () => eventsA.length >= 200)
+  t.same(eventsA.map((e) => e.rev), Array.from({ length: 200 }, (_, i) => i + 1), 'one revision per change, in commit order')
+  t.same(eventsA.map((e) => ((e.event as { data: { n: number } }).data.n)), Array.from({ length: 200 }, (_, i) => i + 1))
+})
+
+t.test('revisions and timestamps across two nodes; every node delivers the same order once', async (t) => {
+  const a = await open(t)
+  const b = await open(t)
+  const eventsA = feed(a)
+  const eventsB = feed(b)
+  const writes: Array<Promise<unknown>> = []
+  for (let i = 0; i < 300; i++) {
+    const node = i % 2 === 0 ? a : b
+    const group = i % 3 === 0 ? 'g1' : 'g2'
+    if (i % 10 === 9) writes.push(node.publish('s', group, null, { type: 'tick', data: i }))
+    else if (i % 7 === 6) writes.push(node.delete('s', group, `item${i % 5}`))
+    else writes.push(node.set('s', group, `item${i % 5}`, { i }))
+  }
+  await Promise.all(writes)
+  const snapshots = { g1: await a.snapshotGroup('s', 'g1'), g2: await a.snapshotGroup('s', 'g2') }
+  await waitFor('same count on both nodes', () => eventsA.length === eventsB.length && eventsA.length >= 270)
+  await sleep(100)
+  t.equal(eventsA.length, eventsB.length, 'no duplicates')
+  t.same(eventsB, eventsA, 'B delivers exactly what A delivers, in the same order')
+  for (const group of ['g1', 'g2'] as const) {
+    const mine = eventsA.filter((e) => e.group === group)
+    let rev = 0
+    let ts = 0
+    for (const e of mine) {
+      if (e.event.type === 'event') t.equal(e.rev, rev, 'custom events keep the rev')
+      else t.equal(e.rev, ++rev, 'stored changes bump the rev by one')
+      t.ok(e.timestamp > ts, 'timestamps strictly increase within the group')
+      ts = e.timestamp
+    }
+    t.equal(snapshots[group].rev, rev, 'snapshot rev = last rev delivered')
+    t.equal(snapshots[group].timestamp, ts, 'snapshot timestamp = last timestamp delivered')
+  }
+})
+
+t.test('malformed channel messages are ignored', async (t) => {
+  const adapter = await open(t)
+  const events = feed(adapter)
+  const client = raw(t)
+  for (const garbage of ['', 'not json', '[]', 'null', '{"type":"stream"}', '{"type":"stream","timestamp":"x","streamName":"s","groupId":"g","event":{"type":"create"}}',
+    '{"type":"stream","timestamp":1,"streamName":"s","groupId":"g","id":7,"event":{"type":"create"}}',
+    '{"type":"stream","timestamp":1,"streamName":"s","groupId":"g","id":null,"event":{"type":"event","event":{}}}']) {
+    await client.publish('stream::events', garbage)
+  }
+  await client.publish('stream::events', '{"type":"stream","timestamp":7,"streamName":"s","groupId":"g","id":"e","event":{"type":"create","data":{"a":1}}}')
+  await adapter.set('s', 'g', 'x', 1)
+  await waitFor('2 events', () => events.length >= 2)
+  await sleep(30)
+  t.same(events.map((e) => [e.id, e.rev]), [['e', 0], ['x', 1]], 'garbage dropped, engine-style message delivered')
+})
+
+t.test('a listener that throws does not stop the others; unsubscribe works', async (t) => {
+  const adapter = await open(t)
+  const seen: string[] = []
+  adapter.subscribe(() => { throw new Error('boom') })
+  const off = adapter.subscribe((e) => { seen.push(`1:${e.id}`) })
+  adapter.subscribe((e) => { seen.push(`2:${e.id}`) })
+  await adapter.set('s', 'g', 'a', 1)
+  await waitFor('a', () => seen.length === 2)
+  off()
+  await adapter.set('s', 'g', 'b', 1)
+  await waitFor('b', () => seen.length === 3)
+  t.same(seen, ['1:a', '2:a', '2:b'])
+})
+
+t.test('key prefix isolates data and events', async (t) => {
+  const plain = await open(t)
+  const prefixed = await open(t, { key_prefix: 'app1:' })
+  const camel = await open(t, { keyPrefix: 'app1:' })
+  const client = raw(t)
+  const plainEvents = feed(plain)
+  const prefixedEvents = feed(prefixed)
+  await plain.set('s', 'g', 'x', 'plain')
+  await prefixed.set('s', 'g', 'x', 'prefixed')
+  await prefixed.set('s', 'h', 'y', 1)
+  t.equal(await plain.get('s', 'g', 'x'), 'plain')
+  t.equal(await prefixed.get('s', 'g', 'x'), 'prefixed')
+  t.equal(await camel.get('s', 'g', 'x'), 'prefixed', 'camelCase config accepted')
+  t.same(await plain.listGroups('s'), ['g'])
+  t.same(await prefixed.listGroups('s'), ['g', 'h'])
+  t.same(await plain.listAll(), { stream: [{ id: 's', groups: ['g'] }], count: 1 })
+  t.same(await prefixed.listAll(), { stream: [{ id: 's', groups: ['g', 'h'] }], count: 1 })
+  t.equal(await client.hget('app1:stream:s:g', 'x'), '"prefixed"')
+  t.equal(prefixed.channel, 'app1:stream::events')
+  await waitFor('events', () => plainEvents.length >= 1 && prefixedEvents.length >= 2)
+  await sleep(30)
+  t.same(plainEvents.map((e) => e.event), [{ type: 'create', data: 'plain' }])
+  t.same(prefixedEvents.map((e) => e.event), [{ type: 'create', data: 'prefixed' }, { type: 'create', data: 1 }])
+})
+
+t.test('a borrowed client is used, duplicated for the subscriber, and never closed', async (t) => {
+  const client = new Redis(server.url)
+  t.teardown(() => client.quit())
+  const adapter = createRedisAdapter({ client })
+  await adapter.start()
+  const events = feed(adapter)
+  await adapter.set('s', 'g', 'x', 1)
+  await waitFor('event', () => events.length === 1)
+  const clientsBefore = replyText(await server.command('CLIENT', 'LIST')).trim().split('\n').length
+  await adapter.close()
+  await adapter.close()
+  t.equal(client.status, 'ready', 'still connected after close')
+  t.equal(await client.hget('stream:s:g', 'x'), '1')
+  const clientsAfter = replyText(await server.command('CLIENT', 'LIST')).trim().split('\n').length
+  t.equal(clientsAfter, clientsBefore - 1, 'only the duplicated subscriber was closed')
+
+  const lazy = new Redis(server.url, { lazyConnect: true })
+  t.teardown(() => lazy.quit())
+  const second = createRedisAdapter({ client: lazy })
+  t.teardown(() => second.close())
+  await second.start()
+  t.equal(lazy.status, 'ready', 'a lazy borrowed client is connected by start()')
+  t.throws(() => createRedisAdapter({ client: new Redis({ lazyConnect: true, keyPrefix: 'x:' }) }), { code: 'STREAMS_ERR_INVALID_OPTION' })
+  t.throws(() => createRedisAdapter({ client: {} }), { code: 'STREAMS_ERR_INVALID_OPTION' })
+  t.throws(() => createRedisAdapter({ redis_url: 'http://x' }), { code: 'STREAMS_ERR_INVALID_OPTION' })
+  t.throws(() => createRedisAdapter({ command_timeout_ms: -1 }), { code: 'STREAMS_ERR_INVALID_OPTION' })
+})
+
+t.test('close: idempotent, then every call rejects with ClosedError', async (t) => {
+  const adapter = await open(t)
+  await adapter.close()
+  await adapter.close()
+  for (const call of [
+    () => adapter.get('s', 'g', 'x'), () => adapter.set('s', 'g', 'x', 1), () => adapter.delete('s', 'g', 'x'),
+    () => adapter.getGroup('s', 'g'), () => adapter.listGroups('s'), () => adapter.listAll(),
+    () => adapter.update('s', 'g', 'x', []), () => adapter.publish('s', 'g', null, { type: 'x', data: 1 }),
+    () => adapter.snapshotGroup('s', 'g'), () => adapter.snapshotItem('s', 'g', 'x'), () => adapter.start()
+  ]) {
+    await t.rejects(call(), { code: 'STREAMS_ERR_CLOSED' })
+  }
+  t.equal(typeof adapter.subscribe(() => {}), 'function')
+})
+
+t.test('calls before start reject with a coded error', async (t) => {
+  const adapter = createRedisAdapter({ redis_url: server.url })
+  await t.rejects(adapter.get('s', 'g', 'x'), { code: 'STREAMS_ERR_BACKEND_UNAVAILABLE' })
+  await adapter.close()
+})
+
+t.test('start() against a dead port rejects within the connect timeout and leaves nothing open', async (t) => {
+  const dead = await startRedisServer()
+  const url = dead.url
+  await dead.close()
+  const handlesBefore = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').length
+  const adapter = createRedisAdapter({ redis_url: url, connect_timeout_ms: 400 })
+  const started = Date.now()
+  await t.rejects(adapter.start(), { code: 'STREAMS_ERR_BACKEND_UNAVAILABLE' })
+  const elapsed = Date.now() - started
+  t.ok(elapsed >= 350 && elapsed < 1500, `rejected after ${elapsed} ms`)
+  await sleep(1200)
+  const handlesAfter = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').length
+  t.ok(handlesAfter <= handlesBefore, `no handle left open (${handlesBefore} → ${handlesAfter})`)
+  await adapter.close()
+})
+
+t.test('fault: redis-server stops and comes back', async (t) => {
+  const own = await startRedisServer()
+  t.teardown(() => own.close())
+  const a = createRedisAdapter({ redis_url: own.url, command_timeout_ms: 1000, connect_timeout_ms: 2000 })
+  const b = createRedisAdapter({ redis_url: own.url, command_timeout_ms: 1000, connect_timeout_ms: 2000 })
+  t.teardown(() => a.close())
+  t.teardown(() => b.close())
+  await a.start()
+  await b.start()
+  let resyncs = 0
+  a.onResync(() => { resyncs++ })
+  const eventsB = feed(b)
+  await a.set('s', 'g', 'before', 1)
+  await waitFor('event before', () => eventsB.length === 1)
+  t.equal(resyncs, 0, 'no resync on the first connect')
+
+  await own.stop()
+  for (const call of [() => a.set('s', 'g', 'x', 1), () => a.get('s', 'g', 'x'), () => a.getGroup('s', 'g'),
+    () => a.update('s', 'g', 'x', []), () => a.listAll()]) {
+    const started = Date.now()
+    await t.rejects(call(), { code: 'STREAMS_ERR_BACKEND_UNAVAILABLE' })
+    t.ok(Date.now() - started < 3000, 'fails fast')
+  }
+
+  await own.restart()
+  await waitFor('resync', () => resyncs === 1, 5000)
+  // the command connection may need a moment more than the subscriber
+  const deadline = Date.now() + 5000
+  for (;;) {
+    try {
+      await a.set('s', 'g', 'after', 2)
+      break
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await sleep(50)
+    }
+  }
+  await waitFor('event after on B', () => eventsB.some((e) => e.id === 'after'), 5000)
+  t.same(await b.get('s', 'g', 'after'), 2)
+  t.equal(resyncs, 1, 'one resync per loss')
+})
+
+t.test('fault: a frozen redis-server makes calls fail within the command timeout, no hang', async (t) => {
+  const own = await startRedisServer()
+  t.teardown(() => own.close())
+  const adapter = createRedisAdapter({ redis_url: own.url, command_timeout_ms: 300 })
+  t.teardown(() => adapter.close())
+  await adapter.start()
+  await adapter.set('s', 'g', 'x', 1)
+  own.pause()
+  try {
+    for (const call of [() => adapter.get('s', 'g', 'x'), () => adapter.set('s', 'g', 'y', 2), () => adapter.snapshotGroup('s', 'g')]) {
+      const started = Date.now()
+      await t.rejects(call(), { code: 'STREAMS_ERR_BACKEND_UNAVAILABLE' })
+      const elapsed = Date.now() - started
+      t.ok(elapsed >= 250 && elapsed < 1500, `rejected after ${elapsed} ms`)
+    }
+  } finally {
+    own.resume()
+  }
+  t.same(await adapter.get('s', 'g', 'x'), 1, 'works again once the server answers')
+})
