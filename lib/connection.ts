@@ -49,7 +49,8 @@ export class Connection implements Member {
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
       return
     }
-    this.socket.send(frame)
+    // Text frames always: a browser hands binary frames to the client as a Blob it cannot parse.
+    this.socket.send(frame, { binary: false })
   }
 
   close (code: number, reason: string): void {

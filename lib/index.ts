@@ -157,10 +157,11 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')
   }
 
-  app.decorate('streams', Object.assign(api, {
-    dropConnections,
-    get connectionCount () { return connections.size }
-  }))
+  const streams: FastifyStreams = Object.defineProperties(api as FastifyStreams, {
+    dropConnections: { value: dropConnections, enumerable: true },
+    connectionCount: { get: () => connections.size, enumerable: true }
+  })
+  app.decorate('streams', streams)
 
   if (!app.hasPlugin('@fastify/websocket')) {
     await app.register(websocket, {
