@@ -5,7 +5,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { StreamAdapter } from './adapters/adapter.js'
 import type { Hold, Hub, Member } from './hub.js'
 import type { NormalizedOptions } from './options.js'
-import { errorEnvelope, parseClientFrame, syncEnvelope, unauthorizedEnvelope, type Subscription } from './protocol.js'
+import { errorEnvelope, parseClientFrame, syncEnvelope, textFrame, unauthorizedEnvelope, type Subscription } from './protocol.js'
 
 export const CLOSE_GOING_AWAY = 1001
 export const CLOSE_POLICY = 1008
@@ -28,8 +28,23 @@ export interface ConnectionHost {
   forget(connection: Connection): void
 }
 
+/** The ws internals the send path uses: the TCP socket under a WebSocket. */
+type RawSocket = { _socket: import('node:net').Socket }
+
+/** Sockets with frames queued in this turn of the event loop; flushed together once the turn ends. */
+const outboxes = new Set<Connection>()
+let flushScheduled = false
+
+function flushAll (): void {
+  flushScheduled = false
+  for (const connection of outboxes) connection.flush()
+  outboxes.clear()
+}
+
 export class Connection implements Member {
   hold: Hold | null = null
+  /** Frames owed to this socket in the current turn, written in one go (one syscall) by flush(). */
+  private outbox: Buffer[] = []
   private readonly subscriptions = new Map<string, Subscription>()
   private tail: Promise<void> = Promise.resolve()
   private pending = 0
@@ -42,15 +57,41 @@ export class Connection implements Member {
     socket.on('error', (err) => host.log.debug({ err }, 'fastify-streams: socket error'))
   }
 
-  send (frame: Buffer | string): void {
+  /** Queues one complete WebSocket frame; every frame queued in this turn leaves in one write. */
+  send (frame: Buffer): void {
     if (this.closed) return
+    this.outbox.push(frame)
+    if (this.outbox.length > 1) return
+    outboxes.add(this)
+    if (!flushScheduled) {
+      flushScheduled = true
+      setImmediate(flushAll)
+    }
+  }
+
+  private sendText (payload: string): void {
+    this.send(textFrame(payload))
+  }
+
+  flush (): void {
+    const frames = this.outbox
+    this.outbox = []
+    if (this.closed || frames.length === 0 || this.socket.readyState !== this.socket.OPEN) return
     if (this.socket.bufferedAmount > this.host.options.maxBufferedBytes) {
       this.host.log.warn({ buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
       return
     }
-    // Text frames always: a browser hands binary frames to the client as a Blob it cannot parse.
-    this.socket.send(frame, { binary: false })
+    // The frames are complete, unmasked text frames (browsers hand binary ones over as Blobs the client cannot
+    // parse), so they go straight to the TCP socket; ws's own control frames still go through ws.
+    const tcp = (this.socket as unknown as RawSocket)._socket
+    if (frames.length === 1) {
+      tcp.write(frames[0])
+      return
+    }
+    tcp.cork()
+    for (const frame of frames) tcp.write(frame)
+    tcp.uncork()
   }
 
   close (code: number, reason: string): void {
@@ -87,11 +128,11 @@ export class Connection implements Member {
     if (this.closed) return
     const replaced = this.subscriptions.get(sub.subscriptionId)
     if (replaced === undefined && this.subscriptions.size >= this.host.options.maxSubscriptionsPerSocket) {
-      this.send(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS', `at most ${this.host.options.maxSubscriptionsPerSocket} subscriptions per connection`))
+      this.sendText(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS', `at most ${this.host.options.maxSubscriptionsPerSocket} subscriptions per connection`))
       return
     }
     if (!await this.host.authorizeJoin(sub, this.context)) {
-      this.send(unauthorizedEnvelope(sub, Date.now()))
+      this.sendText(unauthorizedEnvelope(sub, Date.now()))
       return
     }
     if (this.closed) return
@@ -118,13 +159,13 @@ export class Connection implements Member {
       const data = 'items' in snapshot ? snapshot.items : snapshot.value
       // A stock item client drops a message whose timestamp is not above its last (0 at first): never send 0.
       const timestamp = Math.max(snapshot.timestamp, 1)
-      hub.releaseHold(this, sub, snapshot.timestamp, Buffer.from(syncEnvelope(sub, timestamp, snapshot.rev, data)))
+      hub.releaseHold(this, sub, snapshot.timestamp, textFrame(syncEnvelope(sub, timestamp, snapshot.rev, data)))
       return true
     } catch (err) {
       hub.releaseHold(this, sub, -Infinity, null)
       this.host.log.warn({ err }, 'fastify-streams: could not read the state for a sync')
       const code = (err as { code?: unknown }).code
-      this.send(errorEnvelope(sub, Date.now(), typeof code === 'string' ? code : 'STREAMS_ERR_SYNC', 'could not read the current state'))
+      this.sendText(errorEnvelope(sub, Date.now(), typeof code === 'string' ? code : 'STREAMS_ERR_SYNC', 'could not read the current state'))
       return false
     }
   }

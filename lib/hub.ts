@@ -3,10 +3,11 @@
 // written once per socket, however many of the socket's subscriptions it matches: the stock clients route
 // one frame to every room it belongs to themselves.
 import type { StreamEvent } from './adapters/adapter.js'
-import { eventEnvelope, type Subscription } from './protocol.js'
+import { eventEnvelope, textFrame, type Subscription } from './protocol.js'
 
 /** What a socket must offer the hub: a way to take a frame, and the join it may be holding events for. */
 export interface Member {
+  /** Queues one complete WebSocket frame (see textFrame) for the socket. */
   send(frame: Buffer): void
   hold: Hold | null
 }
@@ -92,7 +93,7 @@ export class Hub {
     for (const [member, membership] of room.members) {
       const held = member.hold !== null && member.hold.room === key
       if (!held && !owes(membership, event.id)) continue
-      frame ??= Buffer.from(eventEnvelope(event))
+      frame ??= textFrame(eventEnvelope(event))
       if (held) member.hold!.events.push({ event, frame })
       else member.send(frame)
     }

@@ -85,3 +85,26 @@ export function unauthorizedEnvelope (sub: Subscription, timestamp: number): str
 export function errorEnvelope (sub: Subscription, timestamp: number, code: string, message: string): string {
   return `${head(timestamp, sub.streamName, sub.groupId, sub.id)},"event":{"type":"event","event":{"type":"error","data":${JSON.stringify({ code, message })}}}}`
 }
+
+/**
+ * One complete unmasked WebSocket text frame (RFC 6455 §5.2) for `payload`. Built once per event and written
+ * as is to every socket that receives it, instead of re-framing the same bytes per socket.
+ */
+export function textFrame (payload: string): Buffer {
+  const length = Buffer.byteLength(payload)
+  const headerLength = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(headerLength + length)
+  frame[0] = 0x81 // FIN + text opcode
+  if (length < 126) {
+    frame[1] = length
+  } else if (length < 65536) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
+    frame.writeUInt32BE(length >>> 0, 6)
+  }
+  frame.write(payload, headerLength, 'utf8')
+  return frame
+}
