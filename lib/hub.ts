@@ -14,7 +14,8 @@ export interface Member {
 
 interface Membership {
   groupSubscriptions: number
-  itemSubscriptions: Map<string, number>
+  /** Item subscriptions by item id; made on the first one (most sockets only follow groups). */
+  itemSubscriptions: Map<string, number> | null
 }
 
 interface Room {
@@ -35,14 +36,14 @@ export function roomKey (stream: string, group: string): string {
 
 function owes (membership: Membership, eventId: string | null): boolean {
   if (membership.groupSubscriptions > 0) return true
-  return eventId !== null && (membership.itemSubscriptions.get(eventId) ?? 0) > 0
+  return eventId !== null && (membership.itemSubscriptions?.get(eventId) ?? 0) > 0
 }
 
 /** Would the socket get this event through a subscription other than `sub`? */
 function owesWithout (membership: Membership, sub: Subscription, eventId: string | null): boolean {
   if (membership.groupSubscriptions - (sub.id === null ? 1 : 0) > 0) return true
   if (eventId === null) return false
-  return (membership.itemSubscriptions.get(eventId) ?? 0) - (sub.id === eventId ? 1 : 0) > 0
+  return (membership.itemSubscriptions?.get(eventId) ?? 0) - (sub.id === eventId ? 1 : 0) > 0
 }
 
 function matches (sub: Subscription, eventId: string | null): boolean {
@@ -61,11 +62,14 @@ export class Hub {
     }
     let membership = room.members.get(member)
     if (membership === undefined) {
-      membership = { groupSubscriptions: 0, itemSubscriptions: new Map() }
+      membership = { groupSubscriptions: 0, itemSubscriptions: null }
       room.members.set(member, membership)
     }
     if (sub.id === null) membership.groupSubscriptions++
-    else membership.itemSubscriptions.set(sub.id, (membership.itemSubscriptions.get(sub.id) ?? 0) + 1)
+    else {
+      membership.itemSubscriptions ??= new Map()
+      membership.itemSubscriptions.set(sub.id, (membership.itemSubscriptions.get(sub.id) ?? 0) + 1)
+    }
   }
 
   remove (member: Member, sub: Subscription): void {
@@ -76,11 +80,11 @@ export class Hub {
     if (sub.id === null) {
       membership.groupSubscriptions--
     } else {
-      const count = (membership.itemSubscriptions.get(sub.id) ?? 0) - 1
-      if (count > 0) membership.itemSubscriptions.set(sub.id, count)
-      else membership.itemSubscriptions.delete(sub.id)
+      const count = (membership.itemSubscriptions?.get(sub.id) ?? 0) - 1
+      if (count > 0) membership.itemSubscriptions?.set(sub.id, count)
+      else membership.itemSubscriptions?.delete(sub.id)
     }
-    if (membership.groupSubscriptions <= 0 && membership.itemSubscriptions.size === 0) room.members.delete(member)
+    if (membership.groupSubscriptions <= 0 && (membership.itemSubscriptions?.size ?? 0) === 0) room.members.delete(member)
     if (room.members.size === 0) this.rooms.delete(key)
   }
 

@@ -1,5 +1,6 @@
 // fastify-streams: the plugin entry. Options are checked first; then the adapter is built and started, the
 // `streams` decorator added, the WebSocket route served, and everything opened here closed with the app.
+import { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
@@ -195,6 +196,12 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
         socket.close(CLOSE_GOING_AWAY, 'server closing')
         return
       }
+      // The upgrade's request and reply would live as long as the socket (kilobytes per idle connection):
+      // @fastify/websocket's error listener holds them, and so does the TCP socket through the placeholder
+      // HTTP response it was given. Neither is used after the upgrade; the connection's own listener takes over.
+      socket.removeAllListeners('error')
+      const tcp = (socket as unknown as { _socket?: { _httpMessage?: unknown } })._socket
+      if (tcp?._httpMessage instanceof ServerResponse) tcp._httpMessage = null
       connections.add(new Connection(socket, request[CONTEXT] ?? null, host))
     }
   })
