@@ -75,7 +75,10 @@ function authInput (request: FastifyRequest): AuthInput {
   for (const [name, value] of Object.entries(request.headers)) {
     if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value[0] : value
   }
-  const [path, query = ''] = request.url.split('?', 2)
+  // Everything after the first '?' is the query (a value may itself contain '?').
+  const mark = request.url.indexOf('?')
+  const path = mark < 0 ? request.url : request.url.slice(0, mark)
+  const query = mark < 0 ? '' : request.url.slice(mark + 1)
   // As the engine does: split on '&' then the first '='; values are not percent-decoded.
   const queryParams: Record<string, string[]> = Object.create(null)
   for (const pair of query.split('&')) {
@@ -170,6 +173,15 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
         maxPayload: options.maxPayload,
         // Browsers drop a socket whose server echoes no subprotocol; the token itself is never echoed.
         handleProtocols: (protocols: Set<string>) => protocols.has('Authorization') ? 'Authorization' : ([...protocols][0] ?? false)
+      },
+      // @fastify/websocket's own preClose runs before ours and closes every socket without a code (1005):
+      // close them as going away (1001) instead, ours first so their leave triggers run.
+      preClose (done) {
+        closed = true
+        dropConnections(CLOSE_GOING_AWAY)
+        const server = this.websocketServer
+        for (const client of server.clients) client.close(CLOSE_GOING_AWAY, 'server closing')
+        server.close(() => done())
       }
     })
   }
