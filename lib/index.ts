@@ -39,11 +39,20 @@ declare module 'fastify' {
 const CONTEXT = Symbol('fastify-streams.context')
 type AuthedRequest = FastifyRequest & { [CONTEXT]?: unknown }
 
+const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
+
+/** Throws STREAMS_ERR_INVALID_ADAPTER naming every contract method `adapter` lacks. */
+function checkAdapter (adapter: unknown, what: string): void {
+  const missing = ADAPTER_METHODS.filter(method => typeof (adapter as Record<string, unknown> | null)?.[method] !== 'function')
+  if (missing.length > 0) throw new InvalidAdapterError(`${what} an object without ${missing.join(', ')}`)
+}
+
 /** Returns the adapter, and whether it is ours to close (an adapter object the user passed in is borrowed). */
 async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: StreamAdapter, owned: boolean }> {
   const choice = options.adapter
   switch (choice.kind) {
     case 'instance':
+      checkAdapter(choice.adapter, 'adapter is')
       return { adapter: choice.adapter, owned: false }
     case 'kv':
       return { adapter: createKvAdapter(choice), owned: true }
@@ -62,9 +71,7 @@ async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: Str
     }
     case 'custom': {
       const adapter = await choice.factory(choice.config)
-      const missing = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
-        .filter(method => typeof (adapter as unknown as Record<string, unknown>)?.[method] !== 'function')
-      if (missing.length > 0) throw new InvalidAdapterError(`"${choice.name}" returned an object without ${missing.join(', ')}`)
+      checkAdapter(adapter, `"${choice.name}" returned`)
       return { adapter, owned: true }
     }
   }

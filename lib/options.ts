@@ -135,7 +135,9 @@ function nonEmptyString (raw: Raw, key: string, fallback: string, where = ''): s
 function isAdapterInstance (value: unknown): value is StreamAdapter {
   if (value === null || typeof value !== 'object') return false
   const candidate = value as Record<string, unknown>
-  return ['get', 'set', 'delete', 'getGroup', 'subscribe', 'close'].every(name => typeof candidate[name] === 'function')
+  // Any contract method marks an adapter object; the plugin then checks it has all of them (STREAMS_ERR_INVALID_ADAPTER).
+  return ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
+    .some(name => typeof candidate[name] === 'function')
 }
 
 const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize']

@@ -10,7 +10,7 @@ import type {
   StreamEventBody, UpdateResult
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
-import { ClosedError, StorageError } from '../errors.js'
+import { ClosedError, InvalidArgumentError, StorageError } from '../errors.js'
 import type { KvConfig } from '../options.js'
 import { StreamClock } from '../clock.js'
 
@@ -40,6 +40,21 @@ function itemKey (stream: string, group: string, id: string): string {
 
 function groupKey (stream: string, group: string): string {
   return JSON.stringify(['g', stream, group])
+}
+
+/**
+ * The value as JSON keeps it (what Redis and SQLite store too), detached from the caller's object, so a
+ * later mutation by the caller cannot change stored state behind the store's back.
+ */
+function detach (value: unknown): unknown {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch (err) {
+    throw new InvalidArgumentError(`the value cannot be stored as JSON: ${(err as Error).message}`)
+  }
+  if (text === undefined) throw new InvalidArgumentError('the value cannot be stored as JSON')
+  return JSON.parse(text)
 }
 
 export class KvAdapter implements StreamAdapter {
@@ -152,13 +167,15 @@ export class KvAdapter implements StreamAdapter {
 
   async get (stream: string, group: string, id: string): Promise<unknown> {
     this.checkOpen()
-    return this.peek(stream, group)?.items.get(id) ?? null
+    const value = this.peek(stream, group)?.items.get(id)
+    return value === undefined ? null : structuredClone(value)
   }
 
   async set (stream: string, group: string, id: string, value: unknown): Promise<SetResult> {
     this.checkOpen()
+    const stored = detach(value)
     const state = this.group(stream, group)
-    return this.serial(state, async () => ({ old_value: await this.write(state, stream, group, id, value), new_value: value }))
+    return this.serial(state, async () => ({ old_value: await this.write(state, stream, group, id, stored), new_value: value }))
   }
 
   async delete (stream: string, group: string, id: string): Promise<DeleteResult> {
@@ -186,9 +203,10 @@ export class KvAdapter implements StreamAdapter {
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { value, errors } = applyUpdateOps(state.items.get(id), ops)
-      const next = prepare === undefined ? value : prepare(value)
+      const next = detach(prepare === undefined ? value : prepare(value))
       const old = await this.write(state, stream, group, id, next)
-      return errors.length > 0 ? { old_value: old, new_value: next, errors } : { old_value: old, new_value: next }
+      const result = { old_value: old, new_value: structuredClone(next) }
+      return errors.length > 0 ? { ...result, errors } : result
     })
   }
 
@@ -203,7 +221,7 @@ export class KvAdapter implements StreamAdapter {
   async getGroup (stream: string, group: string): Promise<unknown[]> {
     this.checkOpen()
     const state = this.peek(stream, group)
-    return state === undefined ? [] : [...state.items.values()]
+    return state === undefined ? [] : [...state.items.values()].map(value => structuredClone(value))
   }
 
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {

@@ -111,12 +111,27 @@ redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2]
 return {revs, tss}
 `
 
+// Shared head of the snapshot scripts. `floor` is the highest timestamp this node has delivered for the group.
+// When Redis lost the group's meta (restarted without persistence, failed over to a lagging replica, flushed),
+// the stored ts is below what clients already saw: raise it past the floor, so the re-sync is not dropped by
+// the stock clients (they ignore a sync older than their last event) and later writes keep rising.
+const RAISE = `
+local function raise (metaKey, stored, floor)
+  local ts = tonumber(stored) or 0
+  local f = tonumber(floor) or 0
+  if ts >= f then return stored or '0' end
+  local tss = string.format('%.0f', f + 1)
+  redis.call('HSET', metaKey, 'ts', tss)
+  return tss
+end
+`
+
 // KEYS: hash, meta, order. Returns {rev, ts, values...}: values in first-insert order, then items the order
 // index does not know (written by an engine) sorted by id.
-const SNAPSHOT_GROUP_SCRIPT = `
+const SNAPSHOT_GROUP_SCRIPT = RAISE + `
 local all = redis.call('HGETALL', KEYS[1])
 local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
-local out = {meta[1] or '0', meta[2] or '0'}
+local out = {meta[1] or '0', raise(KEYS[2], meta[2], ARGV[1])}
 if #all == 0 then return out end
 local values = {}
 for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
@@ -136,10 +151,10 @@ return out
 `
 
 // KEYS: hash, meta. ARGV: id. Returns {value|nil, rev, ts}.
-const SNAPSHOT_ITEM_SCRIPT = `
+const SNAPSHOT_ITEM_SCRIPT = RAISE + `
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
-return {value, meta[1] or '0', meta[2] or '0'}
+return {value, meta[1] or '0', raise(KEYS[2], meta[2], ARGV[2])}
 `
 
 interface Script { lua: string, sha: string, keys: number }
@@ -310,6 +325,8 @@ export class RedisAdapter implements StreamAdapter {
   /** True once the subscriber was subscribed and then lost its connection: the next ready is a resync. */
   private subscriberLost = false
   private subscribed = false
+  /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
+  private readonly floors = new Map<string, number>()
 
   constructor (config: RedisAdapterConfig | Record<string, unknown> = {}) {
     this.config = normalise(config)
@@ -415,15 +432,18 @@ export class RedisAdapter implements StreamAdapter {
 
   private resubscribe (subscriber: Redis): void {
     if (this.status !== 'ready' || subscriber !== this.subscriber) return
-    this.subscribeChannel(subscriber).then(() => {
-      if (this.status !== 'ready' || !this.subscriberLost) return
-      this.subscriberLost = false
-      for (const entry of [...this.resyncListeners]) {
-        try { entry.fn() } catch {}
-      }
-    }, () => {
-      // The connection dropped again before SUBSCRIBE answered; the next ready retries.
-    })
+    this.subscribeChannel(subscriber)
+      // Re-syncs read through the command connection: wait for it too, or they fail and nothing retries them.
+      .then(() => this.client === null ? undefined : this.whenReady(this.client))
+      .then(() => {
+        if (this.status !== 'ready' || !this.subscriberLost) return
+        this.subscriberLost = false
+        for (const entry of [...this.resyncListeners]) {
+          try { entry.fn() } catch {}
+        }
+      }, () => {
+        // The connection dropped again before SUBSCRIBE answered; the next ready retries.
+      })
   }
 
   async close (): Promise<void> {
@@ -466,6 +486,7 @@ export class RedisAdapter implements StreamAdapter {
     if (channel !== this.channel || this.status !== 'ready') return
     const event = parseEnvelope(message)
     if (event === null) return
+    this.observe(event.stream, event.group, event.timestamp)
     for (const entry of [...this.listeners]) {
       if (!this.listeners.has(entry)) continue
       try { entry.fn(event) } catch {}
@@ -480,6 +501,16 @@ export class RedisAdapter implements StreamAdapter {
 
   private metaKey (stream: string, group: string): string {
     return `${this.keyPrefix}stream-meta:${stream}:${group}`
+  }
+
+  private floor (stream: string, group: string): string {
+    return String(this.floors.get(this.metaKey(stream, group)) ?? 0)
+  }
+
+  /** Records a timestamp this node delivered (an event or a snapshot) for the group. */
+  private observe (stream: string, group: string, timestamp: number): void {
+    const meta = this.metaKey(stream, group)
+    if ((this.floors.get(meta) ?? 0) < timestamp) this.floors.set(meta, timestamp)
   }
 
   private orderKey (stream: string, group: string): string {
@@ -542,13 +573,15 @@ export class RedisAdapter implements StreamAdapter {
   }
 
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
-    const reply = await this.script(SCRIPTS.snapshotGroup, [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group)]) as unknown[]
+    const reply = await this.script(SCRIPTS.snapshotGroup, [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.floor(stream, group)]) as unknown[]
     const items = reply.slice(2).map((text) => decode(text, `an item of ${stream}/${group}`))
+    this.observe(stream, group, Number(reply[1]))
     return { items, rev: Number(reply[0]), timestamp: Number(reply[1]) }
   }
 
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
-    const reply = await this.script(SCRIPTS.snapshotItem, [this.groupKey(stream, group), this.metaKey(stream, group), id]) as unknown[]
+    const reply = await this.script(SCRIPTS.snapshotItem, [this.groupKey(stream, group), this.metaKey(stream, group), id, this.floor(stream, group)]) as unknown[]
+    this.observe(stream, group, Number(reply[2]))
     return { value: decode(reply[0], `item "${id}" of ${stream}/${group}`), rev: Number(reply[1]), timestamp: Number(reply[2]) }
   }
 

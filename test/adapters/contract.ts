@@ -52,6 +52,21 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     t.same(await adapter.getGroup('kinds', 'g'), values)
   })
 
+  t.test('stored values are detached from the objects written and read', async t => {
+    const { adapter } = await fresh(t)
+    const written = { id: 'a', tags: ['x'] }
+    await adapter.set('s', 'g', 'a', written)
+    written.tags.push('mutated after set')
+    const read = await adapter.get('s', 'g', 'a') as { tags: string[] }
+    read.tags.push('mutated after get')
+    const [listed] = await adapter.getGroup('s', 'g') as Array<{ tags: string[] }>
+    listed.tags.push('mutated after getGroup')
+    const updated = await adapter.update('s', 'g', 'a', [{ type: 'set', path: 'n', value: 1 }])
+    ;(updated.new_value as { tags: string[] }).tags.push('mutated after update')
+    t.same(await adapter.get('s', 'g', 'a'), { id: 'a', tags: ['x'], n: 1 })
+    await t.rejects(adapter.set('s', 'g', 'b', { big: 1n }), { code: 'STREAMS_ERR_INVALID_ARGUMENT' }, 'a value JSON cannot hold is refused')
+  })
+
   t.test('delete returns the old value and emits it; deleting a missing item emits nothing', async t => {
     const { adapter, events } = await fresh(t)
     await adapter.set('todo', 'inbox', 't1', { id: 't1' })
