@@ -1,16 +1,11 @@
 // The YAML config loader (lib/config.ts) and the standalone command (bin/fastify-streams.js).
 /* eslint-disable no-template-curly-in-string -- these tests write ${VAR} placeholders on purpose */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { cliModule, importAppModule, loadConfig, parseConfig } from '../lib/config.js'
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const bin = join(root, 'bin', 'fastify-streams.js')
+import { freePort, run } from './helpers/cli.js'
 
 function tmp (): string {
   const dir = mkdtempSync(join(tmpdir(), 'streams-config-'))
@@ -320,29 +315,6 @@ t.test('error: a module without a plugin as default export, and one that does no
 })
 
 // ---- the standalone command ------------------------------------------------------------------------------
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
-}
-
-interface Run { child: ChildProcess, stdout: () => string, stderr: () => string, exit: Promise<number | null> }
-
-function run (args: string[], env: Record<string, string> = {}): Run {
-  const child = spawn(process.execPath, [bin, ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', chunk => { stdout += String(chunk) })
-  child.stderr.on('data', chunk => { stderr += String(chunk) })
-  const exit = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
-  return { child, stdout: () => stdout, stderr: () => stderr, exit }
-}
 
 async function until (check: () => boolean, ms = 15000): Promise<void> {
   const end = Date.now() + ms
