@@ -14,6 +14,8 @@ export const CLOSE_TOO_BIG = 1009
 export const CLOSE_SLOW_CONSUMER = 1013
 /** Frames waiting behind a slow join before the socket counts as flooding. */
 export const MAX_PENDING_FRAMES = 1024
+/** Queued bytes past which a socket's outbox is written at once rather than at the end of the turn. */
+export const OUTBOX_FLUSH_BYTES = 64 * 1024
 
 /** What a connection needs from the plugin around it. */
 export interface ConnectionHost {
@@ -41,12 +43,16 @@ function flushAll (): void {
   outboxes.clear()
 }
 
+const SETTLED: Promise<void> = Promise.resolve()
+
 export class Connection implements Member {
   hold: Hold | null = null
-  /** Frames owed to this socket in the current turn, written in one go (one syscall) by flush(). */
-  private outbox: Buffer[] = []
+  /** Frames owed to this socket in the current turn (one, or several), written in one go by flush(). */
+  private outbox: Buffer | Buffer[] | null = null
+  private outboxBytes = 0
   private readonly subscriptions = new Map<string, Subscription>()
-  private tail: Promise<void> = Promise.resolve()
+  /** The client frames still being handled, one after another; SETTLED when there are none. */
+  private tail: Promise<void> = SETTLED
   private pending = 0
   private invalidFrames = 0
   private closed = false
@@ -57,16 +63,26 @@ export class Connection implements Member {
     socket.on('error', (err) => host.log.debug({ err }, 'fastify-streams: socket error'))
   }
 
-  /** Queues one complete WebSocket frame; every frame queued in this turn leaves in one write. */
+  /**
+   * Queues one complete WebSocket frame; the frames queued in one turn of the event loop leave in one write,
+   * or sooner once they reach OUTBOX_FLUSH_BYTES (so a long synchronous burst neither waits nor piles up).
+   */
   send (frame: Buffer): void {
     if (this.closed) return
-    this.outbox.push(frame)
-    if (this.outbox.length > 1) return
-    outboxes.add(this)
-    if (!flushScheduled) {
-      flushScheduled = true
-      setImmediate(flushAll)
+    if (this.outbox === null) {
+      this.outbox = frame
+      this.outboxBytes = frame.length
+      outboxes.add(this)
+      if (!flushScheduled) {
+        flushScheduled = true
+        setImmediate(flushAll)
+      }
+      return
     }
+    if (Buffer.isBuffer(this.outbox)) this.outbox = [this.outbox, frame]
+    else this.outbox.push(frame)
+    this.outboxBytes += frame.length
+    if (this.outboxBytes >= OUTBOX_FLUSH_BYTES) this.flush()
   }
 
   private sendText (payload: string): void {
@@ -75,8 +91,9 @@ export class Connection implements Member {
 
   flush (): void {
     const frames = this.outbox
-    this.outbox = []
-    if (this.closed || frames.length === 0 || this.socket.readyState !== this.socket.OPEN) return
+    this.outbox = null
+    this.outboxBytes = 0
+    if (this.closed || frames === null || this.socket.readyState !== this.socket.OPEN) return
     if (this.socket.bufferedAmount > this.host.options.maxBufferedBytes) {
       this.host.log.warn({ buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
@@ -85,8 +102,8 @@ export class Connection implements Member {
     // The frames are complete, unmasked text frames (browsers hand binary ones over as Blobs the client cannot
     // parse), so they go straight to the TCP socket; ws's own control frames still go through ws.
     const tcp = (this.socket as unknown as RawSocket)._socket
-    if (frames.length === 1) {
-      tcp.write(frames[0])
+    if (Buffer.isBuffer(frames)) {
+      tcp.write(frames)
       return
     }
     tcp.cork()
@@ -117,11 +134,19 @@ export class Connection implements Member {
     if (!parsed.ok) return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
     const message = parsed.message
     if (message === null) return
-    if (++this.pending > MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
-    const step = message.type === 'join' ? () => this.join(message.sub) : () => this.leave(message.sub)
+    if (this.pending >= MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
+    this.enqueue(message.type === 'join' ? () => this.join(message.sub) : () => this.leave(message.sub))
+  }
+
+  /** Runs `step` after every step queued before it: joins, leaves, re-syncs and the final cleanup never overlap. */
+  private enqueue (step: () => Promise<void>): void {
+    this.pending++
     this.tail = this.tail.then(step).catch((err) => {
       this.host.log.error({ err }, 'fastify-streams: failed to handle a client frame')
-    }).finally(() => { this.pending-- })
+    }).finally(() => {
+      // Nothing left in flight: drop the finished chain rather than keep it for the socket's lifetime.
+      if (--this.pending === 0) this.tail = SETTLED
+    })
   }
 
   private async join (sub: Subscription): Promise<void> {
@@ -156,10 +181,11 @@ export class Connection implements Member {
       const snapshot = sub.id === null
         ? await adapter.snapshotGroup(sub.streamName, sub.groupId)
         : await adapter.snapshotItem(sub.streamName, sub.groupId, sub.id)
-      const data = 'items' in snapshot ? snapshot.items : snapshot.value
-      // A stock item client drops a message whose timestamp is not above its last (0 at first): never send 0.
-      const timestamp = Math.max(snapshot.timestamp, 1)
-      hub.releaseHold(this, sub, snapshot.timestamp, textFrame(syncEnvelope(sub, timestamp, snapshot.rev, data)))
+      const frame = 'items' in snapshot
+        ? hub.groupSyncFrame(sub, snapshot)
+        // A stock item client drops a message whose timestamp is not above its last (0 at first): never send 0.
+        : textFrame(syncEnvelope(sub, Math.max(snapshot.timestamp, 1), snapshot.rev, snapshot.value))
+      hub.releaseHold(this, sub, snapshot.timestamp, frame)
       return true
     } catch (err) {
       hub.releaseHold(this, sub, -Infinity, null)
@@ -173,7 +199,7 @@ export class Connection implements Member {
   /** Re-sends every open subscription its current state (after a shared backend's feed may have missed events). */
   resync (): void {
     if (this.closed) return
-    this.tail = this.tail.then(async () => {
+    this.enqueue(async () => {
       for (const sub of this.subscriptions.values()) {
         if (this.closed) return
         // A failed re-sync keeps the subscription: the next reconnect of the backend re-syncs it again.
@@ -197,7 +223,7 @@ export class Connection implements Member {
     this.closed = true
     this.host.forget(this)
     // After any join still in flight: every subscription left open gets its leave, once.
-    this.tail = this.tail.then(async () => {
+    this.enqueue(async () => {
       const open = [...this.subscriptions.values()]
       this.subscriptions.clear()
       for (const sub of open) this.host.hub.remove(this, sub)

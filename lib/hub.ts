@@ -2,8 +2,8 @@
 // subscriptions and which item subscriptions that socket holds there. Each event is serialised once and
 // written once per socket, however many of the socket's subscriptions it matches: the stock clients route
 // one frame to every room it belongs to themselves.
-import type { StreamEvent } from './adapters/adapter.js'
-import { eventEnvelope, textFrame, type Subscription } from './protocol.js'
+import type { GroupSnapshot, StreamEvent } from './adapters/adapter.js'
+import { eventEnvelope, syncEnvelope, textFrame, type Subscription } from './protocol.js'
 
 /** What a socket must offer the hub: a way to take a frame, and the join it may be holding events for. */
 export interface Member {
@@ -30,6 +30,11 @@ export interface Hold {
   events: HeldEvent[]
 }
 
+/** Bytes of group sync frames kept for joins that find the group unchanged (a herd of joins shares one). */
+export const SYNC_CACHE_BYTES = 32 * 1024 * 1024
+
+interface CachedSync { rev: number, timestamp: number, frame: Buffer }
+
 export function roomKey (stream: string, group: string): string {
   return `${stream}\u0000${group}`
 }
@@ -52,6 +57,9 @@ function matches (sub: Subscription, eventId: string | null): boolean {
 
 export class Hub {
   private readonly rooms = new Map<string, Room>()
+  /** The last group sync frame per room, valid while the group's revision and timestamp are unchanged. */
+  private readonly syncFrames = new Map<string, CachedSync>()
+  private syncBytes = 0
 
   add (member: Member, sub: Subscription): void {
     const key = roomKey(sub.streamName, sub.groupId)
@@ -85,7 +93,38 @@ export class Hub {
       else membership.itemSubscriptions?.delete(sub.id)
     }
     if (membership.groupSubscriptions <= 0 && (membership.itemSubscriptions?.size ?? 0) === 0) room.members.delete(member)
-    if (room.members.size === 0) this.rooms.delete(key)
+    if (room.members.size === 0) {
+      this.rooms.delete(key)
+      this.dropSync(key)
+    }
+  }
+
+  /**
+   * The sync frame for a group join. It is the same bytes for every group subscriber of the room, so joins that
+   * read the same snapshot (same revision and timestamp) share one serialisation.
+   */
+  groupSyncFrame (sub: Subscription, snapshot: GroupSnapshot): Buffer {
+    const key = roomKey(sub.streamName, sub.groupId)
+    const cached = this.syncFrames.get(key)
+    if (cached !== undefined && cached.rev === snapshot.rev && cached.timestamp === snapshot.timestamp) return cached.frame
+    this.dropSync(key)
+    // A stock client drops a message whose timestamp is not above its last (0 at first): never send 0.
+    const frame = textFrame(syncEnvelope(sub, Math.max(snapshot.timestamp, 1), snapshot.rev, snapshot.items))
+    if (frame.length > SYNC_CACHE_BYTES / 4) return frame
+    for (const oldest of this.syncFrames.keys()) {
+      if (this.syncBytes + frame.length <= SYNC_CACHE_BYTES) break
+      this.dropSync(oldest)
+    }
+    this.syncFrames.set(key, { rev: snapshot.rev, timestamp: snapshot.timestamp, frame })
+    this.syncBytes += frame.length
+    return frame
+  }
+
+  private dropSync (key: string): void {
+    const cached = this.syncFrames.get(key)
+    if (cached === undefined) return
+    this.syncFrames.delete(key)
+    this.syncBytes -= cached.frame.length
   }
 
   /** Sends one committed event to every socket subscribed to it (or queues it where a sync is being read). */
@@ -93,6 +132,7 @@ export class Hub {
     const key = roomKey(event.stream, event.group)
     const room = this.rooms.get(key)
     if (room === undefined) return
+    this.dropSync(key)
     let frame: Buffer | undefined
     for (const [member, membership] of room.members) {
       const held = member.hold !== null && member.hold.room === key

@@ -198,7 +198,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     url: options.path,
     preValidation: async (request: AuthedRequest, reply) => {
       try {
-        request[CONTEXT] = await authenticate(authInput(request))
+        // No auth function, no auth input: reading the peer address would keep it on every idle socket.
+        request[CONTEXT] = options.authFunction === null ? null : await authenticate(authInput(request))
       } catch (err) {
         if (options.authFailure === 'anonymous') {
           log.debug({ err }, 'fastify-streams: auth failed, connecting anonymously')

@@ -86,9 +86,11 @@ if ARGV[5] == 'cas' then
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 local revs, tss = stamp(KEYS[2], true)
-redis.call('ZADD', KEYS[3], 'NX', revs, ARGV[2])
-local kind = 'create'
-if old then kind = 'update' end
+local kind = 'update'
+if not old then
+  kind = 'create'
+  redis.call('ZADD', KEYS[3], 'NX', revs, ARGV[2])
+end
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[4] .. kind .. '","data":' .. ARGV[3] .. '},"rev":' .. revs .. '}')
 return {1, old, revs, tss}
 `
