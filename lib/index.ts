@@ -57,17 +57,8 @@ async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: Str
     case 'kv':
       return { adapter: createKvAdapter(choice), owned: true }
     case 'redis': {
-      const { createRedisAdapter } = await import('./adapters/redis.js')
-      return {
-        adapter: createRedisAdapter({
-          redis_url: choice.redisUrl,
-          client: choice.client,
-          key_prefix: choice.keyPrefix,
-          connect_timeout_ms: choice.connectTimeoutMs,
-          command_timeout_ms: choice.commandTimeoutMs
-        } as never),
-        owned: true
-      }
+      const { RedisAdapter } = await import('./adapters/redis.js')
+      return { adapter: new RedisAdapter(choice), owned: true }
     }
     case 'custom': {
       const adapter = await choice.factory(choice.config)

@@ -143,6 +143,35 @@ function isAdapterInstance (value: unknown): value is StreamAdapter {
 const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize']
 const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs']
 
+/** Checks and defaults a RedisAdapter config (keys already folded to camelCase). */
+function redisConfig (config: Raw): RedisConfig {
+  checkKeys(config, REDIS_KEYS, 'adapter.config.')
+  const redisUrl = nonEmptyString(config, 'redisUrl', DEFAULT_REDIS_URL, 'adapter.config.')
+  if (!/^rediss?:\/\//.test(redisUrl)) throw new InvalidOptionError('adapter.config.redis_url', 'expected a redis:// or rediss:// URL')
+  const client = config.client as { duplicate?: unknown, evalsha?: unknown, options?: { keyPrefix?: unknown } } | undefined
+  if (client !== undefined && (client === null || typeof client !== 'object' || typeof client.duplicate !== 'function' || typeof client.evalsha !== 'function')) {
+    throw new InvalidOptionError('adapter.config.client', 'expected an ioredis client')
+  }
+  if (client?.options?.keyPrefix) {
+    throw new InvalidOptionError('adapter.config.client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
+  }
+  const keyPrefix = config.keyPrefix ?? ''
+  if (typeof keyPrefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
+  return {
+    kind: 'redis',
+    redisUrl,
+    client,
+    keyPrefix,
+    connectTimeoutMs: positiveInt(config, 'connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS, 'adapter.config.'),
+    commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.')
+  }
+}
+
+/** A RedisAdapter config as a user writes it (snake_case or camelCase), checked and defaulted. */
+export function normalizeRedisConfig (raw: unknown): RedisConfig {
+  if (raw !== undefined && (raw === null || typeof raw !== 'object' || Array.isArray(raw))) throw new InvalidOptionError('adapter.config', 'expected an object')
+  return redisConfig(fold((raw ?? {}) as Raw, 'adapter.config.'))
+}
 function normalizeAdapter (value: unknown, factories: Record<string, AdapterFactory>): AdapterChoice {
   if (value === undefined) return { kind: 'kv', storeMethod: 'in_memory' }
   if (isAdapterInstance(value)) return { kind: 'instance', adapter: value }
@@ -165,22 +194,7 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
     if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod }
     return { kind: 'kv', storeMethod, filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.') }
   }
-  if (REDIS_ADAPTER_CLASSES.includes(id)) {
-    checkKeys(config, REDIS_KEYS, 'adapter.config.')
-    const redisUrl = nonEmptyString(config, 'redisUrl', DEFAULT_REDIS_URL, 'adapter.config.')
-    if (!/^rediss?:\/\//.test(redisUrl)) throw new InvalidOptionError('adapter.config.redis_url', 'expected a redis:// or rediss:// URL')
-    if (config.client !== undefined && (config.client === null || typeof config.client !== 'object')) throw new InvalidOptionError('adapter.config.client', 'expected an ioredis client')
-    const keyPrefix = config.keyPrefix ?? ''
-    if (typeof keyPrefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
-    return {
-      kind: 'redis',
-      redisUrl,
-      client: config.client,
-      keyPrefix,
-      connectTimeoutMs: positiveInt(config, 'connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS, 'adapter.config.'),
-      commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.')
-    }
-  }
+  if (REDIS_ADAPTER_CLASSES.includes(id)) return redisConfig(config)
   throw new InvalidOptionError('adapter.class', `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis or a name given in adapters)`)
 }
 

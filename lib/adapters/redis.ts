@@ -17,12 +17,10 @@ import type {
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import {
-  BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, InvalidOptionError, StorageError
+  BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, StorageError
 } from '../errors.js'
+import { normalizeRedisConfig, type RedisConfig } from '../options.js'
 
-export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
-export const DEFAULT_CONNECT_TIMEOUT_MS = 5000
-export const DEFAULT_COMMAND_TIMEOUT_MS = 2000
 /** How many times `update` re-reads and retries its compare-and-set before giving up with ConflictError. */
 export const MAX_UPDATE_ATTEMPTS = 20
 const SCAN_COUNT = 1000
@@ -37,14 +35,6 @@ export interface RedisAdapterConfig {
   key_prefix?: string
   connect_timeout_ms?: number
   command_timeout_ms?: number
-}
-
-interface NormalisedConfig {
-  url: string
-  client: Redis | null
-  prefix: string
-  connectTimeoutMs: number
-  commandTimeoutMs: number
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -177,44 +167,6 @@ const SCRIPTS = {
 
 const CHANGE_KINDS = new Set(['create', 'update', 'delete'])
 
-function pick (config: Record<string, unknown>, snake: string, camel: string): unknown {
-  return config[snake] !== undefined ? config[snake] : config[camel]
-}
-
-function positiveInt (value: unknown, name: string, fallback: number): number {
-  if (value === undefined || value === null) return fallback
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
-    throw new InvalidOptionError(`adapter.config.${name}`, 'expected a positive integer (milliseconds)')
-  }
-  return value
-}
-
-function normalise (raw: unknown): NormalisedConfig {
-  const config = (raw !== null && typeof raw === 'object' ? raw : {}) as Record<string, unknown>
-  const url = pick(config, 'redis_url', 'redisUrl') ?? DEFAULT_REDIS_URL
-  if (typeof url !== 'string' || !/^rediss?:\/\//.test(url)) {
-    throw new InvalidOptionError('adapter.config.redis_url', 'expected a redis:// or rediss:// URL')
-  }
-  const client = config.client ?? null
-  if (client !== null && !(client instanceof Redis)) {
-    const looksLikeClient = typeof client === 'object' && typeof (client as Redis).duplicate === 'function' &&
-      typeof (client as Redis).evalsha === 'function'
-    if (!looksLikeClient) throw new InvalidOptionError('adapter.config.client', 'expected an ioredis client')
-  }
-  if (client !== null && (client as Redis).options?.keyPrefix) {
-    throw new InvalidOptionError('adapter.config.client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
-  }
-  const prefix = pick(config, 'key_prefix', 'keyPrefix') ?? ''
-  if (typeof prefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
-  return {
-    url,
-    client: client as Redis | null,
-    prefix,
-    connectTimeoutMs: positiveInt(pick(config, 'connect_timeout_ms', 'connectTimeoutMs'), 'connect_timeout_ms', DEFAULT_CONNECT_TIMEOUT_MS),
-    commandTimeoutMs: positiveInt(pick(config, 'command_timeout_ms', 'commandTimeoutMs'), 'command_timeout_ms', DEFAULT_COMMAND_TIMEOUT_MS)
-  }
-}
-
 /** Escapes the glob metacharacters of SCAN MATCH. */
 export function escapeGlob (text: string): string {
   return text.replace(/[*?[\]\\]/g, '\\$&')
@@ -314,7 +266,7 @@ type Status = 'idle' | 'starting' | 'ready' | 'closed'
 export class RedisAdapter implements StreamAdapter {
   readonly keyPrefix: string
   readonly channel: string
-  private readonly config: NormalisedConfig
+  private readonly config: RedisConfig & { client?: Redis }
   private readonly borrowed: boolean
   private client: Redis | null = null
   private subscriber: Redis | null = null
@@ -330,11 +282,13 @@ export class RedisAdapter implements StreamAdapter {
   /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
   private readonly floors = new Map<string, number>()
 
-  constructor (config: RedisAdapterConfig | Record<string, unknown> = {}) {
-    this.config = normalise(config)
-    this.borrowed = this.config.client !== null
-    this.keyPrefix = this.config.prefix
-    this.channel = `${this.config.prefix}stream::events`
+  constructor (config: RedisAdapterConfig | RedisConfig | Record<string, unknown> = {}) {
+    // The plugin passes its checked config; a config from elsewhere is checked here, by the same rules.
+    const checked = (config as Partial<RedisConfig>).kind === 'redis' ? config as RedisConfig : normalizeRedisConfig(config)
+    this.config = checked as RedisConfig & { client?: Redis }
+    this.borrowed = this.config.client !== undefined
+    this.keyPrefix = this.config.keyPrefix
+    this.channel = `${this.config.keyPrefix}stream::events`
   }
 
   // ----- lifecycle ---------------------------------------------------------------------------------------
@@ -366,12 +320,12 @@ export class RedisAdapter implements StreamAdapter {
     let client: Redis
     let subscriber: Redis
     try {
-      if (this.config.client !== null) {
+      if (this.config.client !== undefined) {
         client = this.config.client
         subscriber = client.duplicate({ ...options, autoResubscribe: false, keyPrefix: undefined })
       } else {
-        client = new Redis(this.config.url, { ...options, connectionName: 'fastify-streams' })
-        subscriber = new Redis(this.config.url, { ...options, autoResubscribe: false, connectionName: 'fastify-streams-sub' })
+        client = new Redis(this.config.redisUrl, { ...options, connectionName: 'fastify-streams' })
+        subscriber = new Redis(this.config.redisUrl, { ...options, autoResubscribe: false, connectionName: 'fastify-streams-sub' })
       }
     } catch (err) {
       this.status = 'idle'
