@@ -210,3 +210,17 @@ export async function wsNativeAddons (wsEntryUrl) {
   }
   return out
 }
+
+/** The control handlers of a server that publishes synchronously (bare ws, Socket.IO): paced ticks and a burst. */
+export function syncPublishHandlers (publishOne) {
+  return {
+    prepare: async () => ({}),
+    publish: async ({ rate, durationMs, startNs }) => ticker({ rate, durationMs, startNs, onTick: publishOne }),
+    burst: async ({ count, startNs }) => {
+      await sleepUntilNs(startNs)
+      const t0 = nowNs()
+      for (let i = 0; i < count; i++) publishOne(i, nowNs())
+      return { n: count, elapsedNs: nowNs() - t0 }
+    }
+  }
+}

@@ -2,7 +2,7 @@
 // the same size, as the Motia protocol's `update`) and sends that buffer to every client.
 import { WebSocketServer } from 'ws'
 import {
-  STREAM, FANOUT_GROUP, ITEM_ID, makePayload, ticker, nowNs, sleepUntilNs, startControl, announceReady,
+  STREAM, FANOUT_GROUP, ITEM_ID, makePayload, startControl, announceReady, syncPublishHandlers,
   wsNativeAddons
 } from '../lib/common.mjs'
 
@@ -32,14 +32,7 @@ function publishOne (seq, ts) {
 }
 
 const handlers = {
-  prepare: async () => ({}),
-  publish: async ({ rate, durationMs, startNs }) => ticker({ rate, durationMs, startNs, onTick: publishOne }),
-  burst: async ({ count, startNs }) => {
-    await sleepUntilNs(startNs)
-    const t0 = nowNs()
-    for (let i = 0; i < count; i++) publishOne(i, nowNs())
-    return { n: count, elapsedNs: nowNs() - t0 }
-  },
+  ...syncPublishHandlers(publishOne),
   subscribers: async () => ({ count: clients.size })
 }
 

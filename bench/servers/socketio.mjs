@@ -2,7 +2,7 @@
 import http from 'node:http'
 import { Server } from 'socket.io'
 import {
-  FANOUT_GROUP, makePayload, makeItem, ticker, nowNs, sleepUntilNs, startControl, announceReady, wsNativeAddons
+  FANOUT_GROUP, makePayload, makeItem, startControl, announceReady, syncPublishHandlers, wsNativeAddons
 } from '../lib/common.mjs'
 
 const httpServer = http.createServer()
@@ -33,14 +33,7 @@ function publishOne (seq, ts) {
 }
 
 const handlers = {
-  prepare: async () => ({}),
-  publish: async ({ rate, durationMs, startNs }) => ticker({ rate, durationMs, startNs, onTick: publishOne }),
-  burst: async ({ count, startNs }) => {
-    await sleepUntilNs(startNs)
-    const t0 = nowNs()
-    for (let i = 0; i < count; i++) publishOne(i, nowNs())
-    return { n: count, elapsedNs: nowNs() - t0 }
-  },
+  ...syncPublishHandlers(publishOne),
   seed: async ({ group, count }) => {
     const items = []
     for (let i = 0; i < count; i++) items.push(makeItem(i))
