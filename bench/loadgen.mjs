@@ -318,6 +318,15 @@ function ticksInWindow (rate, durationMs, startNs, from, to) {
   return count
 }
 
+/** A paced publish starting 200 ms from now: warm-up, then the measured window [from, to) and its tick count. */
+function publishWindow (rate, warmMs, measureMs) {
+  const startNs = nowNs() + 200e6
+  const from = startNs + warmMs * 1e6
+  const to = from + measureMs * 1e6
+  const durationMs = warmMs + measureMs
+  return { startNs, from, to, durationMs, ticks: ticksInWindow(rate, durationMs, startNs, from, to) }
+}
+
 async function fanout ({ subs, rate, warmMs, measureMs, drainMs = 3000 }) {
   const server = cfg.servers[0]
   await control(server.ctlPort, 'prepare', { group: FANOUT_GROUP })
@@ -327,11 +336,8 @@ async function fanout ({ subs, rate, warmMs, measureMs, drainMs = 3000 }) {
   const connectMs = (nowNs() - tc0) / 1e6
   await sleep(300)
 
-  const startNs = nowNs() + 200e6
-  const from = startNs + warmMs * 1e6
-  const to = from + measureMs * 1e6
-  const durationMs = warmMs + measureMs
-  const expected = ticksInWindow(rate, durationMs, startNs, from, to) * subs
+  const { startNs, from, to, durationMs, ticks } = publishWindow(rate, warmMs, measureMs)
+  const expected = ticks * subs
   const sink = newSink(from, to)
   for (const c of clients) c.sink = sink
 
@@ -559,11 +565,8 @@ async function twonode ({ subsPerNode, rate, warmMs, measureMs, drainMs = 3000 }
   await joinMany(ca, () => FANOUT_GROUP)
   await joinMany(cb, () => FANOUT_GROUP)
   await sleep(300)
-  const startNs = nowNs() + 200e6
-  const from = startNs + warmMs * 1e6
-  const to = from + measureMs * 1e6
-  const durationMs = warmMs + measureMs
-  const expectedPerNode = ticksInWindow(rate, durationMs, startNs, from, to) * subsPerNode
+  const { startNs, from, to, durationMs, ticks } = publishWindow(rate, warmMs, measureMs)
+  const expectedPerNode = ticks * subsPerNode
   const sa = newSink(from, to)
   const sb = newSink(from, to)
   for (const c of ca) c.sink = sa
