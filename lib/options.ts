@@ -118,10 +118,10 @@ function positiveInt (raw: Raw, key: string, fallback: number, where = ''): numb
   return value
 }
 
-function oneOf<T extends string> (raw: Raw, key: string, choices: readonly T[], fallback: T): T {
+function oneOf<T extends string> (raw: Raw, key: string, choices: readonly T[], fallback: T, label = key): T {
   const value = raw[key]
   if (value === undefined) return fallback
-  if (!choices.includes(value as T)) throw new InvalidOptionError(key, `expected one of ${choices.map(c => `'${c}'`).join(', ')}`)
+  if (!choices.includes(value as T)) throw new InvalidOptionError(label, `expected one of ${choices.map(c => `'${c}'`).join(', ')}`)
   return value as T
 }
 
@@ -190,20 +190,12 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   const config = fold(rawConfig as Raw, 'adapter.config.')
   if (KV_ADAPTER_CLASSES.includes(id)) {
     checkKeys(config, KV_KEYS, 'adapter.config.')
-    const storeMethod = oneOfAt(config, 'storeMethod', ['in_memory', 'file_based'] as const, 'in_memory', 'adapter.config.store_method')
+    const storeMethod = oneOf(config, 'storeMethod', ['in_memory', 'file_based'] as const, 'in_memory', 'adapter.config.store_method')
     if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod }
     return { kind: 'kv', storeMethod, filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.') }
   }
   if (REDIS_ADAPTER_CLASSES.includes(id)) return redisConfig(config)
   throw new InvalidOptionError('adapter.class', `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis or a name given in adapters)`)
-}
-
-function oneOfAt<T extends string> (raw: Raw, key: string, choices: readonly T[], fallback: T, label: string): T {
-  try {
-    return oneOf(raw, key, choices, fallback)
-  } catch {
-    throw new InvalidOptionError(label, `expected one of ${choices.map(c => `'${c}'`).join(', ')}`)
-  }
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
