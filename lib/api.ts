@@ -1,6 +1,6 @@
 // The `streams` decorator: the data API, the function and trigger registry, and the engine's function paths.
 import type { FastifyBaseLogger } from 'fastify'
-import type { DeleteResult, ListAllResult, SetResult, StreamAdapter, StreamEventBody, UpdateResult } from './adapters/adapter.js'
+import type { DeleteResult, ListAllResult, SetResult, StreamAdapter, StreamEvent, UpdateResult } from './adapters/adapter.js'
 import { ClosedError, InvalidArgumentError } from './errors.js'
 import type { NormalizedOptions } from './options.js'
 import { checkName } from './protocol.js'
@@ -67,10 +67,12 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
   }
 
   /** Data-change triggers run after the write, on the node that wrote; their errors never reach the writer. */
-  function fireChange (stream: string, group: string, id: string | null, event: StreamEventBody): void {
+  function fireChange (committed: StreamEvent | null): void {
+    if (committed === null) return
+    const { stream, group, id, timestamp, event } = committed
     const triggers = registry.changeTriggers(stream, group, id)
     if (triggers.length === 0) return
-    const payload = { type: 'stream', timestamp: Date.now(), streamName: stream, groupId: group, id, event }
+    const payload = { type: 'stream', timestamp, streamName: stream, groupId: group, id, event }
     for (const trigger of triggers) {
       const run = async (): Promise<void> => {
         const condition = trigger.filter?.conditionPath
@@ -92,15 +94,15 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
       name('stream', stream); name('group', group); name('item', id)
       if (data === undefined) throw new InvalidArgumentError('data must be a JSON value (use delete to remove an item)')
       const value = prepare(id)(data)
-      const result = await adapter.set(stream, group, id, value)
-      fireChange(stream, group, id, { type: result.old_value === null ? 'create' : 'update', data: value })
+      const { event, ...result } = await adapter.set(stream, group, id, value)
+      fireChange(event)
       return result
     },
 
     async delete (stream, group, id) {
       open()
-      const result = await adapter.delete(name('stream', stream), name('group', group), name('item', id))
-      if (result.old_value !== null) fireChange(stream, group, id, { type: 'delete', data: result.old_value })
+      const { event, ...result } = await adapter.delete(name('stream', stream), name('group', group), name('item', id))
+      fireChange(event)
       return result
     },
 
@@ -123,8 +125,8 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
       open()
       name('stream', stream); name('group', group); name('item', id)
       if (!Array.isArray(ops)) throw new InvalidArgumentError('ops must be an array of update operations')
-      const result = await adapter.update(stream, group, id, ops, prepare(id))
-      fireChange(stream, group, id, { type: result.old_value === null ? 'create' : 'update', data: result.new_value })
+      const { event, ...result } = await adapter.update(stream, group, id, ops, prepare(id))
+      fireChange(event)
       return result
     },
 
@@ -133,9 +135,7 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
       name('stream', stream); name('group', group)
       if (id !== null) name('item', id)
       if (!isPlainObject(event) || typeof event.type !== 'string' || event.type === '') throw new InvalidArgumentError('event must be { type: string, data }')
-      const custom = { type: event.type, data: event.data ?? null }
-      await adapter.publish(stream, group, id, custom)
-      fireChange(stream, group, id, { type: 'event', event: custom })
+      fireChange(await adapter.publish(stream, group, id, { type: 'event', event: { type: event.type, data: event.data ?? null } }))
     },
 
     registerFunction: (registration) => registry.registerFunction(registration),

@@ -14,8 +14,8 @@ export type StreamEventBody =
 /**
  * One committed change (or custom event) of a group, as the adapter's feed delivers it.
  * `timestamp` is epoch ms and strictly increases within a group, in commit order, for changes and custom
- * events alike. `rev` is the group's revision: it grows by one with every stored change and is left as is
- * by custom events (they are not stored).
+ * events alike. `rev` is the event's position in the group's change log: it grows by one with every stored
+ * change and every custom event, so each has a position (an offset) of its own.
  */
 export interface StreamEvent {
   stream: string
@@ -29,8 +29,12 @@ export interface StreamEvent {
 /** A group's items with the revision and timestamp of the last change they include, read atomically. */
 export interface GroupSnapshot {
   items: unknown[]
+  /** The item ids, in the order of `items`. */
+  ids: string[]
   rev: number
   timestamp: number
+  /** The store's epoch (see ChangePage), for adapters that keep a change log. */
+  epoch?: string
 }
 
 /** One item with the revision and timestamp of its group's last change, read atomically. */
@@ -40,9 +44,34 @@ export interface ItemSnapshot {
   timestamp: number
 }
 
+/** One entry of a group's change log: a committed change or custom event, as the feed delivered it. */
+export type ChangeRecord = Omit<StreamEvent, 'stream' | 'group'>
+
+/** A page of a group's change log, read atomically with the group's revision. */
+export interface ChangePage {
+  /**
+   * The store's epoch: random, made with the store and the same on every node sharing it. A new epoch means a
+   * new history (a memory store after a restart, a wiped Redis): revisions from another epoch mean nothing here.
+   */
+  epoch: string
+  /** Entries with `rev > after`, ascending, at most `limit` of them, without gaps. */
+  changes: ChangeRecord[]
+  /** The group's last revision. */
+  rev: number
+  /** Entries up to this revision are no longer kept: a reader at `after < trimmed` has missed some. */
+  trimmed: number
+}
+
 export interface SetResult { old_value: unknown, new_value: unknown }
 export interface DeleteResult { old_value: unknown }
 export interface UpdateResult { old_value: unknown, new_value: unknown, errors?: UpdateOpError[] }
+
+/**
+ * What an adapter write answers: the engine's result plus the event it committed (null when nothing was
+ * emitted, as for the delete of a missing item). The plugin hands `event` to change triggers, so they see
+ * the frame the sockets got; the public API strips it.
+ */
+export type Committed<R> = R & { event: StreamEvent | null }
 export interface ListAllResult { stream: Array<{ id: string, groups: string[] }>, count: number }
 
 export type EventListener = (event: StreamEvent) => void
@@ -51,10 +80,13 @@ export interface StreamAdapter {
   /** Resolves once the backend is reachable and loaded; rejects with a coded error otherwise. */
   start?(): Promise<void>
   get(stream: string, group: string, id: string): Promise<unknown>
-  /** Stores `value` (already prepared by the caller) and emits create or update. Resolves once durable. */
-  set(stream: string, group: string, id: string, value: unknown): Promise<SetResult>
+  /**
+   * Stores `value` (already prepared by the caller) and emits create (no value was stored at `id`; a stored
+   * JSON null is a value) or update. Resolves once durable.
+   */
+  set(stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>>
   /** Removes the item; emits delete with the old value only if something was removed. */
-  delete(stream: string, group: string, id: string): Promise<DeleteResult>
+  delete(stream: string, group: string, id: string): Promise<Committed<DeleteResult>>
   /** Values of the group in insertion order (first insert; a re-set keeps its place). */
   getGroup(stream: string, group: string): Promise<unknown[]>
   /** Group ids of the stream that hold at least one item, sorted. */
@@ -65,13 +97,22 @@ export interface StreamAdapter {
    * Applies `ops` atomically to the item (a missing item starts from `{}`), stores and emits like set.
    * `prepare` runs on the result before it is stored (the plugin injects `id` there).
    */
-  update(stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<UpdateResult>
-  /** Emits a custom event to the group (and to subscribers of item `id` when given); nothing is stored. */
-  publish(stream: string, group: string, id: string | null, event: { type: string, data: unknown }): Promise<void>
+  update(stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<Committed<UpdateResult>>
+  /**
+   * Emits `body` to the group (and to subscribers of item `id` when given) with the next revision, without
+   * storing any item: a custom event (`{ type: 'event', event }`), or a change an override of the data
+   * functions made elsewhere (`{ type: 'create' | 'update' | 'delete', data }`). Resolves with the event.
+   */
+  publish(stream: string, group: string, id: string | null, body: StreamEventBody): Promise<StreamEvent>
   /** The group's items with the rev/timestamp of the last change they include. */
   snapshotGroup(stream: string, group: string): Promise<GroupSnapshot>
   /** One item (or null) with its group's rev/timestamp. */
   snapshotItem(stream: string, group: string, id: string): Promise<ItemSnapshot>
+  /**
+   * Reads the group's change log after revision `after`. Optional: feeds need it; an adapter without it
+   * serves sockets only.
+   */
+  readChanges?(stream: string, group: string, after: number, limit: number): Promise<ChangePage>
   /**
    * Registers the listener for every committed change and custom event (local and, for shared backends,
    * from other nodes), each delivered once, in commit order per group. Returns an unsubscribe function.

@@ -1,13 +1,14 @@
 // KvStore: the engine's `kv` adapter, through keyv. `in_memory` keeps keyv on a Map; `file_based` keeps it on
 // SQLite (@keyv/sqlite) so the streams survive a restart. An in-process index serves reads and decides
 // create/update, revisions and order; keyv is the store every write goes through before it is acknowledged.
+import { randomBytes } from 'node:crypto'
 import { mkdir } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import Keyv from 'keyv'
 import KeyvSqlite from '@keyv/sqlite'
 import type {
-  DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter, StreamEvent,
-  StreamEventBody, UpdateResult
+  ChangePage, ChangeRecord, Committed, DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult,
+  SetResult, StreamAdapter, StreamEvent, StreamEventBody, UpdateResult
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import { ClosedError, InvalidArgumentError, StorageError } from '../errors.js'
@@ -18,6 +19,8 @@ import { StreamClock } from '../clock.js'
 const KEYV_NAMESPACE = 'fastifystreams'
 // Rows fetched per page when loading a SQLite file at start.
 const LOAD_PAGE_SIZE = 1000
+/** Change-log entries kept per group (the newest ones). */
+export const DEFAULT_CHANGE_LOG_MAX_CHANGES = 1000
 
 /** What keyv stores per item: the value, its place in the group, and the revision/timestamp of its last change. */
 interface ItemRecord { v: unknown, o: number, r: number, t: number }
@@ -30,6 +33,9 @@ interface GroupState {
   rev: number
   timestamp: number
   nextOrder: number
+  /** The newest change-log entries, oldest first; entries up to `trimmed` were dropped. */
+  log: ChangeRecord[]
+  trimmed: number
   /** Writes to one group run one at a time, so they persist and emit in commit order. */
   tail: Promise<unknown>
 }
@@ -65,6 +71,8 @@ export class KvAdapter implements StreamAdapter {
   // replaces it in start(), once the file's folder exists.
   private keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
   private closed = false
+  /** A new history at every start: the log lives in memory, so offsets from an earlier life mean nothing. */
+  readonly epoch = randomBytes(8).toString('hex')
 
   constructor (private readonly config: KvConfig) {}
 
@@ -96,6 +104,7 @@ export class KvAdapter implements StreamAdapter {
     for (const [[kind, stream, group, id], record] of records) {
       const state = this.group(stream, group)
       state.rev = Math.max(state.rev, record.r)
+      state.trimmed = state.rev
       state.timestamp = Math.max(state.timestamp, record.t)
       this.clock.observe(record.t)
       if (kind === 'i') {
@@ -115,7 +124,7 @@ export class KvAdapter implements StreamAdapter {
     }
     let state = groups.get(group)
     if (state === undefined) {
-      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, tail: Promise.resolve() }
+      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: [], trimmed: 0, tail: Promise.resolve() }
       groups.set(group, state)
     }
     return state
@@ -144,15 +153,25 @@ export class KvAdapter implements StreamAdapter {
     }
   }
 
-  private emit (state: GroupState, stream: string, group: string, id: string | null, rev: number, timestamp: number, event: StreamEventBody): void {
+  /** Records the committed event at revision `rev` in the group's log and hands it to the feed. */
+  private emit (state: GroupState, stream: string, group: string, id: string | null, rev: number, timestamp: number, event: StreamEventBody): StreamEvent {
+    state.rev = rev
     state.timestamp = timestamp
+    state.log.push({ id, rev, timestamp, event })
+    // Trimmed in batches, so a write does not shift the whole log every time.
+    if (state.log.length >= DEFAULT_CHANGE_LOG_MAX_CHANGES * 1.25) {
+      const dropped = state.log.splice(0, state.log.length - DEFAULT_CHANGE_LOG_MAX_CHANGES)
+      state.trimmed = dropped[dropped.length - 1].rev
+    }
     const streamEvent: StreamEvent = { stream, group, id, rev, timestamp, event }
     for (const listener of this.listeners) listener(streamEvent)
+    return streamEvent
   }
 
   /** Stores `value` at `id`, keeping the item's place; emits create or update once the store has it. */
-  private async write (state: GroupState, stream: string, group: string, id: string, value: unknown): Promise<unknown> {
-    const old = state.items.has(id) ? state.items.get(id) : undefined
+  private async write (state: GroupState, stream: string, group: string, id: string, value: unknown): Promise<{ old: unknown, event: StreamEvent }> {
+    const existed = state.items.has(id)
+    const old = existed ? state.items.get(id) : null
     const order = state.order.get(id) ?? state.nextOrder
     const rev = state.rev + 1
     const timestamp = this.clock.next(state.timestamp)
@@ -160,9 +179,7 @@ export class KvAdapter implements StreamAdapter {
     if (order === state.nextOrder) state.nextOrder++
     state.items.set(id, value)
     state.order.set(id, order)
-    state.rev = rev
-    this.emit(state, stream, group, id, rev, timestamp, { type: old === undefined ? 'create' : 'update', data: value })
-    return old === undefined ? null : old
+    return { old, event: this.emit(state, stream, group, id, rev, timestamp, { type: existed ? 'update' : 'create', data: value }) }
   }
 
   async get (stream: string, group: string, id: string): Promise<unknown> {
@@ -171,19 +188,22 @@ export class KvAdapter implements StreamAdapter {
     return value === undefined ? null : structuredClone(value)
   }
 
-  async set (stream: string, group: string, id: string, value: unknown): Promise<SetResult> {
+  async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     this.checkOpen()
     const stored = detach(value)
     const state = this.group(stream, group)
-    return this.serial(state, async () => ({ old_value: await this.write(state, stream, group, id, stored), new_value: value }))
+    return this.serial(state, async () => {
+      const { old, event } = await this.write(state, stream, group, id, stored)
+      return { old_value: old, new_value: value, event }
+    })
   }
 
-  async delete (stream: string, group: string, id: string): Promise<DeleteResult> {
+  async delete (stream: string, group: string, id: string): Promise<Committed<DeleteResult>> {
     this.checkOpen()
     const state = this.peek(stream, group)
-    if (state === undefined) return { old_value: null }
+    if (state === undefined) return { old_value: null, event: null }
     return this.serial(state, async () => {
-      if (!state.items.has(id)) return { old_value: null }
+      if (!state.items.has(id)) return { old_value: null, event: null }
       const old = state.items.get(id)
       const rev = state.rev + 1
       const timestamp = this.clock.next(state.timestamp)
@@ -192,30 +212,45 @@ export class KvAdapter implements StreamAdapter {
       await this.persist(() => this.keyv.delete(itemKey(stream, group, id)))
       state.items.delete(id)
       state.order.delete(id)
-      state.rev = rev
-      this.emit(state, stream, group, id, rev, timestamp, { type: 'delete', data: old })
-      return { old_value: old }
+      return { old_value: old, event: this.emit(state, stream, group, id, rev, timestamp, { type: 'delete', data: old }) }
     })
   }
 
-  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<UpdateResult> {
+  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<Committed<UpdateResult>> {
     this.checkOpen()
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { value, errors } = applyUpdateOps(state.items.get(id), ops)
       const next = detach(prepare === undefined ? value : prepare(value))
-      const old = await this.write(state, stream, group, id, next)
+      const { old, event } = await this.write(state, stream, group, id, next)
       const result = { old_value: old, new_value: structuredClone(next) }
-      return errors.length > 0 ? { ...result, errors } : result
+      return errors.length > 0 ? { ...result, errors, event } : { ...result, event }
     })
   }
 
-  async publish (stream: string, group: string, id: string | null, event: { type: string, data: unknown }): Promise<void> {
+  async publish (stream: string, group: string, id: string | null, body: StreamEventBody): Promise<StreamEvent> {
     this.checkOpen()
+    const detached = detach(body) as StreamEventBody
     const state = this.group(stream, group)
-    await this.serial(state, async () => {
-      this.emit(state, stream, group, id, state.rev, this.clock.next(state.timestamp), { type: 'event', event })
+    return this.serial(state, async () => {
+      const rev = state.rev + 1
+      const timestamp = this.clock.next(state.timestamp)
+      // Nothing is stored, but the revision is: it must never go back after a restart.
+      if (this.config.storeMethod === 'file_based') {
+        await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
+      }
+      return this.emit(state, stream, group, id, rev, timestamp, detached)
     })
+  }
+
+  async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
+    this.checkOpen()
+    const state = this.peek(stream, group)
+    if (state === undefined) return { epoch: this.epoch, changes: [], rev: 0, trimmed: 0 }
+    // The log holds consecutive revisions, so the first entry after `after` is found by arithmetic.
+    const first = state.log.length === 0 ? state.rev + 1 : state.log[0].rev
+    const start = Math.max(0, after + 1 - first)
+    return { epoch: this.epoch, changes: state.log.slice(start, start + limit), rev: state.rev, trimmed: state.trimmed }
   }
 
   async getGroup (stream: string, group: string): Promise<unknown[]> {
@@ -227,8 +262,8 @@ export class KvAdapter implements StreamAdapter {
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
     this.checkOpen()
     const state = this.peek(stream, group)
-    if (state === undefined) return { items: [], rev: 0, timestamp: 0 }
-    return { items: [...state.items.values()], rev: state.rev, timestamp: state.timestamp }
+    if (state === undefined) return { items: [], ids: [], rev: 0, timestamp: 0, epoch: this.epoch }
+    return { items: [...state.items.values()], ids: [...state.items.keys()], rev: state.rev, timestamp: state.timestamp, epoch: this.epoch }
   }
 
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {

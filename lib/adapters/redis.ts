@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import type {
-  DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter,
+  Committed, DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter,
   StreamEvent, StreamEventBody, UpdateResult
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
@@ -97,8 +97,9 @@ return {1, old, revs, tss}
 `
 
 // KEYS: meta. ARGV: channel, envelope middle (from ,"streamName" through the event object). Returns {rev, ts}.
+// A published event stores no item but takes the next revision: it has a place of its own in the group's log.
 const PUBLISH_SCRIPT = PRELUDE + `
-local revs, tss = stamp(KEYS[1], false)
+local revs, tss = stamp(KEYS[1], true)
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2] .. ',"rev":' .. revs .. '}')
 return {revs, tss}
 `
@@ -118,8 +119,8 @@ local function raise (metaKey, stored, floor)
 end
 `
 
-// KEYS: hash, meta, order. Returns {rev, ts, values...}: values in first-insert order, then items the order
-// index does not know (written by an engine) sorted by id.
+// KEYS: hash, meta, order. Returns {rev, ts, id, value, id, value...}: items in first-insert order, then items
+// the order index does not know (written by an engine) sorted by id.
 const SNAPSHOT_GROUP_SCRIPT = RAISE + `
 local all = redis.call('HGETALL', KEYS[1])
 local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
@@ -131,6 +132,7 @@ local order = redis.call('ZRANGE', KEYS[3], 0, -1)
 for _, field in ipairs(order) do
   local value = values[field]
   if value then
+    out[#out + 1] = field
     out[#out + 1] = value
     values[field] = nil
   end
@@ -138,7 +140,10 @@ end
 local rest = {}
 for field, _ in pairs(values) do rest[#rest + 1] = field end
 table.sort(rest)
-for _, field in ipairs(rest) do out[#out + 1] = values[field] end
+for _, field in ipairs(rest) do
+  out[#out + 1] = field
+  out[#out + 1] = values[field]
+end
 return out
 `
 
@@ -530,9 +535,14 @@ export class RedisAdapter implements StreamAdapter {
 
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
     const reply = await this.script(SCRIPTS.snapshotGroup, [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.floor(stream, group)]) as unknown[]
-    const items = reply.slice(2).map((text) => decode(text, `an item of ${stream}/${group}`))
+    const ids: string[] = []
+    const items: unknown[] = []
+    for (let at = 2; at < reply.length; at += 2) {
+      ids.push(String(reply[at]))
+      items.push(decode(reply[at + 1], `an item of ${stream}/${group}`))
+    }
     this.observe(stream, group, Number(reply[1]))
-    return { items, rev: Number(reply[0]), timestamp: Number(reply[1]) }
+    return { items, ids, rev: Number(reply[0]), timestamp: Number(reply[1]) }
   }
 
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
@@ -583,20 +593,27 @@ export class RedisAdapter implements StreamAdapter {
     return [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.channel, id]
   }
 
-  async set (stream: string, group: string, id: string, value: unknown): Promise<SetResult> {
+  async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     const text = encode(value, 'the item value')
     this.ready()
     const reply = await this.script(SCRIPTS.write, [...this.writeArgs(stream, group, id), text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '']) as unknown[]
-    return { old_value: decodeLoose(reply[1]), new_value: JSON.parse(text) }
+    const newValue = JSON.parse(text)
+    return { old_value: decodeLoose(reply[1]), new_value: newValue, event: this.committed(stream, group, id, reply, { type: reply[1] == null ? 'create' : 'update', data: newValue }) }
   }
 
-  async delete (stream: string, group: string, id: string): Promise<DeleteResult> {
+  async delete (stream: string, group: string, id: string): Promise<Committed<DeleteResult>> {
     const reply = await this.script(SCRIPTS.delete, [...this.writeArgs(stream, group, id), envelopeHead(stream, group, id) + '{"type":"']) as unknown[]
-    if (Number(reply[0]) !== 1) return { old_value: null }
-    return { old_value: decodeLoose(reply[1]) }
+    if (Number(reply[0]) !== 1) return { old_value: null, event: null }
+    const old = decodeLoose(reply[1])
+    return { old_value: old, event: this.committed(stream, group, id, reply, { type: 'delete', data: old }) }
   }
 
-  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<UpdateResult> {
+  /** The event a write script committed, from its reply `{1, old, rev, ts}`. */
+  private committed (stream: string, group: string, id: string, reply: unknown[], event: StreamEventBody): StreamEvent {
+    return { stream, group, id, rev: Number(reply[2]), timestamp: Number(reply[3]), event }
+  }
+
+  async update (stream: string, group: string, id: string, ops: UpdateOp[], prepare?: (value: unknown) => unknown): Promise<Committed<UpdateResult>> {
     if (!Array.isArray(ops)) throw new InvalidArgumentError('ops must be an array')
     this.ready()
     // One compare-and-set loop per item at a time on this node: contention is then only between nodes.
@@ -612,9 +629,9 @@ export class RedisAdapter implements StreamAdapter {
           ...this.writeArgs(stream, group, id), text, head, 'cas', current === null ? '0' : '1', current ?? ''
         ]) as unknown[]
         if (Number(reply[0]) === 1) {
-          const result: UpdateResult = { old_value: old, new_value: JSON.parse(text) }
-          if (errors.length > 0) result.errors = errors
-          return result
+          const newValue = JSON.parse(text)
+          const event = this.committed(stream, group, id, reply, { type: current === null ? 'create' : 'update', data: newValue })
+          return errors.length > 0 ? { old_value: old, new_value: newValue, errors, event } : { old_value: old, new_value: newValue, event }
         }
         current = reply[1] === null || reply[1] === undefined ? null : String(reply[1])
         if (attempt > 2) await sleep(Math.random() * Math.min(2 ** attempt, 50))
@@ -623,13 +640,14 @@ export class RedisAdapter implements StreamAdapter {
     })
   }
 
-  async publish (stream: string, group: string, id: string | null, event: { type: string, data: unknown }): Promise<void> {
-    if (event === null || typeof event !== 'object' || typeof event.type !== 'string') {
-      throw new InvalidArgumentError('event.type must be a string')
+  async publish (stream: string, group: string, id: string | null, body: StreamEventBody): Promise<StreamEvent> {
+    const event = body.type === 'event' ? body.event : null
+    if (body.type === 'event' ? (event === null || typeof event !== 'object' || typeof event.type !== 'string') : !CHANGE_KINDS.has(body.type)) {
+      throw new InvalidArgumentError('the event body must be { type: "event", event: { type, data } } or a change')
     }
-    const data = event.data === undefined ? 'null' : encode(event.data, 'the event data')
-    const middle = envelopeHead(stream, group, id) + `{"type":"event","event":{"type":${JSON.stringify(event.type)},"data":${data}}}`
-    await this.script(SCRIPTS.publish, [this.metaKey(stream, group), this.channel, middle])
+    const text = encode(body.type === 'event' ? { type: 'event', event: { type: event!.type, data: event!.data ?? null } } : { type: body.type, data: body.data ?? null }, 'the event data')
+    const reply = await this.script(SCRIPTS.publish, [this.metaKey(stream, group), this.channel, envelopeHead(stream, group, id) + text]) as unknown[]
+    return { stream, group, id, rev: Number(reply[0]), timestamp: Number(reply[1]), event: JSON.parse(text) }
   }
 
   private async withLock<T> (key: string, fn: () => Promise<T>): Promise<T> {

@@ -18,6 +18,12 @@ function record (adapter: StreamAdapter): StreamEvent[] {
   return events
 }
 
+/** A write's result as the engine shapes it, without the committed event the adapter adds. */
+function withoutEvent<R extends { event: unknown }> (result: R): Omit<R, 'event'> {
+  const { event: _event, ...rest } = result
+  return rest
+}
+
 export function adapterContract (t: Test, make: MakeAdapter): void {
   async function fresh (t: Test): Promise<{ adapter: StreamAdapter, events: StreamEvent[] }> {
     const made = await make()
@@ -32,10 +38,13 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
   t.test('set creates then updates, get reads back, events carry rev and timestamp', async t => {
     const { adapter, events } = await fresh(t)
     t.same(await adapter.get('todo', 'inbox', 't1'), null, 'missing item reads as null')
-    t.same(await adapter.set('todo', 'inbox', 't1', { id: 't1', title: 'a' }), { old_value: null, new_value: { id: 't1', title: 'a' } })
-    t.same(await adapter.set('todo', 'inbox', 't1', { id: 't1', title: 'b' }), { old_value: { id: 't1', title: 'a' }, new_value: { id: 't1', title: 'b' } })
+    const created = await adapter.set('todo', 'inbox', 't1', { id: 't1', title: 'a' })
+    const updated = await adapter.set('todo', 'inbox', 't1', { id: 't1', title: 'b' })
+    t.same(withoutEvent(created), { old_value: null, new_value: { id: 't1', title: 'a' } })
+    t.same(withoutEvent(updated), { old_value: { id: 't1', title: 'a' }, new_value: { id: 't1', title: 'b' } })
     t.same(await adapter.get('todo', 'inbox', 't1'), { id: 't1', title: 'b' })
     await until(() => events.length === 2, 'two events')
+    t.same([created.event, updated.event], events, 'each write answers the event it committed')
     t.same(events.map(e => [e.stream, e.group, e.id, e.rev, e.event]), [
       ['todo', 'inbox', 't1', 1, { type: 'create', data: { id: 't1', title: 'a' } }],
       ['todo', 'inbox', 't1', 2, { type: 'update', data: { id: 't1', title: 'b' } }]
@@ -70,13 +79,15 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
   t.test('delete returns the old value and emits it; deleting a missing item emits nothing', async t => {
     const { adapter, events } = await fresh(t)
     await adapter.set('todo', 'inbox', 't1', { id: 't1' })
-    t.same(await adapter.delete('todo', 'inbox', 't1'), { old_value: { id: 't1' } })
-    t.same(await adapter.delete('todo', 'inbox', 't1'), { old_value: null })
-    t.same(await adapter.delete('todo', 'nowhere', 'x'), { old_value: null })
+    const deleted = await adapter.delete('todo', 'inbox', 't1')
+    t.same(withoutEvent(deleted), { old_value: { id: 't1' } })
+    t.same(await adapter.delete('todo', 'inbox', 't1'), { old_value: null, event: null })
+    t.same(await adapter.delete('todo', 'nowhere', 'x'), { old_value: null, event: null })
     t.same(await adapter.get('todo', 'inbox', 't1'), null)
-    await adapter.publish('todo', 'inbox', null, { type: 'marker', data: null })
+    await adapter.publish('todo', 'inbox', null, { type: 'event', event: { type: 'marker', data: null } })
     await until(() => events.length === 3, 'events up to the marker')
-    t.same(events.map(e => [e.event.type, e.rev]), [['create', 1], ['delete', 2], ['event', 2]], 'no event for the missing deletes')
+    t.same(events.map(e => [e.event.type, e.rev]), [['create', 1], ['delete', 2], ['event', 3]], 'no event for the missing deletes')
+    t.same(deleted.event, events[1])
     t.same(events[1].event, { type: 'delete', data: { id: 't1' } })
   })
 
@@ -114,7 +125,7 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
       { type: 'append', path: 'title', value: '!' },
       { type: 'set', path: 'done', value: false }
     ])
-    t.same(first, { old_value: null, new_value: { count: 5, left: -2, title: 'hello!', tags: ['x'], done: false } })
+    t.same(withoutEvent(first), { old_value: null, new_value: { count: 5, left: -2, title: 'hello!', tags: ['x'], done: false } })
     const second = await adapter.update('s', 'g', 'u', [
       { type: 'increment', path: 'title', by: 1 },
       { type: 'merge', path: ['meta', 'author'], value: { name: 'ana' } },
@@ -147,28 +158,32 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     t.same(await adapter.get('s', 'g', 'counter'), { n: 100 })
   })
 
-  t.test('custom events: not stored, timestamp advances, revision does not', async t => {
+  t.test('published events: not stored, each takes the next revision and a later timestamp', async t => {
     const { adapter, events } = await fresh(t)
     await adapter.set('chat', 'room', 'm1', { id: 'm1' })
-    await adapter.publish('chat', 'room', null, { type: 'typing', data: { user: 'ana' } })
-    await adapter.publish('chat', 'room', 'm1', { type: 'seen', data: 1 })
-    await until(() => events.length === 3, 'three events')
+    const typing = await adapter.publish('chat', 'room', null, { type: 'event', event: { type: 'typing', data: { user: 'ana' } } })
+    await adapter.publish('chat', 'room', 'm1', { type: 'event', event: { type: 'seen', data: 1 } })
+    // A change made elsewhere (a data-function override) is published, not stored.
+    await adapter.publish('chat', 'room', 'm2', { type: 'create', data: { id: 'm2' } })
+    await until(() => events.length === 4, 'four events')
     t.same(events.slice(1).map(e => [e.id, e.rev, e.event]), [
-      [null, 1, { type: 'event', event: { type: 'typing', data: { user: 'ana' } } }],
-      ['m1', 1, { type: 'event', event: { type: 'seen', data: 1 } }]
+      [null, 2, { type: 'event', event: { type: 'typing', data: { user: 'ana' } } }],
+      ['m1', 3, { type: 'event', event: { type: 'seen', data: 1 } }],
+      ['m2', 4, { type: 'create', data: { id: 'm2' } }]
     ])
-    t.ok(events[2].timestamp > events[1].timestamp && events[1].timestamp > events[0].timestamp)
+    t.same(typing, events[1], 'publish answers the event it emitted')
+    t.ok(events[3].timestamp > events[2].timestamp && events[2].timestamp > events[1].timestamp && events[1].timestamp > events[0].timestamp)
     t.same(await adapter.getGroup('chat', 'room'), [{ id: 'm1' }], 'nothing stored')
   })
 
   t.test('snapshots carry the revision and timestamp of the last change they include', async t => {
     const { adapter, events } = await fresh(t)
-    t.same(await adapter.snapshotGroup('s', 'never'), { items: [], rev: 0, timestamp: 0 })
+    t.match(await adapter.snapshotGroup('s', 'never'), { items: [], ids: [], rev: 0, timestamp: 0 })
     t.same(await adapter.snapshotItem('s', 'never', 'x'), { value: null, rev: 0, timestamp: 0 })
     await adapter.set('s', 'g', 'a', { id: 'a' })
     await adapter.set('s', 'g', 'b', { id: 'b' })
     await until(() => events.length === 2, 'two events')
-    t.same(await adapter.snapshotGroup('s', 'g'), { items: [{ id: 'a' }, { id: 'b' }], rev: 2, timestamp: events[1].timestamp })
+    t.match(await adapter.snapshotGroup('s', 'g'), { items: [{ id: 'a' }, { id: 'b' }], ids: ['a', 'b'], rev: 2, timestamp: events[1].timestamp })
     t.same(await adapter.snapshotItem('s', 'g', 'a'), { value: { id: 'a' }, rev: 2, timestamp: events[1].timestamp })
     t.same(await adapter.snapshotItem('s', 'g', 'zz'), { value: null, rev: 2, timestamp: events[1].timestamp })
   })
