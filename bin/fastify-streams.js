@@ -97,7 +97,7 @@ process.on('unhandledRejection', fatal)
 async function start () {
   const adapter = config.normalized.adapter
   // A fresh clone has no data/ directory: create the SQLite file's directory before the store opens it.
-  if (adapter.kind === 'kv' && adapter.storeMethod === 'file_based') mkdirSync(dirname(resolve(adapter.filePath)), { recursive: true })
+  if (adapter.kind === 'kv' && adapter.config.storeMethod === 'file_based') mkdirSync(dirname(resolve(adapter.config.filePath)), { recursive: true })
   await app.register(lib.plugin, config.options)
   for (const mod of modules) {
     const plugin = await lib.importAppModule(mod)

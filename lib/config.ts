@@ -11,16 +11,25 @@
 //         adapter:
 //           class: modules::streams::adapters::KvStore      # or { name: kv | redis, config }
 //           config: { store_method: file_based, file_path: ./data/streams_store.db }
+//           # or class: ./adapters/mine.js (relative to this file) or a package name: a module exporting a factory
 //         # plus any plugin option: path, auth_failure, join_failure, inject_id, max_payload, …
 //   app_modules:                               # ES modules whose default export is a Fastify plugin,
 //     - ./app.js                               # registered after the streams plugin; relative to this file
 //     - { path: ./other.js, options: { … } }
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { pathToFileURL } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { isAlias, isMap, isPair, isScalar, isSeq, parseDocument, type Node as YamlNode, type Scalar } from 'yaml'
-import { ConfigError } from './errors.js'
-import { DEFAULT_HOST, DEFAULT_PORT, normalizeOptions, type NormalizedOptions, type StreamsOptions } from './options.js'
+import { resolveAdapterModule } from './adapters/build.js'
+import { KV_ADAPTER_CLASSES } from './adapters/kv-config.js'
+import { REDIS_ADAPTER_CLASSES } from './adapters/redis-config.js'
+import { OptionReader, isPlainObject, type Raw } from './checks.js'
+import { ConfigError, InvalidOptionError } from './errors.js'
+import { adapterModuleKind, normalizeOptions, type NormalizedOptions, type StreamsOptions } from './options.js'
+
+/** Where the standalone command listens unless the config or `--port` / `--host` say otherwise. */
+export const DEFAULT_PORT = 31112
+export const DEFAULT_HOST = '0.0.0.0'
 
 export const STREAM_MODULE_CLASSES = ['modules::streams::StreamModule', 'modules::stream::StreamModule']
 export const STREAM_WORKER_NAMES = ['iii-stream']
@@ -40,7 +49,10 @@ export interface AppModule {
 export interface LoadedConfig {
   /** Absolute path of the config file, or null when no file was given (defaults only). */
   file: string | null
-  /** Plugin options as written (snake_case kept), without port/host; already checked by normalizeOptions. */
+  /**
+   * Plugin options as written (snake_case kept), without port/host, with a module path in `adapter.class` made
+   * a `file:` URL (it was relative to the config file); already checked by normalizeOptions.
+   */
   options: StreamsOptions
   /** The same options normalised. */
   normalized: NormalizedOptions
@@ -57,7 +69,6 @@ export interface LoadConfigOptions {
 }
 
 type Env = Record<string, string | undefined>
-type Raw = Record<string, unknown>
 
 const PLACEHOLDER = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}/g
 const WHOLE_PLACEHOLDER = /^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}$/
@@ -125,47 +136,48 @@ function expandScalar (node: Scalar, env: Env, file: string, key: string): void 
   node.value = expanded
 }
 
-function isPlainObject (value: unknown): value is Raw {
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-}
-
 function checkKeys (file: string, raw: Raw, allowed: string[], where: string): void {
   for (const key of Object.keys(raw)) {
     if (!allowed.includes(key)) fail(file, join(where, key), `unknown key (expected one of ${allowed.join(', ')})`)
   }
 }
 
-const INVALID_OPTION = /^Invalid fastify-streams option "(.*?)": ([\s\S]*)$/
-
-function snake (key: string): string {
-  return key.replace(/[A-Z]/g, letter => `_${letter.toLowerCase()}`)
-}
-
-/** The key as the user spelled it: normalizeOptions reports some keys in camelCase after folding. */
-function spelledAs (raw: Raw, optionKey: string): string {
-  const parts = optionKey.split('.')
-  let node: unknown = raw
-  const out: string[] = []
-  for (const part of parts) {
-    let chosen = part
-    if (isPlainObject(node) && !Object.hasOwn(node, part) && Object.hasOwn(node, snake(part))) chosen = snake(part)
-    out.push(chosen)
-    node = isPlainObject(node) ? node[chosen] : undefined
-  }
-  return out.join('.')
-}
-
-function checkOptions (file: string, raw: Raw, where: string): NormalizedOptions {
+/** Runs `read` (option checks); an InvalidOptionError becomes a ConfigError naming the key under `where`. */
+function checked<T> (file: string, where: string, read: () => T): T {
   try {
-    return normalizeOptions(raw)
+    return read()
   } catch (err) {
-    const error = err as { code?: string, message?: string }
-    if (error.code !== 'STREAMS_ERR_INVALID_OPTION') throw err
-    const match = INVALID_OPTION.exec(error.message ?? '')
-    if (match === null) return fail(file, where, error.message ?? 'invalid option')
-    const optionKey = match[1] === '(options)' ? '' : spelledAs(raw, match[1])
-    return fail(file, optionKey === '' ? where : join(where, optionKey), match[2])
+    if (!(err instanceof InvalidOptionError)) throw err
+    return fail(file, err.key === '' ? where : join(where, err.key), err.reason)
   }
+}
+
+/** The listen address, which only the standalone command uses (the plugin ignores both keys). */
+function listenAddress (raw: Raw): { port: number, host: string } {
+  const listen = new OptionReader(raw)
+  return { port: listen.integer('port', DEFAULT_PORT, 0, 65535), host: listen.nonEmptyString('host', DEFAULT_HOST) }
+}
+
+/**
+ * A module named in `adapter.class` is found from the config file's folder (the plugin alone would look from the
+ * working directory): the class becomes the module's `file:` URL. A path or URL to a missing file is refused here.
+ */
+function locateAdapterModule (file: string, raw: Raw, where: string): void {
+  const adapter = raw.adapter
+  if (!isPlainObject(adapter) || typeof adapter.class !== 'string') return
+  const id = adapter.class
+  if (KV_ADAPTER_CLASSES.includes(id) || REDIS_ADAPTER_CLASSES.includes(id)) return
+  const kind = adapterModuleKind(id)
+  if (kind === null) return // normalizeOptions refuses it, naming the key
+  const url = resolveAdapterModule(id, dirname(file))
+  if (kind !== 'package') {
+    let path = ''
+    try {
+      path = fileURLToPath(url)
+    } catch {}
+    if (path === '' || !existsSync(path) || !statSync(path).isFile()) fail(file, join(where, 'adapter.class'), `adapter module not found: ${path || id}`)
+  }
+  raw.adapter = { ...adapter, class: url }
 }
 
 function findStreamModule (file: string, list: unknown, listKey: string): { config: Raw, key: string, ignored: string[] } | null {
@@ -239,7 +251,9 @@ export function parseConfig (text: string, file: string, options: LoadConfigOpti
 
   const raw: Raw = { ...(stream?.config ?? {}) }
   const where = stream?.key ?? `${listKey}[0].config`
-  const normalized = checkOptions(file, raw, where)
+  locateAdapterModule(file, raw, where)
+  const normalized = checked(file, where, () => normalizeOptions(raw))
+  const { port, host } = checked(file, where, () => listenAddress(raw))
   delete raw.port
   delete raw.host
 
@@ -252,8 +266,8 @@ export function parseConfig (text: string, file: string, options: LoadConfigOpti
     file,
     options: raw as StreamsOptions,
     normalized,
-    port: normalized.port,
-    host: normalized.host,
+    port,
+    host,
     modules,
     ignored: stream?.ignored ?? []
   }

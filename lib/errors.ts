@@ -2,14 +2,26 @@
 // Callers and tests check `code`; messages are for people.
 import createError from '@fastify/error'
 
-export const InvalidOptionError = createError<[string, string]>('STREAMS_ERR_INVALID_OPTION', 'Invalid fastify-streams option "%s": %s', 500, TypeError)
+const InvalidOption = createError<[string, string]>('STREAMS_ERR_INVALID_OPTION', 'Invalid fastify-streams option "%s": %s', 500, TypeError)
+/**
+ * An option or adapter config key with a bad value. `key` is the dotted path as the user spelled it
+ * (`adapter.config.redis_url`), or '' for the options object itself; `reason` says what was expected.
+ */
+export class InvalidOptionError extends InvalidOption {
+  readonly key: string
+  readonly reason: string
+  constructor (key: string, reason: string) {
+    super(key === '' ? '(options)' : key, reason)
+    this.key = key
+    this.reason = reason
+  }
+}
 export const AlreadyRegisteredError = createError('STREAMS_ERR_ALREADY_REGISTERED', 'fastify-streams is already registered on this instance', 500)
 export const InvalidNameError = createError<[string, string]>('STREAMS_ERR_INVALID_NAME', 'Invalid %s: %s', 400, TypeError)
 export const InvalidArgumentError = createError<[string]>('STREAMS_ERR_INVALID_ARGUMENT', 'Invalid argument: %s', 400, TypeError)
 export const FunctionNotFoundError = createError<[string]>('STREAMS_ERR_FUNCTION_NOT_FOUND', 'No function registered at "%s"', 404)
 export const FunctionExistsError = createError<[string]>('STREAMS_ERR_FUNCTION_EXISTS', 'A function is already registered at "%s"', 409)
 export const InvalidTriggerError = createError<[string]>('STREAMS_ERR_INVALID_TRIGGER', 'Invalid trigger: %s', 400, TypeError)
-export const AdapterNotFoundError = createError<[string]>('STREAMS_ERR_ADAPTER_NOT_FOUND', 'Unknown adapter "%s"', 500)
 export const InvalidAdapterError = createError<[string]>('STREAMS_ERR_INVALID_ADAPTER', 'Invalid adapter: %s', 500, TypeError)
 export const BackendUnavailableError = createError<[string]>('STREAMS_ERR_BACKEND_UNAVAILABLE', 'Storage backend unavailable: %s', 503)
 export const StorageError = createError<[string]>('STREAMS_ERR_STORAGE', 'Storage write failed: %s', 500)

@@ -6,12 +6,12 @@ import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import type { StreamAdapter } from './adapters/adapter.js'
-import { createKvAdapter } from './adapters/kv.js'
+import { buildAdapter } from './adapters/build.js'
 import { createStreamsApi, type StreamsApi } from './api.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
-import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
+import { AlreadyRegisteredError } from './errors.js'
 import { Hub } from './hub.js'
-import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
+import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type StreamsOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
 
@@ -22,6 +22,10 @@ export type * from './adapters/adapter.js'
 export type { UpdateOp, UpdateOpError } from './update-ops.js'
 export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
 export { createKvAdapter } from './adapters/kv.js'
+export { createRedisAdapter } from './adapters/build.js'
+export type { KvAdapterConfig } from './adapters/kv-config.js'
+export type { RedisAdapterConfig } from './adapters/redis-config.js'
+export type { ChangeLogOptions } from './adapters/change-log-config.js'
 
 export interface FastifyStreams extends StreamsApi {
   /** Closes every open stream socket with `code` (clients reconnect and re-sync). */
@@ -38,35 +42,6 @@ declare module 'fastify' {
 
 const CONTEXT = Symbol('fastify-streams.context')
 type AuthedRequest = FastifyRequest & { [CONTEXT]?: unknown }
-
-const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
-
-/** Throws STREAMS_ERR_INVALID_ADAPTER naming every contract method `adapter` lacks. */
-function checkAdapter (adapter: unknown, what: string): void {
-  const missing = ADAPTER_METHODS.filter(method => typeof (adapter as Record<string, unknown> | null)?.[method] !== 'function')
-  if (missing.length > 0) throw new InvalidAdapterError(`${what} an object without ${missing.join(', ')}`)
-}
-
-/** Returns the adapter, and whether it is ours to close (an adapter object the user passed in is borrowed). */
-async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: StreamAdapter, owned: boolean }> {
-  const choice = options.adapter
-  switch (choice.kind) {
-    case 'instance':
-      checkAdapter(choice.adapter, 'adapter is')
-      return { adapter: choice.adapter, owned: false }
-    case 'kv':
-      return { adapter: createKvAdapter(choice), owned: true }
-    case 'redis': {
-      const { RedisAdapter } = await import('./adapters/redis.js')
-      return { adapter: new RedisAdapter(choice), owned: true }
-    }
-    case 'custom': {
-      const adapter = await choice.factory(choice.config)
-      checkAdapter(adapter, `"${choice.name}" returned`)
-      return { adapter, owned: true }
-    }
-  }
-}
 
 function authInput (request: FastifyRequest): AuthInput {
   const headers: Record<string, string> = {}
@@ -94,7 +69,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   if (app.hasDecorator('streams')) throw new AlreadyRegisteredError()
   const options = normalizeOptions(rawOptions)
 
-  const { adapter, owned } = await buildAdapter(options)
+  const { adapter, owned } = await buildAdapter(options.adapter)
   try {
     await adapter.start?.()
   } catch (err) {

@@ -1,24 +1,25 @@
 // Every plugin option, its default and its check, in one place. Keys come in snake_case (the iii config)
 // or camelCase; both are folded to one normalised object before the plugin does anything else.
+import { isAbsolute } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import type { AdapterFactory, StreamAdapter } from './adapters/adapter.js'
+import { KV_ADAPTER_CLASSES, normalizeKvConfig, type KvConfig } from './adapters/kv-config.js'
+import { REDIS_ADAPTER_CLASSES, normalizeRedisConfig, type RedisConfig } from './adapters/redis-config.js'
+import { OptionReader, isPlainObject, type Raw } from './checks.js'
 import { InvalidOptionError } from './errors.js'
 
 export const DEFAULT_PATH = '/'
-export const DEFAULT_PORT = 31112
-export const DEFAULT_HOST = '0.0.0.0'
+export const DEFAULT_AUTH_FAILURE = 'reject'
+export const DEFAULT_JOIN_FAILURE = 'deny'
+export const DEFAULT_INJECT_ID = true
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024
 export const DEFAULT_MAX_NAME_LENGTH = 256
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET = 256
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 export const DEFAULT_MAX_INVALID_FRAMES = 16
-export const DEFAULT_FILE_PATH = './data/streams_store.db'
-export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
-export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
-export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
 
-export const KV_ADAPTER_CLASSES = ['modules::streams::adapters::KvStore', 'modules::stream::adapters::KvStore', 'kv']
-export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
+/** The methods every adapter object must have (the StreamAdapter contract's required methods). */
+export const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
 
 /** What an auth function receives: the engine's StreamAuthInput. */
 export interface AuthInput {
@@ -30,19 +31,14 @@ export interface AuthInput {
 export type AuthResult = { context?: unknown } | null | undefined | void
 export type AuthFunction = (input: AuthInput) => AuthResult | Promise<AuthResult>
 
-export type KvConfig = { kind: 'kv', storeMethod: 'in_memory' } | { kind: 'kv', storeMethod: 'file_based', filePath: string }
-export interface RedisConfig {
-  kind: 'redis'
-  redisUrl: string
-  client?: unknown
-  keyPrefix: string
-  connectTimeoutMs: number
-  commandTimeoutMs: number
-}
+/** The adapter the options pick, checked; lib/adapters/build.ts builds it. */
 export type AdapterChoice =
-  | KvConfig
-  | RedisConfig
-  | { kind: 'custom', name: string, factory: AdapterFactory, config: Record<string, unknown> }
+  | { kind: 'kv', config: KvConfig }
+  | { kind: 'redis', config: RedisConfig }
+  /** A factory given in `adapters`, named by `adapter.class` or `adapter.name`. */
+  | { kind: 'factory', name: string, factory: AdapterFactory, config: Raw }
+  /** A module named by `adapter.class` (a path, a `file:` URL or a package name) exporting a factory. */
+  | { kind: 'module', specifier: string, config: Raw }
   | { kind: 'instance', adapter: StreamAdapter }
 
 export interface StreamsOptions {
@@ -53,6 +49,11 @@ export interface StreamsOptions {
   auth_failure?: 'reject' | 'anonymous'
   joinFailure?: 'deny' | 'allow'
   join_failure?: 'deny' | 'allow'
+  /**
+   * `{ class, config }` or `{ name, config }`: a built-in adapter (KvStore, RedisAdapter), a factory named in
+   * `adapters`, or (`class` only) a module exporting a factory: a path relative to the working directory, an
+   * absolute path, a `file:` URL or a package name. Or an adapter object (borrowed: never closed by the plugin).
+   */
   adapter?: { class?: string, name?: string, config?: Record<string, unknown> } | StreamAdapter
   adapters?: Record<string, AdapterFactory>
   injectId?: boolean
@@ -67,9 +68,10 @@ export interface StreamsOptions {
   max_buffered_bytes?: number
   maxInvalidFrames?: number
   max_invalid_frames?: number
-  /** Used by the standalone server only; accepted here so one config serves both. */
-  port?: number
-  host?: string
+  /** Ignored by the plugin (the app listens where it is told): the standalone command's port, accepted so one iii config block serves both. */
+  port?: unknown
+  /** Ignored by the plugin: the standalone command's host, accepted so one iii config block serves both. */
+  host?: unknown
 }
 
 export interface NormalizedOptions {
@@ -84,164 +86,81 @@ export interface NormalizedOptions {
   maxSubscriptionsPerSocket: number
   maxBufferedBytes: number
   maxInvalidFrames: number
-  port: number
-  host: string
-}
-
-type Raw = Record<string, unknown>
-
-function camel (key: string): string {
-  return key.replace(/_([a-z])/g, (_, letter: string) => letter.toUpperCase())
-}
-
-/** Folds snake_case keys onto camelCase; giving both spellings of one key with different values is an error. */
-function fold (raw: Raw, where: string): Raw {
-  const out: Raw = {}
-  for (const [key, value] of Object.entries(raw)) {
-    const name = camel(key)
-    if (Object.hasOwn(out, name) && out[name] !== value) throw new InvalidOptionError(`${where}${key}`, `given twice (as ${name} too) with different values`)
-    out[name] = value
-  }
-  return out
-}
-
-function checkKeys (raw: Raw, allowed: string[], where: string): void {
-  for (const key of Object.keys(raw)) {
-    if (!allowed.includes(key)) throw new InvalidOptionError(`${where}${key}`, `unknown key (expected one of ${allowed.join(', ')})`)
-  }
-}
-
-function positiveInt (raw: Raw, key: string, fallback: number, where = ''): number {
-  const value = raw[key]
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new InvalidOptionError(`${where}${key}`, 'expected a positive integer')
-  return value
-}
-
-function oneOf<T extends string> (raw: Raw, key: string, choices: readonly T[], fallback: T, label = key): T {
-  const value = raw[key]
-  if (value === undefined) return fallback
-  if (!choices.includes(value as T)) throw new InvalidOptionError(label, `expected one of ${choices.map(c => `'${c}'`).join(', ')}`)
-  return value as T
-}
-
-function nonEmptyString (raw: Raw, key: string, fallback: string, where = ''): string {
-  const value = raw[key]
-  if (value === undefined) return fallback
-  if (typeof value !== 'string' || value === '') throw new InvalidOptionError(`${where}${key}`, 'expected a non-empty string')
-  return value
 }
 
 function isAdapterInstance (value: unknown): value is StreamAdapter {
   if (value === null || typeof value !== 'object') return false
-  const candidate = value as Record<string, unknown>
+  const candidate = value as Raw
   // Any contract method marks an adapter object; the plugin then checks it has all of them (STREAMS_ERR_INVALID_ADAPTER).
-  return ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
-    .some(name => typeof candidate[name] === 'function')
+  return ADAPTER_METHODS.some(name => typeof candidate[name] === 'function')
 }
 
-const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize']
-const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs']
-
-/** Checks and defaults a RedisAdapter config (keys already folded to camelCase). */
-function redisConfig (config: Raw): RedisConfig {
-  checkKeys(config, REDIS_KEYS, 'adapter.config.')
-  const redisUrl = nonEmptyString(config, 'redisUrl', DEFAULT_REDIS_URL, 'adapter.config.')
-  if (!/^rediss?:\/\//.test(redisUrl)) throw new InvalidOptionError('adapter.config.redis_url', 'expected a redis:// or rediss:// URL')
-  const client = config.client as { duplicate?: unknown, evalsha?: unknown, options?: { keyPrefix?: unknown } } | undefined
-  if (client !== undefined && (client === null || typeof client !== 'object' || typeof client.duplicate !== 'function' || typeof client.evalsha !== 'function')) {
-    throw new InvalidOptionError('adapter.config.client', 'expected an ioredis client')
-  }
-  if (client?.options?.keyPrefix) {
-    throw new InvalidOptionError('adapter.config.client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
-  }
-  const keyPrefix = config.keyPrefix ?? ''
-  if (typeof keyPrefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
-  return {
-    kind: 'redis',
-    redisUrl,
-    client,
-    keyPrefix,
-    connectTimeoutMs: positiveInt(config, 'connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS, 'adapter.config.'),
-    commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.')
-  }
+/**
+ * How `adapter.class` names a module, or null when it does not: an iii class name (`a::b`) or anything else.
+ * Paths start with `./`, `../` or `/` (or are absolute on this platform); packages follow npm's naming.
+ */
+export function adapterModuleKind (id: string): 'url' | 'path' | 'package' | null {
+  if (id.startsWith('file:')) return 'url'
+  if (/^\.{1,2}[\\/]/.test(id) || isAbsolute(id)) return 'path'
+  if (/^(@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*(\/[\w.-]+)*$/i.test(id)) return 'package'
+  return null
 }
 
-/** A RedisAdapter config as a user writes it (snake_case or camelCase), checked and defaulted. */
-export function normalizeRedisConfig (raw: unknown): RedisConfig {
-  if (raw !== undefined && (raw === null || typeof raw !== 'object' || Array.isArray(raw))) throw new InvalidOptionError('adapter.config', 'expected an object')
-  return redisConfig(fold((raw ?? {}) as Raw, 'adapter.config.'))
-}
 function normalizeAdapter (value: unknown, factories: Record<string, AdapterFactory>): AdapterChoice {
-  if (value === undefined) return { kind: 'kv', storeMethod: 'in_memory' }
+  if (value === undefined) return { kind: 'kv', config: normalizeKvConfig(undefined, 'adapter.config') }
   if (isAdapterInstance(value)) return { kind: 'instance', adapter: value }
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidOptionError('adapter', 'expected { class, config }, { name, config } or an adapter object')
-  const adapter = value as Raw
-  checkKeys(adapter, ['class', 'name', 'config'], 'adapter.')
-  if (adapter.class !== undefined && adapter.name !== undefined) throw new InvalidOptionError('adapter', 'give either class or name, not both')
-  const id = adapter.class ?? adapter.name ?? KV_ADAPTER_CLASSES[0]
-  if (typeof id !== 'string' || id === '') throw new InvalidOptionError('adapter.class', 'expected a non-empty string')
-  const rawConfig = adapter.config ?? {}
-  if (rawConfig === null || typeof rawConfig !== 'object' || Array.isArray(rawConfig)) throw new InvalidOptionError('adapter.config', 'expected an object')
+  if (!isPlainObject(value)) throw new InvalidOptionError('adapter', 'expected { class, config }, { name, config } or an adapter object')
+  const adapter = new OptionReader(value, 'adapter')
+  adapter.allowKeys(['class', 'name', 'config'])
+  const className = adapter.get('class')
+  if (className !== undefined && adapter.get('name') !== undefined) adapter.fail('name', 'give either class or name, not both')
+  const key = className !== undefined ? 'class' : 'name'
+  const id = adapter.nonEmptyString(key, KV_ADAPTER_CLASSES[0])
+  const config = adapter.get('config') ?? {}
+  if (!isPlainObject(config)) return adapter.fail('config', 'expected an object')
 
-  if (Object.hasOwn(factories, id)) {
-    return { kind: 'custom', name: id, factory: factories[id], config: rawConfig as Raw }
-  }
-  const config = fold(rawConfig as Raw, 'adapter.config.')
-  if (KV_ADAPTER_CLASSES.includes(id)) {
-    checkKeys(config, KV_KEYS, 'adapter.config.')
-    const storeMethod = oneOf(config, 'storeMethod', ['in_memory', 'file_based'] as const, 'in_memory', 'adapter.config.store_method')
-    if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod }
-    return { kind: 'kv', storeMethod, filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.') }
-  }
-  if (REDIS_ADAPTER_CLASSES.includes(id)) return redisConfig(config)
-  throw new InvalidOptionError('adapter.class', `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis or a name given in adapters)`)
+  if (Object.hasOwn(factories, id)) return { kind: 'factory', name: id, factory: factories[id], config }
+  if (KV_ADAPTER_CLASSES.includes(id)) return { kind: 'kv', config: normalizeKvConfig(config, 'adapter.config') }
+  if (REDIS_ADAPTER_CLASSES.includes(id)) return { kind: 'redis', config: normalizeRedisConfig(config, 'adapter.config') }
+  if (key === 'class' && adapterModuleKind(id) !== null) return { kind: 'module', specifier: id, config }
+  return adapter.fail(key, `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis, a name given in adapters${key === 'class' ? ', or a module path or package name' : ''})`)
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
   'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host']
 
-/** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key. */
+/** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key as spelled. */
 export function normalizeOptions (input: unknown): NormalizedOptions {
-  if (input === undefined || input === null) input = {}
-  if (typeof input !== 'object' || Array.isArray(input)) throw new InvalidOptionError('(options)', 'expected an object')
-  const raw = fold(input as Raw, '')
-  checkKeys(raw, TOP_KEYS, '')
+  const raw = new OptionReader(input ?? undefined)
+  raw.allowKeys(TOP_KEYS)
 
-  const path = nonEmptyString(raw, 'path', DEFAULT_PATH)
-  if (!path.startsWith('/')) throw new InvalidOptionError('path', 'expected a path starting with "/"')
+  const path = raw.nonEmptyString('path', DEFAULT_PATH)
+  if (!path.startsWith('/')) raw.fail('path', 'expected a path starting with "/"')
 
-  const authFunction = raw.authFunction ?? null
+  const authFunction = raw.get('authFunction') ?? null
   if (authFunction !== null && typeof authFunction !== 'function' && (typeof authFunction !== 'string' || authFunction === '')) {
-    throw new InvalidOptionError('auth_function', 'expected a function path (string) or a function')
+    raw.fail('authFunction', 'expected a function path (string) or a function')
   }
 
-  const factories = raw.adapters ?? {}
-  if (factories === null || typeof factories !== 'object' || Array.isArray(factories)) throw new InvalidOptionError('adapters', 'expected an object of adapter factories')
+  const factories = raw.get('adapters') ?? {}
+  if (!isPlainObject(factories)) return raw.fail('adapters', 'expected an object of adapter factories')
   for (const [name, factory] of Object.entries(factories)) {
-    if (typeof factory !== 'function') throw new InvalidOptionError(`adapters.${name}`, 'expected a factory function')
+    if (typeof factory !== 'function') throw new InvalidOptionError(`${raw.label('adapters')}.${name}`, 'expected a factory function')
   }
 
-  const injectId = raw.injectId ?? true
-  if (typeof injectId !== 'boolean') throw new InvalidOptionError('injectId', 'expected a boolean')
-
-  const port = raw.port ?? DEFAULT_PORT
-  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidOptionError('port', 'expected an integer from 0 to 65535')
-
+  // `port` and `host` are the standalone command's (lib/config.ts checks them): tolerated, not read.
   return {
     path,
     authFunction: authFunction as NormalizedOptions['authFunction'],
-    authFailure: oneOf(raw, 'authFailure', ['reject', 'anonymous'] as const, 'reject'),
-    joinFailure: oneOf(raw, 'joinFailure', ['deny', 'allow'] as const, 'deny'),
-    adapter: normalizeAdapter(raw.adapter, factories as Record<string, AdapterFactory>),
-    injectId,
-    maxPayload: positiveInt(raw, 'maxPayload', DEFAULT_MAX_PAYLOAD),
-    maxNameLength: positiveInt(raw, 'maxNameLength', DEFAULT_MAX_NAME_LENGTH),
-    maxSubscriptionsPerSocket: positiveInt(raw, 'maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
-    maxBufferedBytes: positiveInt(raw, 'maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
-    maxInvalidFrames: positiveInt(raw, 'maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
-    port,
-    host: nonEmptyString(raw, 'host', DEFAULT_HOST)
+    authFailure: raw.oneOf('authFailure', ['reject', 'anonymous'] as const, DEFAULT_AUTH_FAILURE),
+    joinFailure: raw.oneOf('joinFailure', ['deny', 'allow'] as const, DEFAULT_JOIN_FAILURE),
+    adapter: normalizeAdapter(raw.get('adapter'), factories as Record<string, AdapterFactory>),
+    injectId: raw.boolean('injectId', DEFAULT_INJECT_ID),
+    maxPayload: raw.positiveInt('maxPayload', DEFAULT_MAX_PAYLOAD),
+    maxNameLength: raw.positiveInt('maxNameLength', DEFAULT_MAX_NAME_LENGTH),
+    maxSubscriptionsPerSocket: raw.positiveInt('maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
+    maxBufferedBytes: raw.positiveInt('maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
+    maxInvalidFrames: raw.positiveInt('maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES)
   }
 }
 

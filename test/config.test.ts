@@ -46,7 +46,7 @@ t.test('the seed shape (modules::streams, class adapters) with defaults from pla
     auth_function: 'motia.streams.authenticate',
     adapter: { class: 'modules::streams::adapters::RedisAdapter', config: { redis_url: 'redis://localhost:6379' } }
   })
-  t.match(config.normalized.adapter, { kind: 'redis', redisUrl: 'redis://localhost:6379' })
+  t.match(config.normalized.adapter, { kind: 'redis', config: { redisUrl: 'redis://localhost:6379' } })
   t.equal(config.normalized.authFunction, 'motia.streams.authenticate')
   t.same(config.ignored, ['modules::api::RestApiModule'])
   t.same(config.modules, [])
@@ -55,7 +55,7 @@ t.test('the seed shape (modules::streams, class adapters) with defaults from pla
 t.test('${VAR:default} takes the variable when it is set', async t => {
   const config = parseConfig(SEED, '/cfg/config.yaml', { env: { STREAMS_PORT: '4000', REDIS_URL: 'redis://cache:6380/2' } })
   t.equal(config.port, 4000)
-  t.match(config.normalized.adapter, { kind: 'redis', redisUrl: 'redis://cache:6380/2' })
+  t.match(config.normalized.adapter, { kind: 'redis', config: { redisUrl: 'redis://cache:6380/2' } })
 })
 
 t.test('an empty variable counts as unset and takes the default', async t => {
@@ -97,7 +97,7 @@ t.test('the later spellings: modules::stream::StreamModule, name: kv, and the wo
 `
   const a = parseConfig(later, '/cfg/c.yaml', { env: {} })
   t.equal(a.port, 3112)
-  t.same(a.normalized.adapter, { kind: 'kv', storeMethod: 'file_based', filePath: './data/x.db' })
+  t.match(a.normalized.adapter, { kind: 'kv', config: { storeMethod: 'file_based', filePath: './data/x.db' } })
 
   const worker = `workers:
   - name: iii-other
@@ -112,11 +112,11 @@ t.test('the later spellings: modules::stream::StreamModule, name: kv, and the wo
   const b = parseConfig(worker, '/cfg/d.yaml', { env: {} })
   t.equal(b.host, '127.0.0.1')
   t.equal(b.port, 31112)
-  t.same(b.normalized.adapter, { kind: 'kv', storeMethod: 'in_memory' })
+  t.match(b.normalized.adapter, { kind: 'kv', config: { storeMethod: 'in_memory' } })
   t.same(b.ignored, ['iii-other'])
 
   const redis = 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter: { name: redis, config: { redis_url: "redis://r:1" } }\n'
-  t.match(parseConfig(redis, '/cfg/e.yaml', { env: {} }).normalized.adapter, { kind: 'redis', redisUrl: 'redis://r:1' })
+  t.match(parseConfig(redis, '/cfg/e.yaml', { env: {} }).normalized.adapter, { kind: 'redis', config: { redisUrl: 'redis://r:1' } })
 })
 
 t.test('defaults: no file, an empty file, a streams module without config', async t => {
@@ -124,12 +124,12 @@ t.test('defaults: no file, an empty file, a streams module without config', asyn
   t.equal(none.file, null)
   t.equal(none.port, 31112)
   t.equal(none.host, '0.0.0.0')
-  t.same(none.normalized.adapter, { kind: 'kv', storeMethod: 'in_memory' })
+  t.match(none.normalized.adapter, { kind: 'kv', config: { storeMethod: 'in_memory' } })
   t.equal(loadConfig(null, { env: { STREAMS_PORT: '5000' } }).port, 5000)
 
   const empty = parseConfig('', '/cfg/empty.yaml', { env: {} })
   t.equal(empty.port, 31112)
-  t.same(empty.normalized.adapter, { kind: 'kv', storeMethod: 'in_memory' })
+  t.match(empty.normalized.adapter, { kind: 'kv', config: { storeMethod: 'in_memory' } })
 
   const bare = parseConfig('modules:\n  - class: modules::streams::StreamModule\n', '/cfg/bare.yaml', { env: {} })
   t.equal(bare.host, '0.0.0.0')

@@ -12,15 +12,14 @@ import type {
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import { ClosedError, InvalidArgumentError, StorageError } from '../errors.js'
-import type { KvConfig } from '../options.js'
+import { DEFAULT_CHANGE_LOG_MAX_CHANGES } from './change-log-config.js'
+import { normalizeKvConfig, type KvAdapterConfig, type KvConfig } from './kv-config.js'
 import { StreamClock } from '../clock.js'
 
 // No ':' here: keyv splits iterator keys on the first ':' to strip the namespace.
 const KEYV_NAMESPACE = 'fastifystreams'
 // Rows fetched per page when loading a SQLite file at start.
 const LOAD_PAGE_SIZE = 1000
-/** Change-log entries kept per group (the newest ones). */
-export const DEFAULT_CHANGE_LOG_MAX_CHANGES = 1000
 
 /** What keyv stores per item: the value, its place in the group, and the revision/timestamp of its last change. */
 interface ItemRecord { v: unknown, o: number, r: number, t: number }
@@ -305,6 +304,7 @@ export class KvAdapter implements StreamAdapter {
   }
 }
 
-export function createKvAdapter (config: KvConfig): KvAdapter {
-  return new KvAdapter(config)
+/** A KvStore from its config as a user writes it (checked: InvalidOptionError); call `start()` before use. */
+export function createKvAdapter (config: KvAdapterConfig = {}): KvAdapter {
+  return new KvAdapter(normalizeKvConfig(config))
 }

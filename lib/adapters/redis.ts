@@ -19,23 +19,12 @@ import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import {
   BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, StorageError
 } from '../errors.js'
-import { normalizeRedisConfig, type RedisConfig } from '../options.js'
+import type { RedisConfig } from './redis-config.js'
 
 /** How many times `update` re-reads and retries its compare-and-set before giving up with ConflictError. */
 export const MAX_UPDATE_ATTEMPTS = 20
 const SCAN_COUNT = 1000
 const QUIT_TIMEOUT_MS = 1000
-
-export interface RedisAdapterConfig {
-  /** `redis://` or `rediss://` URL; ignored when `client` is given. */
-  redis_url?: string
-  /** A caller-owned ioredis client: used for commands, duplicated for the subscriber, never closed by us. */
-  client?: Redis
-  /** Prepended to every key and to the channel. */
-  key_prefix?: string
-  connect_timeout_ms?: number
-  command_timeout_ms?: number
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Lua. Values travel as JSON text produced by JSON.stringify in JS and are never decoded here (cjson would
@@ -271,7 +260,6 @@ type Status = 'idle' | 'starting' | 'ready' | 'closed'
 export class RedisAdapter implements StreamAdapter {
   readonly keyPrefix: string
   readonly channel: string
-  private readonly config: RedisConfig & { client?: Redis }
   private readonly borrowed: boolean
   private client: Redis | null = null
   private subscriber: Redis | null = null
@@ -287,10 +275,8 @@ export class RedisAdapter implements StreamAdapter {
   /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
   private readonly floors = new Map<string, number>()
 
-  constructor (config: RedisAdapterConfig | RedisConfig | Record<string, unknown> = {}) {
-    // The plugin passes its checked config; a config from elsewhere is checked here, by the same rules.
-    const checked = (config as Partial<RedisConfig>).kind === 'redis' ? config as RedisConfig : normalizeRedisConfig(config)
-    this.config = checked as RedisConfig & { client?: Redis }
+  /** `config` is checked already: normalizeRedisConfig (redis-config.ts), or createRedisAdapter from the package. */
+  constructor (private readonly config: RedisConfig) {
     this.borrowed = this.config.client !== undefined
     this.keyPrefix = this.config.keyPrefix
     this.channel = `${this.config.keyPrefix}stream::events`
@@ -689,10 +675,3 @@ async function quit (redis: Redis): Promise<void> {
     if ((redis.status as string) !== 'end') redis.disconnect()
   }
 }
-
-/** The `adapter.class` factory: `createRedisAdapter(config)`; call `start()` before use. */
-export function createRedisAdapter (config: RedisAdapterConfig | Record<string, unknown> = {}): RedisAdapter {
-  return new RedisAdapter(config)
-}
-
-export default createRedisAdapter

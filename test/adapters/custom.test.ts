@@ -19,7 +19,7 @@ class CountingAdapter implements StreamAdapter {
   readonly calls: Record<string, number> = {}
   closed = 0
   started = 0
-  private readonly inner = createKvAdapter({ kind: 'kv', storeMethod: 'in_memory' })
+  private readonly inner = createKvAdapter({ storeMethod: 'in_memory' })
 
   private count (name: string): void { this.calls[name] = (this.calls[name] ?? 0) + 1 }
   async start () { this.started++; await this.inner.start() }
@@ -39,7 +39,7 @@ class CountingAdapter implements StreamAdapter {
 
 /** A plain object with every contract method but `without`, each delegating to a fresh KvStore. */
 function partialAdapter (without: string): Record<string, unknown> {
-  const inner = createKvAdapter({ kind: 'kv', storeMethod: 'in_memory' }) as unknown as Record<string, (...args: unknown[]) => unknown>
+  const inner = createKvAdapter({ storeMethod: 'in_memory' }) as unknown as Record<string, (...args: unknown[]) => unknown>
   const object: Record<string, unknown> = {}
   for (const name of METHODS) if (name !== without) object[name] = inner[name].bind(inner)
   return object

@@ -1,11 +1,14 @@
 // RedisAdapter against a real redis-server started for this file (never the one at 6379).
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
-import { createRedisAdapter, RedisAdapter, escapeGlob, parseEnvelope } from '../../lib/adapters/redis.js'
+import { RedisAdapter, escapeGlob, parseEnvelope } from '../../lib/adapters/redis.js'
+import { normalizeRedisConfig } from '../../lib/adapters/redis-config.js'
 import type { StreamEvent } from '../../lib/adapters/adapter.js'
 import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
 import { adapterContract } from './contract.js'
 
+/** A RedisAdapter from a config as a user writes it, checked the way the plugin checks it. */
+const createRedisAdapter = (config: Record<string, unknown>) => new RedisAdapter(normalizeRedisConfig(config))
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function waitFor (what: string, check: () => boolean, timeoutMs = 3000): Promise<void> {

@@ -8,7 +8,7 @@ import { adapterContract } from './contract.js'
 adapterContract(t, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
   return {
-    adapter: createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db') }),
+    adapter: createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db') }),
     cleanup: () => rm(dir, { recursive: true, force: true })
   }
 })
@@ -17,7 +17,7 @@ t.test('a second adapter on the same file serves the same data, order, revisions
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const filePath = join(dir, 'store.db')
-  const first = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  const first = createKvAdapter({ storeMethod: 'file_based', filePath })
   await first.start()
   for (const id of ['c', 'a', 'b']) await first.set('todo', 'inbox', id, { id })
   await first.set('todo', 'inbox', 'a', { id: 'a', v: 2 })
@@ -26,7 +26,7 @@ t.test('a second adapter on the same file serves the same data, order, revisions
   const before = await first.snapshotGroup('todo', 'inbox')
   await first.close()
 
-  const second = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  const second = createKvAdapter({ storeMethod: 'file_based', filePath })
   await second.start()
   t.teardown(() => second.close())
   const { epoch: _epoch, ...after } = await second.snapshotGroup('todo', 'inbox')
@@ -44,7 +44,7 @@ t.test('a file that cannot be opened fails start with STREAMS_ERR_STORAGE', asyn
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await writeFile(join(dir, 'a-file'), '')
-  const adapter = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: join(dir, 'a-file', 'store.db') })
+  const adapter = createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'a-file', 'store.db') })
   await t.rejects(adapter.start(), { code: 'STREAMS_ERR_STORAGE' })
   await adapter.close().catch(() => {})
 })

@@ -1,0 +1,66 @@
+// RedisAdapter's config: the shape a user writes (snake_case as in the iii config, or camelCase) and its
+// normaliser. Apart from redis.ts so that checking options does not load ioredis (the client is only a type here).
+import type { Redis } from 'ioredis'
+import { OptionReader } from '../checks.js'
+import { DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES, readChangeLog, type ChangeLogConfig, type ChangeLogOptions } from './change-log-config.js'
+
+/** The class names (and `name`s) that pick RedisAdapter. */
+export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
+export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
+export const DEFAULT_KEY_PREFIX = ''
+export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
+export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
+
+/** RedisAdapter's config as a user writes it; every key also in camelCase. */
+export interface RedisAdapterConfig {
+  /** `redis://` or `rediss://` URL; ignored when `client` is given. */
+  redis_url?: string
+  redisUrl?: string
+  /** A caller-owned ioredis client: used for commands, duplicated for the subscriber, never closed by the adapter. */
+  client?: Redis
+  /** Prepended to every key and to the channel. */
+  key_prefix?: string
+  keyPrefix?: string
+  connect_timeout_ms?: number
+  connectTimeoutMs?: number
+  command_timeout_ms?: number
+  commandTimeoutMs?: number
+  change_log?: ChangeLogOptions
+  changeLog?: ChangeLogOptions
+}
+
+/** RedisAdapter's checked config, as its constructor takes it. */
+export interface RedisConfig {
+  redisUrl: string
+  client?: Redis
+  keyPrefix: string
+  connectTimeoutMs: number
+  commandTimeoutMs: number
+  changeLog: ChangeLogConfig
+}
+
+const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'changeLog']
+
+/**
+ * Checks and defaults a RedisAdapter config; throws InvalidOptionError naming the key as spelled, under `where`
+ * (the config's own path, e.g. `adapter.config`).
+ */
+export function normalizeRedisConfig (raw: unknown, where = ''): RedisConfig {
+  const config = new OptionReader(raw, where)
+  config.allowKeys(REDIS_KEYS)
+  const redisUrl = config.nonEmptyString('redisUrl', DEFAULT_REDIS_URL)
+  if (!/^rediss?:\/\//.test(redisUrl)) config.fail('redisUrl', 'expected a redis:// or rediss:// URL')
+  const client = config.get('client') as { duplicate?: unknown, evalsha?: unknown, options?: { keyPrefix?: unknown } } | undefined
+  if (client !== undefined && (client === null || typeof client !== 'object' || typeof client.duplicate !== 'function' || typeof client.evalsha !== 'function')) {
+    config.fail('client', 'expected an ioredis client')
+  }
+  if (client?.options?.keyPrefix) config.fail('client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
+  return {
+    redisUrl,
+    client: client as Redis | undefined,
+    keyPrefix: config.string('keyPrefix', DEFAULT_KEY_PREFIX),
+    connectTimeoutMs: config.positiveInt('connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS),
+    commandTimeoutMs: config.positiveInt('commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS),
+    changeLog: readChangeLog(config, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES)
+  }
+}
