@@ -5,7 +5,6 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastif
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
-import type { StreamAdapter } from './adapters/adapter.js'
 import { buildAdapter } from './adapters/build.js'
 import { createStreamsApi, type StreamsApi } from './api.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'

@@ -226,6 +226,60 @@ const errorCases: Array<{ name: string, text: string, key: RegExp, expected: Reg
     expected: /expected an integer/
   },
   {
+    name: 'a port that is a quoted string',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      port: "3000"\n',
+    key: /: modules\[0\]\.config\.port: /,
+    expected: /expected an integer from 0 to 65535/
+  },
+  {
+    name: 'a fractional port',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      port: 80.5\n',
+    key: /: modules\[0\]\.config\.port: /,
+    expected: /expected an integer from 0 to 65535/
+  },
+  {
+    name: 'an empty host',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      host: ""\n',
+    key: /: modules\[0\]\.config\.host: /,
+    expected: /expected a non-empty string/
+  },
+  {
+    name: 'a host that is a number',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      host: 5\n',
+    key: /: modules\[0\]\.config\.host: /,
+    expected: /expected a non-empty string/
+  },
+  {
+    name: 'save_interval_ms below the engine\'s range',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter:\n        name: kv\n        config: { save_interval_ms: 50 }\n',
+    key: /: modules\[0\]\.config\.adapter\.config\.save_interval_ms: /,
+    expected: /expected an integer from 100 to 3600000/
+  },
+  {
+    name: 'channel_size above the engine\'s range',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter:\n        name: kv\n        config: { channel_size: 1048577 }\n',
+    key: /: modules\[0\]\.config\.adapter\.config\.channel_size: /,
+    expected: /expected an integer from 1 to 1048576/
+  },
+  {
+    name: 'a camelCase adapter key (reported as spelled)',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter: { name: redis, config: { redisUrl: "http://x", change_log: { max_changes: 5 } } }\n',
+    key: /: modules\[0\]\.config\.adapter\.config\.redisUrl: /,
+    expected: /redis:\/\//
+  },
+  {
+    name: 'a bad change_log key (reported as spelled)',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter: { name: redis, config: { change_log: { max_age_ms: 0 } } }\n',
+    key: /: modules\[0\]\.config\.adapter\.config\.change_log\.max_age_ms: /,
+    expected: /expected a positive integer/
+  },
+  {
+    name: 'an adapter module path to a missing file',
+    text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      adapter: { class: ./adapters/none.js }\n',
+    key: /: modules\[0\]\.config\.adapter\.class: /,
+    expected: /adapter module not found: .*adapters\/none\.js/
+  },
+  {
     name: 'a bad auth_failure (reported as spelled)',
     text: 'modules:\n  - class: modules::streams::StreamModule\n    config:\n      auth_failure: maybe\n',
     key: /: modules\[0\]\.config\.auth_failure: /,

@@ -48,10 +48,7 @@ export function normalizeKvConfig (raw: unknown, where = ''): KvConfig {
   config.integer('saveIntervalMs', SAVE_INTERVAL_MS_RANGE[0], ...SAVE_INTERVAL_MS_RANGE)
   config.integer('channelSize', CHANNEL_SIZE_RANGE[0], ...CHANNEL_SIZE_RANGE)
   const storeMethod = config.oneOf('storeMethod', ['in_memory', 'file_based'] as const, DEFAULT_STORE_METHOD)
+  const filePath = config.nonEmptyString('filePath', DEFAULT_FILE_PATH) // checked even when in_memory leaves it unused
   if (storeMethod === 'in_memory') return { storeMethod, changeLog: readChangeLog(config, DEFAULT_CHANGE_LOG_MAX_CHANGES) }
-  return {
-    storeMethod,
-    filePath: config.nonEmptyString('filePath', DEFAULT_FILE_PATH),
-    changeLog: readChangeLog(config, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES)
-  }
+  return { storeMethod, filePath, changeLog: readChangeLog(config, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES) }
 }
