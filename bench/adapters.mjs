@@ -8,8 +8,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
-const { createKvAdapter } = await import(path.join(BENCH, '..', 'dist', 'adapters', 'kv.js'))
-const { createRedisAdapter } = await import(path.join(BENCH, '..', 'dist', 'adapters', 'redis.js'))
+const { createKvAdapter, createRedisAdapter } = await import(path.join(BENCH, '..', 'dist', 'index.js'))
 const ITEMS = 10_000
 const DURATION_MS = 3000
 const RUNS = 3
@@ -49,8 +48,8 @@ const port = await freePort()
 const redis = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
 await new Promise(resolve => setTimeout(resolve, 300))
 const makers = {
-  'memory (KvStore in_memory)': () => createKvAdapter({ kind: 'kv', storeMethod: 'in_memory' }),
-  'SQLite (KvStore file_based)': () => createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: path.join(dir, `s${Math.random()}.db`) }),
+  'memory (KvStore in_memory)': () => createKvAdapter({ store_method: 'in_memory' }),
+  'SQLite (KvStore file_based)': () => createKvAdapter({ store_method: 'file_based', file_path: path.join(dir, `s${Math.random()}.db`) }),
   Redis: () => createRedisAdapter({ redis_url: `redis://127.0.0.1:${port}`, key_prefix: `b${Math.random()}:` })
 }
 const rows = []
@@ -58,7 +57,7 @@ try {
   for (const [name, make] of Object.entries(makers)) {
     const results = { one: [], many: [], group: [] }
     for (let r = 0; r < RUNS; r++) {
-      const adapter = make()
+      const adapter = await make()
       await adapter.start?.()
       results.one.push(await opsPerSecond(adapter, 1))
       results.many.push(await opsPerSecond(adapter, 16))
