@@ -4,7 +4,7 @@ import type { OptionReader } from '../checks.js'
 /** Entries kept per group by the memory store. */
 export const DEFAULT_CHANGE_LOG_MAX_CHANGES = 1000
 /** Entries kept per group by the stores that outlive the process (SQLite, Redis). */
-export const DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES = 10_000
+export const DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES = 10_000
 /** Entries older than this are dropped: 7 days. */
 export const DEFAULT_CHANGE_LOG_MAX_AGE_MS = 7 * 24 * 60 * 60 * 1000
 
@@ -17,13 +17,13 @@ export interface ChangeLogOptions {
   maxAgeMs?: number
 }
 
-export interface ChangeLogConfig {
+export interface ChangeLogRetention {
   maxChanges: number
   maxAgeMs: number
 }
 
 /** Reads `change_log` from an adapter config; `maxChanges` defaults to the adapter's own default. */
-export function readChangeLog (config: OptionReader, defaultMaxChanges: number): ChangeLogConfig {
+export function readChangeLog (config: OptionReader, defaultMaxChanges: number): ChangeLogRetention {
   const changeLog = config.section('changeLog')
   changeLog.allowKeys(['maxChanges', 'maxAgeMs'])
   return {

@@ -2,7 +2,7 @@
 // Apart from kv.ts so that checking options loads neither keyv nor SQLite.
 import { OptionReader } from '../checks.js'
 import {
-  DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES, readChangeLog, type ChangeLogConfig, type ChangeLogOptions
+  DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES, readChangeLog, type ChangeLogRetention, type ChangeLogOptions
 } from './change-log-config.js'
 
 /** The class names (and `name`s) that pick KvStore. */
@@ -33,8 +33,8 @@ export interface KvAdapterConfig {
 
 /** KvStore's checked config, as its constructor takes it. */
 export type KvConfig =
-  | { storeMethod: 'in_memory', changeLog: ChangeLogConfig }
-  | { storeMethod: 'file_based', filePath: string, changeLog: ChangeLogConfig }
+  | { storeMethod: 'in_memory', changeLog: ChangeLogRetention }
+  | { storeMethod: 'file_based', filePath: string, changeLog: ChangeLogRetention }
 
 const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize', 'changeLog']
 
@@ -50,5 +50,5 @@ export function normalizeKvConfig (raw: unknown, where = ''): KvConfig {
   const storeMethod = config.oneOf('storeMethod', ['in_memory', 'file_based'] as const, DEFAULT_STORE_METHOD)
   const filePath = config.nonEmptyString('filePath', DEFAULT_FILE_PATH) // checked even when in_memory leaves it unused
   if (storeMethod === 'in_memory') return { storeMethod, changeLog: readChangeLog(config, DEFAULT_CHANGE_LOG_MAX_CHANGES) }
-  return { storeMethod, filePath, changeLog: readChangeLog(config, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES) }
+  return { storeMethod, filePath, changeLog: readChangeLog(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES) }
 }

@@ -2,7 +2,7 @@
 // normaliser. Apart from redis.ts so that checking options does not load ioredis (the client is only a type here).
 import type { Redis } from 'ioredis'
 import { OptionReader } from '../checks.js'
-import { DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES, readChangeLog, type ChangeLogConfig, type ChangeLogOptions } from './change-log-config.js'
+import { DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES, readChangeLog, type ChangeLogRetention, type ChangeLogOptions } from './change-log-config.js'
 
 /** The class names (and `name`s) that pick RedisAdapter. */
 export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
@@ -36,7 +36,7 @@ export interface RedisConfig {
   keyPrefix: string
   connectTimeoutMs: number
   commandTimeoutMs: number
-  changeLog: ChangeLogConfig
+  changeLog: ChangeLogRetention
 }
 
 const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'changeLog']
@@ -61,6 +61,6 @@ export function normalizeRedisConfig (raw: unknown, where = ''): RedisConfig {
     keyPrefix: config.string('keyPrefix', DEFAULT_KEY_PREFIX),
     connectTimeoutMs: config.positiveInt('connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS),
     commandTimeoutMs: config.positiveInt('commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS),
-    changeLog: readChangeLog(config, DEFAULT_PERSISTENT_CHANGE_LOG_MAX_CHANGES)
+    changeLog: readChangeLog(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
   }
 }
