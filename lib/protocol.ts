@@ -13,7 +13,14 @@ export interface Subscription {
 
 export type ClientMessage = { type: 'join' | 'leave', sub: Subscription }
 
-export type ParseResult = { ok: true, message: ClientMessage } | { ok: false, reason: string } | { ok: true, message: null }
+/**
+ * A refused frame gives a reason; when it is a well-formed join or leave whose names are strings the plugin
+ * refuses (empty, too long, reserved, ':' in a stream name), it also gives the subscription as sent, so the
+ * client can be answered in that subscription's room.
+ */
+export type ParseResult =
+  | { ok: true, message: ClientMessage | null }
+  | { ok: false, reason: string, type?: ClientMessage['type'], sub?: Subscription }
 
 const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype'])
 
@@ -55,11 +62,10 @@ export function parseClientFrame (raw: string, maxNameLength: number): ParseResu
   const problem = nameProblem('stream', streamName, maxNameLength) ??
     nameProblem('group', groupId, maxNameLength) ??
     (id === undefined || id === null ? null : nameProblem('item', id, maxNameLength))
-  if (problem !== null) return { ok: false, reason: problem }
-  return {
-    ok: true,
-    message: { type, sub: { subscriptionId, streamName: streamName as string, groupId: groupId as string, id: (id ?? null) as string | null } }
-  }
+  const sub = { subscriptionId, streamName: streamName as string, groupId: groupId as string, id: (id ?? null) as string | null }
+  if (problem === null) return { ok: true, message: { type, sub } }
+  const named = typeof streamName === 'string' && typeof groupId === 'string' && (id === undefined || id === null || typeof id === 'string')
+  return named ? { ok: false, reason: problem, type, sub } : { ok: false, reason: problem }
 }
 
 function head (timestamp: number, stream: string, group: string, id: string | null): string {
