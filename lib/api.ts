@@ -54,22 +54,27 @@ function inputObject (input: unknown): Input {
   return input
 }
 
+/** What a result-shape check answers for a result of the wrong shape. */
+const INVALID = Symbol('invalid result')
+
 /** The engine's result shapes, checked on what an override returns; a missing `old_value` is null. */
 const OVERRIDE_RESULTS = {
   get: (result: unknown): unknown => result ?? null,
-  list: (result: unknown): unknown[] | null => Array.isArray(result) ? result : null,
-  listGroups: (result: unknown): string[] | null => Array.isArray(result) && result.every(group => typeof group === 'string') ? result : null,
-  set: (result: unknown): SetResult | null => isPlainObject(result) && result.new_value !== undefined
+  list: (result: unknown): unknown[] | typeof INVALID => Array.isArray(result) ? result : INVALID,
+  listGroups: (result: unknown): string[] | typeof INVALID => Array.isArray(result) && result.every(group => typeof group === 'string') ? result : INVALID,
+  set: (result: unknown): SetResult | typeof INVALID => isPlainObject(result) && result.new_value !== undefined
     ? { old_value: result.old_value ?? null, new_value: result.new_value }
-    : null,
-  update: (result: unknown): UpdateResult | null => {
-    if (!isPlainObject(result) || result.new_value === undefined || (result.errors !== undefined && !Array.isArray(result.errors))) return null
+    : INVALID,
+  update: (result: unknown): UpdateResult | typeof INVALID => {
+    if (!isPlainObject(result) || result.new_value === undefined || (result.errors !== undefined && !Array.isArray(result.errors))) return INVALID
     const checked: UpdateResult = { old_value: result.old_value ?? null, new_value: result.new_value }
     if (result.errors !== undefined) checked.errors = result.errors as UpdateResult['errors']
     return checked
   },
-  delete: (result: unknown): DeleteResult | null => isPlainObject(result) ? { old_value: result.old_value ?? null } : null
+  delete: (result: unknown): DeleteResult | typeof INVALID => isPlainObject(result) ? { old_value: result.old_value ?? null } : INVALID
 } satisfies Record<OverridableCall, (result: unknown) => unknown>
+
+type OverrideResult<C extends OverridableCall> = Exclude<ReturnType<typeof OVERRIDE_RESULTS[C]>, typeof INVALID>
 
 const EXPECTED_RESULT: Record<OverridableCall, string> = {
   get: 'a value',
@@ -112,11 +117,11 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
   }
 
   /** Calls an override with the engine's input and checks its result against the call's result shape. */
-  async function callOverride<C extends OverridableCall> (call: C, path: string, input: Input): Promise<NonNullable<ReturnType<typeof OVERRIDE_RESULTS[C]>>> {
+  async function callOverride<C extends OverridableCall> (call: C, path: string, input: Input): Promise<OverrideResult<C>> {
     const result = await registry.call(path, input)
     const checked = OVERRIDE_RESULTS[call](result)
-    if (checked === null) throw new InvalidOverrideResultError(path, `${describe(result)} where ${EXPECTED_RESULT[call]} was expected`)
-    return checked as NonNullable<ReturnType<typeof OVERRIDE_RESULTS[C]>>
+    if (checked === INVALID) throw new InvalidOverrideResultError(path, `${describe(result)} where ${EXPECTED_RESULT[call]} was expected`)
+    return checked as OverrideResult<C>
   }
 
   /**

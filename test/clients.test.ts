@@ -3,7 +3,7 @@ import t from 'tap'
 import { Stream as NodeStream } from '@motiadev/stream-client-node'
 import { Stream as CoreStream } from '@motiadev/stream-client'
 import { WebSocket } from 'ws'
-import { serve, until } from './helpers/app.js'
+import { serve, waitFor } from './helpers/app.js'
 
 type Item = { id: string, [key: string]: unknown }
 
@@ -41,7 +41,7 @@ for (const [label, open] of [['stream-client-node', (url: string) => new NodeStr
     group.onEvent('typing', data => typing.push(data))
     item.onEvent('ping', data => pinged.push(data))
 
-    await until(() => (group.getState() as Item[]).length === 2 && item.getState() !== null, 'the sync')
+    await waitFor(() => (group.getState() as Item[]).length === 2 && item.getState() !== null, 'the sync')
     t.same(group.getState(), [{ title: 'milk', id: 't1' }, { title: 'bread', id: 't2' }], 'group sync: items in insertion order, id injected')
     t.same(item.getState(), { title: 'milk', id: 't1' }, 'item sync: the value')
 
@@ -53,15 +53,15 @@ for (const [label, open] of [['stream-client-node', (url: string) => new NodeStr
     await app.streams.send('todo', 'inbox', { type: 'ping', data: 1 }, 't1')
 
     const expected = await app.streams.getGroup('todo', 'inbox')
-    await until(() => JSON.stringify(byId(group.getState())) === JSON.stringify(byId(expected)), 'group state to match the server')
-    await until(() => typing.length === 1 && pinged.length === 1, 'custom events')
+    await waitFor(() => JSON.stringify(byId(group.getState())) === JSON.stringify(byId(expected)), 'group state to match the server')
+    await waitFor(() => typing.length === 1 && pinged.length === 1, 'custom events')
     t.same(byId(group.getState()), byId(expected), 'group ends with the server state')
     t.same(item.getState(), await app.streams.get('todo', 'inbox', 't1'), 'item ends with the server state')
     t.same(typing, [{ user: 'ana' }], 'group custom event, once')
     t.same(pinged, [1], 'item custom event, once')
 
     await app.streams.delete('todo', 'inbox', 't1')
-    await until(() => item.getState() === null, 'item delete')
+    await waitFor(() => item.getState() === null, 'item delete')
     t.equal(item.getState(), null)
   })
 }
@@ -73,15 +73,15 @@ t.test('two updates of one item in the same millisecond both land', async t => {
   t.teardown(() => stream.close())
   const group = stream.subscribeGroup('counter', 'main')
   const item = stream.subscribeItem('counter', 'main', 'c')
-  await until(() => item.getState() === null && (group as unknown as { lastTimestamp: number }).lastTimestamp > 0, 'the sync')
+  await waitFor(() => item.getState() === null && (group as unknown as { lastTimestamp: number }).lastTimestamp > 0, 'the sync')
   await app.streams.set('counter', 'main', 'c', { n: 0 })
-  await until(() => (group.getState() as Item[]).length === 1, 'create')
+  await waitFor(() => (group.getState() as Item[]).length === 1, 'create')
   // Back to back, well inside one millisecond: a plain ms clock would give both the same timestamp.
   await Promise.all([
     app.streams.set('counter', 'main', 'c', { n: 1 }),
     app.streams.set('counter', 'main', 'c', { n: 2 })
   ])
-  await until(() => (item.getState() as { n: number } | null)?.n === 2 && (group.getState() as unknown as Array<{ n: number }>)[0]?.n === 2, 'the second update')
+  await waitFor(() => (item.getState() as { n: number } | null)?.n === 2 && (group.getState() as unknown as Array<{ n: number }>)[0]?.n === 2, 'the second update')
   t.same(item.getState(), { n: 2, id: 'c' })
   t.same(group.getState(), [{ n: 2, id: 'c' }])
 })
@@ -94,16 +94,16 @@ t.test('after the server drops every socket, the client reconnects and re-syncs'
   t.teardown(() => stream.close())
   const group = stream.subscribeGroup('todo', 'inbox')
   const item = stream.subscribeItem('todo', 'inbox', 'b')
-  await until(() => (group.getState() as Item[]).length === 1, 'the first sync')
+  await waitFor(() => (group.getState() as Item[]).length === 1, 'the first sync')
 
   app.streams.dropConnections()
-  await until(() => app.streams.connectionCount === 0, 'the sockets to close')
+  await waitFor(() => app.streams.connectionCount === 0, 'the sockets to close')
   // Changes made while the client is away reach it only through the fresh sync.
   await app.streams.set('todo', 'inbox', 'b', { title: 'b' })
   await app.streams.delete('todo', 'inbox', 'a')
-  await until(() => app.streams.connectionCount === 1, 'the client to reconnect (it retries every 2 s)', 8000)
-  await until(() => JSON.stringify(group.getState()) === JSON.stringify([{ title: 'b', id: 'b' }]), 'the re-sync')
+  await waitFor(() => app.streams.connectionCount === 1, 'the client to reconnect (it retries every 2 s)', 8000)
+  await waitFor(() => JSON.stringify(group.getState()) === JSON.stringify([{ title: 'b', id: 'b' }]), 'the re-sync')
   t.same(group.getState(), [{ title: 'b', id: 'b' }])
-  await until(() => item.getState() !== null, 'the item re-sync')
+  await waitFor(() => item.getState() !== null, 'the item re-sync')
   t.same(item.getState(), { title: 'b', id: 'b' })
 })

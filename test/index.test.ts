@@ -7,7 +7,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import websocket from '@fastify/websocket'
 import { Stream as NodeStream } from '@motiadev/stream-client-node'
 import streams, { fastifyStreams, type AuthInput, type StreamsOptions } from '../lib/index.js'
-import { RawClient, serve, until } from './helpers/app.js'
+import { RawClient, serve, waitFor } from './helpers/app.js'
 
 type JoinInput = { subscription_id: string, stream_name: string, group_id: string, id: string | null, context: unknown }
 
@@ -35,7 +35,7 @@ async function refusal (url: string, protocols?: string[]): Promise<number> {
 async function answer (client: RawClient, stream: string, group: string, id?: string): Promise<string> {
   const before = client.frames.length
   client.join(stream, group, id)
-  await until(() => client.frames.length > before, `an answer to ${stream}/${group}`)
+  await waitFor(() => client.frames.length > before, `an answer to ${stream}/${group}`)
   return client.frames[before].event.type
 }
 
@@ -104,7 +104,7 @@ t.test('registration', async t => {
     const stream = new NodeStream(url.replace(/\/$/, '/live'))
     t.teardown(() => stream.close())
     const group = stream.subscribeGroup('todo', 'inbox')
-    await until(() => (group.getState() as unknown[]).length === 1, 'the sync')
+    await waitFor(() => (group.getState() as unknown[]).length === 1, 'the sync')
     t.same(group.getState(), [{ title: 'milk', id: 't1' }])
   })
 })
@@ -120,10 +120,10 @@ t.test('app.close()', async t => {
     for (const [index, client] of clients.entries()) await answer(client, 's', `g${index}`)
     t.equal(app.streams.connectionCount, 3)
     await app.close()
-    await until(() => clients.every(client => client.closeCode !== null), 'every socket to close')
+    await waitFor(() => clients.every(client => client.closeCode !== null), 'every socket to close')
     t.same(clients.map(client => client.closeCode), [1001, 1001, 1001], 'going away')
     t.equal(app.streams.connectionCount, 0)
-    await until(() => left.length === 3, 'the leave triggers')
+    await waitFor(() => left.length === 3, 'the leave triggers')
     t.same(left.sort(), ['sub-1', 'sub-1', 'sub-1'])
     await t.rejects(app.streams.get('s', 'g0', 'a'), { code: 'STREAMS_ERR_CLOSED' })
   })
@@ -145,12 +145,12 @@ t.test('app.close()', async t => {
     const clients = await Promise.all([0, 1].map(() => RawClient.open(url)))
     for (const client of clients) await answer(client, 's', 'g')
     await app.streams.set('s', 'g', 'a', { v: 2 })
-    await until(() => clients.every(client => client.frames.length === 2), 'the update')
+    await waitFor(() => clients.every(client => client.frames.length === 2), 'the update')
     t.ok(count().TCPSocketWrap >= before.TCPSocketWrap + 4, 'sockets were open')
     await app.close()
-    await until(() => clients.every(client => client.closeCode !== null), 'the sockets to close')
+    await waitFor(() => clients.every(client => client.closeCode !== null), 'the sockets to close')
     let after = count()
-    await until(() => {
+    await waitFor(() => {
       after = count()
       return watched.every(name => after[name] <= before[name])
     }, 'the handles to go', 3000).catch(() => {})
@@ -164,7 +164,7 @@ t.test('app.close()', async t => {
     const late = await refusal(url)
     await closing
     t.not(late, -1, 'no socket opened after close began')
-    await until(() => client.closeCode !== null, 'the open socket to close')
+    await waitFor(() => client.closeCode !== null, 'the open socket to close')
     t.equal(client.closeCode, 1001)
   })
 })
@@ -213,7 +213,7 @@ t.test('auth', async t => {
     const client = await RawClient.open(`${url}?user=ana`)
     t.equal(await answer(client, 'todo', 'inbox'), 'sync')
     client.leave('todo', 'inbox', 'sub-1')
-    await until(() => leaves.length === 1, 'the leave')
+    await waitFor(() => leaves.length === 1, 'the leave')
     t.same(joins, [{ subscription_id: 'sub-1', stream_name: 'todo', group_id: 'inbox', id: null, context: { user: 'ana' } }])
     t.same(leaves, [{ subscription_id: 'sub-1', stream_name: 'todo', group_id: 'inbox', id: null, context: { user: 'ana' } }])
     await client.close()
@@ -315,7 +315,7 @@ t.test('auth', async t => {
     const stream = new NodeStream(url, { protocols: ['Authorization', 'tok'] })
     t.teardown(() => stream.close())
     const item = stream.subscribeItem('s', 'g', 'a')
-    await until(() => item.getState() !== null, 'the sync')
+    await waitFor(() => item.getState() !== null, 'the sync')
     t.same(item.getState(), { v: 1, id: 'a' })
   })
 })
@@ -397,16 +397,16 @@ t.test('join and leave triggers', async t => {
     const a = client.join('s', 'g')
     const b = client.join('s', 'g', 'b')
     const c = client.join('s', 'h')
-    await until(() => client.frames.length === 3, 'three syncs')
+    await waitFor(() => client.frames.length === 3, 'three syncs')
     client.leave('s', 'g', 'never', 'x')
     client.leave('s', 'g', b, 'b')
-    await until(() => leaves.length === 2, 'two explicit leaves')
+    await waitFor(() => leaves.length === 2, 'two explicit leaves')
     t.same(leaves, [
       { subscription_id: 'never', stream_name: 's', group_id: 'g', id: 'x', context: 'ctx' },
       { subscription_id: b, stream_name: 's', group_id: 'g', id: 'b', context: 'ctx' }
     ])
     await client.close()
-    await until(() => leaves.length === 4, 'the disconnect leaves')
+    await waitFor(() => leaves.length === 4, 'the disconnect leaves')
     await pause(50)
     t.equal(leaves.length, 4, 'once each, none for the one already left')
     t.same(leaves.slice(2).map(input => input.subscription_id).sort(), [a, c].sort())
@@ -428,7 +428,7 @@ t.test('join and leave triggers', async t => {
     t.equal(await answer(client, 's', 'no'), 'unauthorized')
     t.equal(await answer(client, 's', 'yes'), 'sync')
     await client.close()
-    await until(() => leaves.length === 1, 'the leave')
+    await waitFor(() => leaves.length === 1, 'the leave')
     await pause(30)
     t.same(leaves, ['yes'], 'the leave after a throwing one still ran, only for the accepted join')
     const other = await RawClient.open(url)
