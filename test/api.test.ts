@@ -520,6 +520,46 @@ t.test('the data-change trigger `stream`', async t => {
     t.same(payloads, client.frames.slice(1), 'exactly the wire frames, timestamp and rev included')
   })
 
+  await t.test('handlers run one after another, in registration order', async t => {
+    const { app } = await serve()
+    t.teardown(() => app.close())
+    const s = app.streams
+    const order: string[] = []
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    s.registerFunction({ function_path: 'first', handler: async (payload: Payload) => { order.push(`first:${payload.id}`); await gate; order.push('first done') } })
+    s.registerFunction({ function_path: 'second', handler: (payload: Payload) => { order.push(`second:${payload.id}`) } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'first', config: { stream_name: 's' } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'second', config: { stream_name: 's' } })
+    const settled = markerTrigger(s)
+    await s.set('s', 'g', 'a', 1)
+    await settled()
+    t.same(order, ['first:a'], 'the second waits while the first runs')
+    release()
+    await waitFor(() => order.length === 3, 'the second handler')
+    t.same(order, ['first:a', 'first done', 'second:a'])
+  })
+
+  await t.test('a JSON null is a value: create then update, on the wire and in the trigger alike', async t => {
+    const { app, url } = await serve()
+    t.teardown(() => app.close())
+    const s = app.streams
+    const payloads: Payload[] = []
+    s.registerFunction({ function_path: 'onChange', handler: (payload: Payload) => { payloads.push(payload) } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'onChange', config: { stream_name: 'n' } })
+    const client = await RawClient.open(url)
+    t.teardown(() => client.close())
+    client.join('n', 'g')
+    await waitFor(() => client.frames.length === 1, 'sync')
+    t.same(await s.set('n', 'g', 'x', null), { old_value: null, new_value: null })
+    t.same(await s.set('n', 'g', 'x', null), { old_value: null, new_value: null })
+    await s.set('n', 'g', 'x', 1)
+    await waitFor(() => payloads.length === 3 && client.frames.length === 4, 'three changes')
+    t.same(client.frames.slice(1).map(frame => frame.event.type), ['create', 'update', 'update'], 'a stored null is there: the second set updates it')
+    t.same(payloads, client.frames.slice(1), 'the triggers agree with the wire')
+    t.same(await s.getGroup('n', 'g'), [1])
+  })
+
   await t.test('a condition function returning exactly false skips', async t => {
     const { app } = await serve()
     t.teardown(() => app.close())
