@@ -1,7 +1,8 @@
 // One socket's life: ordered joins and leaves, the sync/live-event race, and every kind of bad input.
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { RawClient, serve, waitFor, type Envelope } from './helpers/app.js'
+import { marked, RawClient, serve, waitFor, type Envelope } from './helpers/app.js'
+import { openStock } from './helpers/stock.js'
 
 type Item = { id: string, n: number }
 
@@ -80,8 +81,7 @@ t.test('one frame per socket per event, even when several of its subscriptions m
   await app.streams.set('s', 'g', 'a', { v: 1 })
   await app.streams.send('s', 'g', { type: 'hello', data: 'x' })
   await app.streams.send('s', 'g', { type: 'item-only', data: 'y' }, 'a')
-  await waitFor(() => client.frames.length === 6, 'three events')
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await marked(app, client, 's', 'g')
   t.equal(client.frames.length, 6, 'each event once')
   t.same(client.frames.slice(3).map(frame => frame.event.type), ['create', 'event', 'event'])
 })
@@ -123,7 +123,7 @@ t.test('deleting a missing item emits nothing; leave stops events; unknown leave
   client.join('s', 'marker')
   await waitFor(() => client.frames.length === 3, 'marker sync (the leave was handled before it)')
   await app.streams.set('s', 'g', 'b', 2)
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await marked(app, client, 's', 'marker')
   t.equal(client.frames.length, 3, 'no event after leave')
 })
 
@@ -153,10 +153,7 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
     ['missing fields', JSON.stringify({ type: 'join', data: { streamName: 's' } })],
     ['non-string fields', JSON.stringify({ type: 'join', data: { streamName: 1, groupId: {}, subscriptionId: [] } })],
     ['a JSON array', '[1,2,3]'],
-    ['a name over the length limit', JSON.stringify({ type: 'join', data: { streamName: 's'.repeat(65), groupId: 'g', subscriptionId: '1' } })],
-    ['__proto__ as a stream name', JSON.stringify({ type: 'join', data: { streamName: '__proto__', groupId: 'g', subscriptionId: '1' } })],
-    ['constructor as a group name', JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'constructor', subscriptionId: '1' } })],
-    ['prototype as an item id', JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'g', id: 'prototype', subscriptionId: '1' } })]
+    ['a leave with a name the plugin refuses', JSON.stringify({ type: 'leave', data: { streamName: '__proto__', groupId: 'g', subscriptionId: '1' } })]
   ]
   for (const [label, frame] of garbage) {
     await t.test(label, async t => {
@@ -170,6 +167,32 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
       await client.close()
     })
   }
+
+  await t.test('a join with a name the plugin refuses gets an error event STREAMS_ERR_INVALID_NAME in its room', async t => {
+    const refused: Array<[string, Record<string, unknown>]> = [
+      ['a stream name over the length limit', { streamName: 's'.repeat(65), groupId: 'g' }],
+      ['__proto__ as a stream name', { streamName: '__proto__', groupId: 'g' }],
+      ['":" in a stream name', { streamName: 'a:b', groupId: 'g' }],
+      ['an empty group name', { streamName: 's', groupId: '' }],
+      ['constructor as a group name', { streamName: 's', groupId: 'constructor' }],
+      ['prototype as an item id', { streamName: 's', groupId: 'g', id: 'prototype' }]
+    ]
+    const client = await RawClient.open(url)
+    for (const [label, names] of refused) {
+      const before = client.frames.length
+      client.socket.send(JSON.stringify({ type: 'join', data: { ...names, subscriptionId: 'bad' } }))
+      await waitFor(() => client.frames.length > before, label)
+      const answer = client.frames[before]
+      t.same([answer.streamName, answer.groupId, answer.id], [names.streamName, names.groupId, names.id ?? null], `${label}: in the subscription's room`)
+      t.equal(answer.event.event?.type, 'error', label)
+      t.equal(answer.event.event?.data.code, 'STREAMS_ERR_INVALID_NAME', label)
+    }
+    t.equal(client.closeCode, null, 'refused names are not garbage: the socket stays open')
+    client.join('s', 'ok')
+    await waitFor(() => client.of('sync').length === 1, 'a valid join after them')
+    await bystanderStillServed(t)
+    await client.close()
+  })
 
   await t.test('repeated garbage closes that socket only (1008)', async t => {
     const client = await RawClient.open(url)
@@ -254,4 +277,17 @@ t.test('joins of an unchanged group share one sync; a change makes the next join
   await waitFor(() => late.frames.length === 1, 'the late sync')
   t.same(late.frames[0].event.data, [{ v: 1, id: 'a' }, { v: 2, id: 'b' }], 'the late joiner sees the change')
   t.ok(late.frames[0].timestamp > clients[0].frames[0].timestamp)
+})
+
+t.test('the stock node client sees the refusal of a name instead of waiting forever', async t => {
+  const { app, url } = await serve()
+  t.teardown(() => app.close())
+  const stream = openStock(t, url)
+  const errors: Array<{ code: string }> = []
+  const group = stream.subscribeGroup('a:b', 'inbox')
+  group.onEvent('error', (data: { code: string }) => { errors.push(data) })
+  const item = stream.subscribeItem('todo', 'inbox', '__proto__')
+  item.onEvent('error', (data: { code: string }) => { errors.push(data) })
+  await waitFor(() => errors.length === 2, 'both refusals')
+  t.same(errors.map(error => error.code), ['STREAMS_ERR_INVALID_NAME', 'STREAMS_ERR_INVALID_NAME'])
 })

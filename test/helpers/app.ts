@@ -9,8 +9,13 @@ export { waitFor, waitFor as until }
 
 export interface Served { app: FastifyInstance, url: string }
 
-export async function serve (options: StreamsOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>): Promise<Served> {
-  const app = Fastify({ logger: false, forceCloseConnections: true })
+/** One line the app logged (pino JSON), when `serve` is given an array to collect them. */
+export interface LogLine { level: number, msg: string, [key: string]: unknown }
+export const WARN = 40
+
+export async function serve (options: StreamsOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>, logs?: LogLine[]): Promise<Served> {
+  const logger = logs === undefined ? false : { level: 'debug', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } }
+  const app = Fastify({ logger, forceCloseConnections: true })
   await app.register(streams, options)
   await setup?.(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
