@@ -90,10 +90,6 @@ export class Connection implements Member, Flushable {
     this.onClose()
   }
 
-  get subscriptionCount (): number {
-    return this.subscriptions.size
-  }
-
   private refuse (reason: string, code: number): void {
     this.host.log.debug({ reason }, 'fastify-streams: refused a client frame')
     if (code === CLOSE_TOO_BIG || ++this.invalidFrames > this.host.options.maxInvalidFrames) this.close(code, reason)

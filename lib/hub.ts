@@ -42,7 +42,7 @@ export const SYNC_CACHE_BYTES = 32 * 1024 * 1024
 
 interface CachedSync { rev: number, timestamp: number, frame: Buffer }
 
-export function roomKey (stream: string, group: string): string {
+function roomKey (stream: string, group: string): string {
   return `${stream}\u0000${group}`
 }
 

@@ -25,7 +25,7 @@ export type ParseResult =
 const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype'])
 
 /** Why `value` is not a usable stream, group or item name, or null when it is. */
-export function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
+function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
   if (typeof value !== 'string') return `${kind} name must be a string`
   if (value.length === 0) return `${kind} name must not be empty`
   if (value.length > maxLength) return `${kind} name longer than ${maxLength} characters`

@@ -1,39 +1,20 @@
 // The stock Motia clients from npm, unmodified, against the plugin.
 import t from 'tap'
-import { Stream as NodeStream } from '@motiadev/stream-client-node'
-import { Stream as CoreStream } from '@motiadev/stream-client'
-import { WebSocket } from 'ws'
 import { serve, waitFor } from './helpers/app.js'
+import { openStock } from './helpers/stock.js'
 
 type Item = { id: string, [key: string]: unknown }
 
-/** The core client, given the same ws-based socket adapter shape its browser and node builds use. */
-function coreStream (url: string): CoreStream {
-  return new CoreStream(() => {
-    const socket = new WebSocket(url)
-    return {
-      connect () {},
-      send: (message: string) => socket.send(message),
-      onMessage: (callback: (message: string) => void) => socket.on('message', data => callback(data.toString())),
-      onOpen: (callback: () => void) => socket.on('open', callback),
-      onClose: (callback: () => void) => socket.on('close', callback),
-      close: () => { socket.close(); socket.removeAllListeners() },
-      isOpen: () => socket.readyState === WebSocket.OPEN
-    }
-  })
-}
-
 const byId = (items: unknown): Item[] => [...(items as Item[])].sort((a, b) => a.id.localeCompare(b.id))
 
-for (const [label, open] of [['stream-client-node', (url: string) => new NodeStream(url)], ['stream-client', coreStream]] as const) {
-  t.test(`${label}: group and item subscriptions follow sync, create, update, delete and custom events`, async t => {
+for (const kind of ['stream-client-node', 'stream-client'] as const) {
+  t.test(`${kind}: group and item subscriptions follow sync, create, update, delete and custom events`, async t => {
     const { app, url } = await serve()
     t.teardown(() => app.close())
     await app.streams.set('todo', 'inbox', 't1', { title: 'milk' })
     await app.streams.set('todo', 'inbox', 't2', { title: 'bread' })
 
-    const stream = open(url)
-    t.teardown(() => stream.close())
+    const stream = openStock(t, url, { kind })
     const group = stream.subscribeGroup('todo', 'inbox')
     const item = stream.subscribeItem('todo', 'inbox', 't1')
     const typing: unknown[] = []
@@ -69,8 +50,7 @@ for (const [label, open] of [['stream-client-node', (url: string) => new NodeStr
 t.test('two updates of one item in the same millisecond both land', async t => {
   const { app, url } = await serve()
   t.teardown(() => app.close())
-  const stream = new NodeStream(url)
-  t.teardown(() => stream.close())
+  const stream = openStock(t, url)
   const group = stream.subscribeGroup('counter', 'main')
   const item = stream.subscribeItem('counter', 'main', 'c')
   await waitFor(() => item.getState() === null && (group as unknown as { lastTimestamp: number }).lastTimestamp > 0, 'the sync')
@@ -90,8 +70,7 @@ t.test('after the server drops every socket, the client reconnects and re-syncs'
   const { app, url } = await serve()
   t.teardown(() => app.close())
   await app.streams.set('todo', 'inbox', 'a', { title: 'a' })
-  const stream = new NodeStream(url)
-  t.teardown(() => stream.close())
+  const stream = openStock(t, url)
   const group = stream.subscribeGroup('todo', 'inbox')
   const item = stream.subscribeItem('todo', 'inbox', 'b')
   await waitFor(() => (group.getState() as Item[]).length === 1, 'the first sync')
