@@ -4,6 +4,7 @@ import { FUNCTION_PATHS } from '../lib/api.js'
 import type { FastifyStreams } from '../lib/index.js'
 import { marked, RawClient, serve, waitFor, type Envelope } from './helpers/app.js'
 import { openStock } from './helpers/stock.js'
+import { gate } from './helpers/wait.js'
 
 /**
  * A `stream` trigger on the stream `marker`; the returned function writes there and waits for it to run.
@@ -525,9 +526,8 @@ t.test('the data-change trigger `stream`', async t => {
     t.teardown(() => app.close())
     const s = app.streams
     const order: string[] = []
-    let release: () => void = () => {}
-    const gate = new Promise<void>(resolve => { release = resolve })
-    s.registerFunction({ function_path: 'first', handler: async (payload: Payload) => { order.push(`first:${payload.id}`); await gate; order.push('first done') } })
+    const { opened, open: release } = gate()
+    s.registerFunction({ function_path: 'first', handler: async (payload: Payload) => { order.push(`first:${payload.id}`); await opened; order.push('first done') } })
     s.registerFunction({ function_path: 'second', handler: (payload: Payload) => { order.push(`second:${payload.id}`) } })
     s.registerTrigger({ trigger_type: 'stream', function_path: 'first', config: { stream_name: 's' } })
     s.registerTrigger({ trigger_type: 'stream', function_path: 'second', config: { stream_name: 's' } })
@@ -611,9 +611,8 @@ t.test('the data-change trigger `stream`', async t => {
     t.teardown(() => app.close())
     const s = app.streams
     const seen: string[] = []
-    let release: () => void = () => {}
-    const gate = new Promise<void>(resolve => { release = resolve })
-    s.registerFunction({ function_path: 'slow', handler: async (payload: Payload) => { await gate; seen.push(payload.id!) } })
+    const { opened, open: release } = gate()
+    s.registerFunction({ function_path: 'slow', handler: async (payload: Payload) => { await opened; seen.push(payload.id!) } })
     const trigger = s.registerTrigger({ trigger_type: 'stream', function_path: 'slow', config: { stream_name: 's' } })
     await s.set('s', 'g', 'a', 1)
     t.same(seen, [], 'set resolved before the trigger finished')

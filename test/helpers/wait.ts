@@ -22,3 +22,10 @@ export async function freePort (): Promise<number> {
     })
   })
 }
+
+/** A promise the test opens when it chooses: `opened` resolves once `open()` is called. */
+export function gate (): { opened: Promise<void>, open: () => void } {
+  let open: () => void = () => {}
+  const opened = new Promise<void>(resolve => { open = resolve })
+  return { opened, open }
+}
