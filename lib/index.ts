@@ -14,7 +14,7 @@ import { Hub } from './hub.js'
 import { normalizeOptions, type NormalizedOptions, type StreamsOptions } from './options.js'
 import { Registry } from './registry.js'
 import { Triggers } from './triggers.js'
-import { checkWsInternals, Outbox, releaseUpgrade } from './ws.js'
+import { checkWsInternals, Outbox, releaseUpgrade, socketClassOf } from './ws.js'
 
 export * from './errors.js'
 export type { StreamsOptions, AuthInput, AuthFunction } from './options.js'
@@ -70,6 +70,7 @@ async function buildAdapter (options: NormalizedOptions): Promise<{ adapter: Str
 const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, rawOptions) => {
   if (app.hasDecorator('streams')) throw new AlreadyRegisteredError()
   const options = normalizeOptions(rawOptions)
+  checkWsInternals(socketClassOf(app))
 
   const { adapter, owned } = await buildAdapter(options)
   try {
@@ -132,7 +133,6 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
       }
     })
   }
-  checkWsInternals((app.websocketServer as { options?: { WebSocket?: typeof WebSocket } }).options?.WebSocket)
 
   app.route({
     method: 'GET',

@@ -4,6 +4,7 @@
 // The `ws` range in package.json is the one these were tested with.
 import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
+import type { FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import { WsInternalsError } from './errors.js'
 
@@ -44,11 +45,19 @@ export function releaseUpgrade (socket: WebSocket, upgradeListener: 'default' | 
 }
 
 /**
+ * The class the app's sockets will be: the one the app's @fastify/websocket server makes them with when the
+ * app registered it, else the `ws` this package depends on (which the plugin's own registration uses).
+ */
+export function socketClassOf (app: FastifyInstance): typeof WebSocket {
+  if (!app.hasDecorator('websocketServer')) return WebSocket
+  return (app.websocketServer as { options?: { WebSocket?: typeof WebSocket } }).options?.WebSocket ?? WebSocket
+}
+
+/**
  * Checks at start that the internals above exist in the `ws` and Node versions at hand, so a version that
  * moved them fails at register with STREAMS_ERR_WS_INTERNALS rather than on the first frame.
- * `WebSocketClass` is the class @fastify/websocket's server makes sockets with.
  */
-export function checkWsInternals (WebSocketClass: typeof WebSocket = WebSocket): void {
+export function checkWsInternals (WebSocketClass: typeof WebSocket): void {
   const stream = new Socket()
   try {
     const response = new ServerResponse(new IncomingMessage(stream))
