@@ -101,16 +101,19 @@ export class Connection implements Member, Flushable {
     // The app may have registered @fastify/websocket with a larger limit than ours.
     if (raw.length > this.host.options.maxPayload) return this.refuse('frame over maxPayload', CLOSE_TOO_BIG)
     const parsed = parseClientFrame(raw.toString('utf8'), this.host.options.maxNameLength)
-    if (!parsed.ok && parsed.sub !== undefined) {
-      // A well-formed join with a name the plugin refuses: the client is told, instead of waiting forever.
-      if (parsed.type === 'join') this.sendText(errorEnvelope(parsed.sub, Date.now(), 'STREAMS_ERR_INVALID_NAME', parsed.reason))
-      return
-    }
-    if (!parsed.ok) return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
-    const message = parsed.message
-    if (message === null) return
+    if (parsed.kind === 'empty') return
+    if (parsed.kind === 'invalid') return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
+    const { type, sub } = parsed.message
+    // A leave naming what no subscription can be named has nothing to leave.
+    if (parsed.kind === 'refused-name' && type === 'leave') return
     if (this.pending >= MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
-    this.enqueue(message.type === 'join' ? () => this.join(message.sub) : () => this.leave(message.sub))
+    if (parsed.kind === 'refused-name') {
+      // Told in its turn, in the subscription's room, instead of left waiting forever.
+      const reason = parsed.reason
+      this.enqueue(async () => this.sendText(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_INVALID_NAME', reason)))
+    } else {
+      this.enqueue(type === 'join' ? () => this.join(sub) : () => this.leave(sub))
+    }
   }
 
   /** Runs `step` after every step queued before it: joins, leaves, re-syncs and the final cleanup never overlap. */

@@ -108,7 +108,7 @@ export class Hub {
     }
   }
 
-  add (member: Member, sub: Subscription): void {
+  private add (member: Member, sub: Subscription): void {
     const key = roomKey(sub.streamName, sub.groupId)
     let room = this.rooms.get(key)
     if (room === undefined) {
