@@ -172,3 +172,24 @@ t.test('group joins reading the same revision share one sync frame; an event end
   t.not(sent[sent.length - 1], sent[0], 'a new frame after the change')
   t.match(payloadOf(sent[sent.length - 1]), /"data":\[\{"id":"a"\},\{"id":"b"\}\]/)
 })
+
+t.test('a re-sync of an open subscription: the new sync replaces what it contains, later events follow it once', async t => {
+  const hub = new Hub()
+  const group = new FakeGroup(hub)
+  const member = new FakeMember()
+  await hub.join(member, sub('a'), async () => group.state())
+  group.write('a', { id: 'a', v: 1 })
+  await hub.sync(member, sub('a'), async () => {
+    group.write('b', { id: 'b', v: 1 })
+    const state = group.state()
+    group.write('a', { id: 'a', v: 2 })
+    return state
+  })
+  group.write('c', { id: 'c', v: 1 })
+  t.same(member.frames.map(frame => [frame.event.type, frame.rev]), [['sync', 0], ['create', 1], ['sync', 2], ['update', 3], ['create', 4]],
+    'the event inside the new sync is not sent again; the one after it is')
+  await t.rejects(Promise.all([
+    hub.sync(member, sub('a'), async () => group.state()),
+    hub.sync(member, sub('a'), async () => group.state())
+  ]), 'one handshake at a time per member and room')
+})
