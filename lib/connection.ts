@@ -2,10 +2,11 @@
 // A connection never touches another socket; a bad frame costs only this socket.
 import type { WebSocket, RawData } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
-import type { StreamAdapter } from './adapters/adapter.js'
-import type { Hold, Hub, Member } from './hub.js'
+import type { Hub, Member, SyncState } from './hub.js'
 import type { NormalizedOptions } from './options.js'
-import { errorEnvelope, parseClientFrame, syncEnvelope, textFrame, unauthorizedEnvelope, type Subscription } from './protocol.js'
+import { errorEnvelope, parseClientFrame, textFrame, unauthorizedEnvelope, type Subscription } from './protocol.js'
+import type { Triggers } from './triggers.js'
+import { writeFrames, type Flushable, type Outbox } from './ws.js'
 
 export const CLOSE_GOING_AWAY = 1001
 export const CLOSE_POLICY = 1008
@@ -20,33 +21,18 @@ export const OUTBOX_FLUSH_BYTES = 64 * 1024
 /** What a connection needs from the plugin around it. */
 export interface ConnectionHost {
   hub: Hub
-  adapter: StreamAdapter
+  outbox: Outbox
   options: NormalizedOptions
   log: FastifyBaseLogger
-  /** Runs the join triggers; resolves true when the join may go ahead. */
-  authorizeJoin(sub: Subscription, context: unknown): Promise<boolean>
-  /** Runs the leave triggers (errors are logged, never thrown). */
-  runLeave(sub: Subscription, context: unknown): Promise<void>
+  /** Reads the state a join's sync carries (through the app's overrides when it has some). */
+  syncState(sub: Subscription): Promise<SyncState>
+  triggers: Pick<Triggers, 'authorizeJoin' | 'runLeave'>
   forget(connection: Connection): void
-}
-
-/** The ws internals the send path uses: the TCP socket under a WebSocket. */
-type RawSocket = { _socket: import('node:net').Socket }
-
-/** Sockets with frames queued in this turn of the event loop; flushed together once the turn ends. */
-const outboxes = new Set<Connection>()
-let flushScheduled = false
-
-function flushAll (): void {
-  flushScheduled = false
-  for (const connection of outboxes) connection.flush()
-  outboxes.clear()
 }
 
 const SETTLED: Promise<void> = Promise.resolve()
 
-export class Connection implements Member {
-  hold: Hold | null = null
+export class Connection implements Member, Flushable {
   /** Frames owed to this socket in the current turn (one, or several), written in one go by flush(). */
   private outbox: Buffer | Buffer[] | null = null
   private outboxBytes = 0
@@ -72,11 +58,7 @@ export class Connection implements Member {
     if (this.outbox === null) {
       this.outbox = frame
       this.outboxBytes = frame.length
-      outboxes.add(this)
-      if (!flushScheduled) {
-        flushScheduled = true
-        setImmediate(flushAll)
-      }
+      this.host.outbox.add(this)
       return
     }
     if (Buffer.isBuffer(this.outbox)) this.outbox = [this.outbox, frame]
@@ -99,25 +81,13 @@ export class Connection implements Member {
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
       return
     }
-    // The frames are complete, unmasked text frames (browsers hand binary ones over as Blobs the client cannot
-    // parse), so they go straight to the TCP socket; ws's own control frames still go through ws.
-    const tcp = (this.socket as unknown as RawSocket)._socket
-    if (Buffer.isBuffer(frames)) {
-      tcp.write(frames)
-      return
-    }
-    tcp.cork()
-    for (const frame of frames) tcp.write(frame)
-    tcp.uncork()
+    // Complete text frames (browsers hand binary ones over as Blobs the client cannot parse), written as is.
+    writeFrames(this.socket, frames)
   }
 
   close (code: number, reason: string): void {
     if (this.socket.readyState === this.socket.OPEN || this.socket.readyState === this.socket.CONNECTING) this.socket.close(code, reason)
     this.onClose()
-  }
-
-  get subscriptionCount (): number {
-    return this.subscriptions.size
   }
 
   private refuse (reason: string, code: number): void {
@@ -131,11 +101,19 @@ export class Connection implements Member {
     // The app may have registered @fastify/websocket with a larger limit than ours.
     if (raw.length > this.host.options.maxPayload) return this.refuse('frame over maxPayload', CLOSE_TOO_BIG)
     const parsed = parseClientFrame(raw.toString('utf8'), this.host.options.maxNameLength)
-    if (!parsed.ok) return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
-    const message = parsed.message
-    if (message === null) return
+    if (parsed.kind === 'empty') return
+    if (parsed.kind === 'invalid') return this.refuse(`${parsed.reason}${isBinary ? ' (binary frame)' : ''}`, CLOSE_POLICY)
+    const { type, sub } = parsed.message
+    // A leave naming what no subscription can be named has nothing to leave.
+    if (parsed.kind === 'refused-name' && type === 'leave') return
     if (this.pending >= MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
-    this.enqueue(message.type === 'join' ? () => this.join(message.sub) : () => this.leave(message.sub))
+    if (parsed.kind === 'refused-name') {
+      // Told in its turn, in the subscription's room, instead of left waiting forever.
+      const reason = parsed.reason
+      this.enqueue(async () => this.sendText(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_INVALID_NAME', reason)))
+    } else {
+      this.enqueue(type === 'join' ? () => this.join(sub) : () => this.leave(sub))
+    }
   }
 
   /** Runs `step` after every step queued before it: joins, leaves, re-syncs and the final cleanup never overlap. */
@@ -156,44 +134,26 @@ export class Connection implements Member {
       this.sendText(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS', `at most ${this.host.options.maxSubscriptionsPerSocket} subscriptions per connection`))
       return
     }
-    if (!await this.host.authorizeJoin(sub, this.context)) {
+    if (!await this.host.triggers.authorizeJoin(sub, this.context)) {
       this.sendText(unauthorizedEnvelope(sub, Date.now()))
       return
     }
     if (this.closed) return
     if (replaced !== undefined) this.host.hub.remove(this, replaced)
     this.subscriptions.set(sub.subscriptionId, sub)
-    this.host.hub.add(this, sub)
-    if (!await this.sync(sub)) {
+    try {
+      await this.host.hub.join(this, sub, () => this.host.syncState(sub))
+    } catch (err) {
       this.subscriptions.delete(sub.subscriptionId)
-      this.host.hub.remove(this, sub)
+      this.syncFailed(sub, err)
     }
   }
 
-  /**
-   * Sends `sub` the current state, holding the room's live events meanwhile so that none is lost or arrives
-   * ahead of the sync. Resolves false when the state could not be read (the client is told with an error event).
-   */
-  private async sync (sub: Subscription): Promise<boolean> {
-    const { hub, adapter } = this.host
-    hub.startHold(this, sub)
-    try {
-      const snapshot = sub.id === null
-        ? await adapter.snapshotGroup(sub.streamName, sub.groupId)
-        : await adapter.snapshotItem(sub.streamName, sub.groupId, sub.id)
-      const frame = 'items' in snapshot
-        ? hub.groupSyncFrame(sub, snapshot)
-        // A stock item client drops a message whose timestamp is not above its last (0 at first): never send 0.
-        : textFrame(syncEnvelope(sub, Math.max(snapshot.timestamp, 1), snapshot.rev, snapshot.value))
-      hub.releaseHold(this, sub, snapshot.timestamp, frame)
-      return true
-    } catch (err) {
-      hub.releaseHold(this, sub, -Infinity, null)
-      this.host.log.warn({ err }, 'fastify-streams: could not read the state for a sync')
-      const code = (err as { code?: unknown }).code
-      this.sendText(errorEnvelope(sub, Date.now(), typeof code === 'string' ? code : 'STREAMS_ERR_SYNC', 'could not read the current state'))
-      return false
-    }
+  /** The client is told with an error event; the log gets the cause. */
+  private syncFailed (sub: Subscription, err: unknown): void {
+    this.host.log.warn({ err }, 'fastify-streams: could not read the state for a sync')
+    const code = (err as { code?: unknown }).code
+    this.sendText(errorEnvelope(sub, Date.now(), typeof code === 'string' ? code : 'STREAMS_ERR_SYNC', 'could not read the current state'))
   }
 
   /** Re-sends every open subscription its current state (after a shared backend's feed may have missed events). */
@@ -203,7 +163,7 @@ export class Connection implements Member {
       for (const sub of this.subscriptions.values()) {
         if (this.closed) return
         // A failed re-sync keeps the subscription: the next reconnect of the backend re-syncs it again.
-        await this.sync(sub)
+        await this.host.hub.sync(this, sub, () => this.host.syncState(sub)).catch((err: unknown) => this.syncFailed(sub, err))
       }
     })
   }
@@ -215,7 +175,7 @@ export class Connection implements Member {
       this.host.hub.remove(this, existing)
     }
     // The engine runs leave triggers for every leave message, even for an id it never accepted.
-    await this.host.runLeave(existing ?? sub, this.context)
+    await this.host.triggers.runLeave(existing ?? sub, this.context)
   }
 
   private onClose (): void {
@@ -227,7 +187,7 @@ export class Connection implements Member {
       const open = [...this.subscriptions.values()]
       this.subscriptions.clear()
       for (const sub of open) this.host.hub.remove(this, sub)
-      for (const sub of open) await this.host.runLeave(sub, this.context)
+      for (const sub of open) await this.host.triggers.runLeave(sub, this.context)
     })
   }
 }

@@ -28,3 +28,5 @@ export const StorageError = createError<[string]>('STREAMS_ERR_STORAGE', 'Storag
 export const ConflictError = createError<[string]>('STREAMS_ERR_CONFLICT', 'Concurrent update did not settle: %s', 409)
 export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is closed', 503)
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
+export const InvalidOverrideResultError = createError<[string, string]>('STREAMS_ERR_INVALID_OVERRIDE_RESULT', 'The override at "%s" returned %s', 500, TypeError)
+export const WsInternalsError = createError<[string]>('STREAMS_ERR_WS_INTERNALS', 'Unsupported ws or Node version: %s (see the ws range in package.json)', 500)

@@ -2,14 +2,13 @@
 // subscriptions and which item subscriptions that socket holds there. Each event is serialised once and
 // written once per socket, however many of the socket's subscriptions it matches: the stock clients route
 // one frame to every room it belongs to themselves.
-import type { GroupSnapshot, StreamEvent } from './adapters/adapter.js'
+import type { StreamEvent } from './adapters/adapter.js'
 import { eventEnvelope, syncEnvelope, textFrame, type Subscription } from './protocol.js'
 
-/** What a socket must offer the hub: a way to take a frame, and the join it may be holding events for. */
+/** What a socket must offer the hub: a way to take a frame. */
 export interface Member {
   /** Queues one complete WebSocket frame (see textFrame) for the socket. */
   send(frame: Buffer): void
-  hold: Hold | null
 }
 
 interface Membership {
@@ -18,16 +17,24 @@ interface Membership {
   itemSubscriptions: Map<string, number> | null
 }
 
-interface Room {
-  members: Map<Member, Membership>
-}
-
 interface HeldEvent { event: StreamEvent, frame: Buffer }
 
-/** Events of one room held back from one socket while a subscription's sync is being read. */
-export interface Hold {
-  room: string
-  events: HeldEvent[]
+interface Room {
+  members: Map<Member, Membership>
+  /** Events held back from members whose join is reading its sync; null while no join is in flight. */
+  holds: Map<Member, HeldEvent[]> | null
+}
+
+/**
+ * The state a join's sync carries, with the revision and timestamp of the last change it includes.
+ * `shared`: `data` is the group's stored state at that revision, the same for every group joiner, so its
+ * frame may be reused (false for state an override served, which may change without a revision).
+ */
+export interface SyncState {
+  data: unknown
+  rev: number
+  timestamp: number
+  shared: boolean
 }
 
 /** Bytes of group sync frames kept for joins that find the group unchanged (a herd of joins shares one). */
@@ -35,7 +42,7 @@ export const SYNC_CACHE_BYTES = 32 * 1024 * 1024
 
 interface CachedSync { rev: number, timestamp: number, frame: Buffer }
 
-export function roomKey (stream: string, group: string): string {
+function roomKey (stream: string, group: string): string {
   return `${stream}\u0000${group}`
 }
 
@@ -61,11 +68,51 @@ export class Hub {
   private readonly syncFrames = new Map<string, CachedSync>()
   private syncBytes = 0
 
-  add (member: Member, sub: Subscription): void {
+  /**
+   * The join handshake, in one call: adds `sub` to its room, holds the room's events for `member` while
+   * `read` fetches the state, sends the sync, then releases the held events. No event is lost, none reaches
+   * the new subscription twice, and none reaches it ahead of its sync. When `read` fails, the subscription is
+   * removed again and the error is thrown. A member joins one subscription at a time (a connection handles
+   * its frames in order).
+   */
+  async join (member: Member, sub: Subscription, read: () => Promise<SyncState>): Promise<void> {
+    this.add(member, sub)
+    try {
+      await this.sync(member, sub, read)
+    } catch (err) {
+      this.remove(member, sub)
+      throw err
+    }
+  }
+
+  /**
+   * Sends an existing subscription its state again, with the same guarantees as join (after a shared
+   * backend's feed may have missed events). When `read` fails, the subscription stays and the error is thrown.
+   */
+  async sync (member: Member, sub: Subscription, read: () => Promise<SyncState>): Promise<void> {
+    const key = roomKey(sub.streamName, sub.groupId)
+    const room = this.rooms.get(key)
+    if (room === undefined) return
+    room.holds ??= new Map()
+    if (room.holds.has(member)) throw new Error('a member joins one subscription at a time')
+    const held: HeldEvent[] = []
+    room.holds.set(member, held)
+    let state: SyncState | null = null
+    try {
+      state = await read()
+    } finally {
+      room.holds.delete(member)
+      if (room.holds.size === 0) room.holds = null
+      this.release(member, room, sub, held, state === null ? null : { state, key })
+      this.dropIfEmpty(key, room)
+    }
+  }
+
+  private add (member: Member, sub: Subscription): void {
     const key = roomKey(sub.streamName, sub.groupId)
     let room = this.rooms.get(key)
     if (room === undefined) {
-      room = { members: new Map() }
+      room = { members: new Map(), holds: null }
       this.rooms.set(key, room)
     }
     let membership = room.members.get(member)
@@ -93,29 +140,69 @@ export class Hub {
       else membership.itemSubscriptions?.delete(sub.id)
     }
     if (membership.groupSubscriptions <= 0 && (membership.itemSubscriptions?.size ?? 0) === 0) room.members.delete(member)
-    if (room.members.size === 0) {
-      this.rooms.delete(key)
-      this.dropSync(key)
+    this.dropIfEmpty(key, room)
+  }
+
+  /** A room lives while it has members or a join in flight. */
+  private dropIfEmpty (key: string, room: Room): void {
+    if (room.members.size > 0 || room.holds !== null) return
+    this.rooms.delete(key)
+    this.dropSync(key)
+  }
+
+  /** Sends one committed event to every socket subscribed to it (or holds it where a sync is being read). */
+  dispatch (event: StreamEvent): void {
+    const key = roomKey(event.stream, event.group)
+    const room = this.rooms.get(key)
+    if (room === undefined) return
+    this.dropSync(key)
+    let frame: Buffer | undefined
+    for (const [member, membership] of room.members) {
+      const held = room.holds?.get(member)
+      if (held === undefined && !owes(membership, event.id)) continue
+      frame ??= textFrame(eventEnvelope(event))
+      if (held !== undefined) held.push({ event, frame })
+      else member.send(frame)
     }
   }
 
   /**
-   * The sync frame for a group join. It is the same bytes for every group subscriber of the room, so joins that
-   * read the same snapshot (same revision and timestamp) share one serialisation.
+   * Ends a hold: events the sync already contains (timestamp ≤ the state's) go out first, and only if
+   * another subscription of the socket is owed them; then the sync (when the read succeeded); then newer
+   * events, to the new subscription and to the others that are owed them.
    */
-  groupSyncFrame (sub: Subscription, snapshot: GroupSnapshot): Buffer {
-    const key = roomKey(sub.streamName, sub.groupId)
-    const cached = this.syncFrames.get(key)
-    if (cached !== undefined && cached.rev === snapshot.rev && cached.timestamp === snapshot.timestamp) return cached.frame
-    this.dropSync(key)
+  private release (member: Member, room: Room, sub: Subscription, held: HeldEvent[], synced: { state: SyncState, key: string } | null): void {
+    const membership = room.members.get(member)
+    if (membership === undefined) return
+    const timestamp = synced?.state.timestamp ?? -Infinity
+    for (const { event, frame } of held) {
+      if (event.timestamp <= timestamp && owesWithout(membership, sub, event.id)) member.send(frame)
+    }
+    if (synced !== null) member.send(this.syncFrame(synced.key, sub, synced.state))
+    for (const { event, frame } of held) {
+      if (event.timestamp <= timestamp) continue
+      if ((synced !== null && matches(sub, event.id)) || owesWithout(membership, sub, event.id)) member.send(frame)
+    }
+  }
+
+  /**
+   * The sync frame. A group's stored state is the same bytes for every group subscriber of the room, so joins
+   * that read the same revision and timestamp share one serialisation.
+   */
+  private syncFrame (key: string, sub: Subscription, state: SyncState): Buffer {
     // A stock client drops a message whose timestamp is not above its last (0 at first): never send 0.
-    const frame = textFrame(syncEnvelope(sub, Math.max(snapshot.timestamp, 1), snapshot.rev, snapshot.items))
+    const build = (): Buffer => textFrame(syncEnvelope(sub, Math.max(state.timestamp, 1), state.rev, state.data))
+    if (sub.id !== null || !state.shared) return build()
+    const cached = this.syncFrames.get(key)
+    if (cached !== undefined && cached.rev === state.rev && cached.timestamp === state.timestamp) return cached.frame
+    this.dropSync(key)
+    const frame = build()
     if (frame.length > SYNC_CACHE_BYTES / 4) return frame
     for (const oldest of this.syncFrames.keys()) {
       if (this.syncBytes + frame.length <= SYNC_CACHE_BYTES) break
       this.dropSync(oldest)
     }
-    this.syncFrames.set(key, { rev: snapshot.rev, timestamp: snapshot.timestamp, frame })
+    this.syncFrames.set(key, { rev: state.rev, timestamp: state.timestamp, frame })
     this.syncBytes += frame.length
     return frame
   }
@@ -125,47 +212,6 @@ export class Hub {
     if (cached === undefined) return
     this.syncFrames.delete(key)
     this.syncBytes -= cached.frame.length
-  }
-
-  /** Sends one committed event to every socket subscribed to it (or queues it where a sync is being read). */
-  dispatch (event: StreamEvent): void {
-    const key = roomKey(event.stream, event.group)
-    const room = this.rooms.get(key)
-    if (room === undefined) return
-    this.dropSync(key)
-    let frame: Buffer | undefined
-    for (const [member, membership] of room.members) {
-      const held = member.hold !== null && member.hold.room === key
-      if (!held && !owes(membership, event.id)) continue
-      frame ??= textFrame(eventEnvelope(event))
-      if (held) member.hold!.events.push({ event, frame })
-      else member.send(frame)
-    }
-  }
-
-  /** Starts holding the room's events for `member` while the sync of `sub` is read. */
-  startHold (member: Member, sub: Subscription): void {
-    member.hold = { room: roomKey(sub.streamName, sub.groupId), events: [] }
-  }
-
-  /**
-   * Ends the hold: events the sync already contains (timestamp ≤ the snapshot's) go out first, and only if
-   * another subscription of the socket is owed them; then the sync (when given); then newer events.
-   * So no event is lost, duplicated into the new subscription, or delivered ahead of its sync.
-   */
-  releaseHold (member: Member, sub: Subscription, snapshotTimestamp: number, syncFrame: Buffer | null): void {
-    const hold = member.hold
-    member.hold = null
-    if (hold === null) return
-    const membership = this.rooms.get(hold.room)?.members.get(member)
-    for (const { event, frame } of hold.events) {
-      if (event.timestamp <= snapshotTimestamp && membership !== undefined && owesWithout(membership, sub, event.id)) member.send(frame)
-    }
-    if (syncFrame !== null) member.send(syncFrame)
-    for (const { event, frame } of hold.events) {
-      if (event.timestamp <= snapshotTimestamp) continue
-      if ((syncFrame !== null && matches(sub, event.id)) || (membership !== undefined && owesWithout(membership, sub, event.id))) member.send(frame)
-    }
   }
 
   /** How many rooms have at least one subscriber (for tests and metrics). */

@@ -1,18 +1,19 @@
 // fastify-streams: the plugin entry. Options are checked first; then the adapter is built and started, the
 // `streams` decorator added, the WebSocket route served, and everything opened here closed with the app.
-import { ServerResponse } from 'node:http'
-import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import { buildAdapter } from './adapters/build.js'
 import { createStreamsApi, type StreamsApi } from './api.js'
+import { createSocketAuth } from './auth.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { Hub } from './hub.js'
-import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type StreamsOptions } from './options.js'
-import type { Subscription } from './protocol.js'
+import { normalizeOptions, type StreamsOptions } from './options.js'
 import { Registry } from './registry.js'
+import { Triggers } from './triggers.js'
+import { checkWsInternals, Outbox, releaseUpgrade, socketClassOf } from './ws.js'
 
 export * from './errors.js'
 export type { StreamsOptions, AuthInput, AuthFunction } from './options.js'
@@ -20,6 +21,7 @@ export type { StreamsApi, CustomEvent } from './api.js'
 export type * from './adapters/adapter.js'
 export type { UpdateOp, UpdateOpError } from './update-ops.js'
 export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
+export type { JoinInput, ChangePayload } from './triggers.js'
 export { createKvAdapter } from './adapters/kv.js'
 export { createRedisAdapter } from './adapters/build.js'
 export type { KvAdapterConfig } from './adapters/kv-config.js'
@@ -39,34 +41,10 @@ declare module 'fastify' {
   }
 }
 
-const CONTEXT = Symbol('fastify-streams.context')
-type AuthedRequest = FastifyRequest & { [CONTEXT]?: unknown }
-
-function authInput (request: FastifyRequest): AuthInput {
-  const headers: Record<string, string> = {}
-  for (const [name, value] of Object.entries(request.headers)) {
-    if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value[0] : value
-  }
-  // Everything after the first '?' is the query (a value may itself contain '?').
-  const mark = request.url.indexOf('?')
-  const path = mark < 0 ? request.url : request.url.slice(0, mark)
-  const query = mark < 0 ? '' : request.url.slice(mark + 1)
-  // As the engine does: split on '&' then the first '='; values are not percent-decoded.
-  const queryParams: Record<string, string[]> = Object.create(null)
-  for (const pair of query.split('&')) {
-    const at = pair.indexOf('=')
-    const key = at < 0 ? pair : pair.slice(0, at)
-    if (key === '') continue
-    ;(queryParams[key] ??= []).push(at < 0 ? '' : pair.slice(at + 1))
-  }
-  const { remoteAddress = '', remotePort = 0 } = request.raw.socket
-  const addr = remoteAddress.includes(':') ? `[${remoteAddress}]:${remotePort}` : `${remoteAddress}:${remotePort}`
-  return { headers, path, query_params: queryParams, addr }
-}
-
 const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, rawOptions) => {
   if (app.hasDecorator('streams')) throw new AlreadyRegisteredError()
   const options = normalizeOptions(rawOptions)
+  checkWsInternals(socketClassOf(app))
 
   const { adapter, owned } = await buildAdapter(options.adapter)
   try {
@@ -78,54 +56,24 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
 
   const log = app.log
   const registry = new Registry()
+  const triggers = new Triggers(registry, options, log)
   const hub = new Hub()
+  const outbox = new Outbox()
   const connections = new Set<Connection>()
   let closed = false
-  const api = createStreamsApi({ adapter, registry, options, log, isClosed: () => closed })
+  const { api, syncState } = createStreamsApi({ adapter, registry, triggers, options, isClosed: () => closed })
+  const auth = createSocketAuth({ app, registry, options, log })
 
   const stopFeed = adapter.subscribe((event) => hub.dispatch(event))
   const stopResync = adapter.onResync?.(() => { for (const connection of connections) connection.resync() })
 
-  async function authenticate (input: AuthInput): Promise<unknown> {
-    const auth = options.authFunction
-    if (auth === null) return null
-    let fn: unknown = auth
-    if (typeof auth === 'string') {
-      fn = registry.has(auth) ? (value: AuthInput) => registry.call(auth, value) : resolveDotted(app, auth)
-      if (typeof fn !== 'function') throw new Error(`auth function "${auth}" is not registered`)
-    }
-    const result = await (fn as AuthFunction)(input)
-    return result !== null && typeof result === 'object' && 'context' in result ? result.context ?? null : null
-  }
-
   const host: ConnectionHost = {
     hub,
-    adapter,
+    outbox,
     options,
     log,
-    async authorizeJoin (sub: Subscription, context: unknown): Promise<boolean> {
-      const input = { subscription_id: sub.subscriptionId, stream_name: sub.streamName, group_id: sub.groupId, id: sub.id, context }
-      for (const trigger of registry.triggersOf('join')) {
-        try {
-          const result = await registry.call(trigger.functionPath, input)
-          if (result !== null && typeof result === 'object' && (result as { unauthorized?: unknown }).unauthorized === true) return false
-        } catch (err) {
-          log.warn({ err, function_path: trigger.functionPath }, 'fastify-streams: join trigger failed')
-          if (options.joinFailure === 'deny') return false
-        }
-      }
-      return true
-    },
-    async runLeave (sub: Subscription, context: unknown): Promise<void> {
-      const input = { subscription_id: sub.subscriptionId, stream_name: sub.streamName, group_id: sub.groupId, id: sub.id, context }
-      for (const trigger of registry.triggersOf('leave')) {
-        try {
-          await registry.call(trigger.functionPath, input)
-        } catch (err) {
-          log.warn({ err, function_path: trigger.functionPath }, 'fastify-streams: leave trigger failed')
-        }
-      }
-    },
+    triggers,
+    syncState,
     forget: (connection) => { connections.delete(connection) }
   }
 
@@ -139,7 +87,9 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   })
   app.decorate('streams', streams)
 
-  if (!app.hasPlugin('@fastify/websocket')) {
+  // @fastify/websocket's error listener on each socket is its default one only when the plugin registered it.
+  const upgradeListener = app.hasPlugin('@fastify/websocket') ? 'app' : 'default'
+  if (upgradeListener === 'default') {
     await app.register(websocket, {
       options: {
         maxPayload: options.maxPayload,
@@ -161,36 +111,19 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   app.route({
     method: 'GET',
     url: options.path,
-    preValidation: async (request: AuthedRequest, reply) => {
-      try {
-        // No auth function, no auth input: reading the peer address would keep it on every idle socket.
-        request[CONTEXT] = options.authFunction === null ? null : await authenticate(authInput(request))
-      } catch (err) {
-        if (options.authFailure === 'anonymous') {
-          log.debug({ err }, 'fastify-streams: auth failed, connecting anonymously')
-          request[CONTEXT] = null
-          return
-        }
-        log.debug({ err }, 'fastify-streams: auth failed')
-        return reply.code(401).send({ code: 'STREAMS_ERR_UNAUTHORIZED', message: 'Authentication failed' })
-      }
-    },
+    preValidation: auth.preValidation,
     handler: async (_request, reply) => reply.code(404).send({ code: 'STREAMS_ERR_NOT_WEBSOCKET', message: 'Connect with a WebSocket' }),
-    wsHandler: (socket: WebSocket, request: AuthedRequest) => {
+    wsHandler: (socket: WebSocket, request) => {
       if (closed) {
         socket.close(CLOSE_GOING_AWAY, 'server closing')
         return
       }
-      // The upgrade's request and reply would live as long as the socket (kilobytes per idle connection):
-      // @fastify/websocket's error listener holds them, and so does the TCP socket through the placeholder
-      // HTTP response it was given. Neither is used after the upgrade; the connection's own listener takes over.
-      socket.removeAllListeners('error')
-      const tcp = (socket as unknown as { _socket?: { _httpMessage?: unknown } })._socket
-      if (tcp?._httpMessage instanceof ServerResponse) tcp._httpMessage = null
-      connections.add(new Connection(socket, request[CONTEXT] ?? null, host))
+      releaseUpgrade(socket, upgradeListener)
+      connections.add(new Connection(socket, auth.contextOf(request), host))
     }
   })
 
+  app.addHook('onReady', async () => { auth.checkConfigured() })
   app.addHook('preClose', async () => {
     closed = true
     dropConnections(CLOSE_GOING_AWAY)

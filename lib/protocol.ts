@@ -13,12 +13,21 @@ export interface Subscription {
 
 export type ClientMessage = { type: 'join' | 'leave', sub: Subscription }
 
-export type ParseResult = { ok: true, message: ClientMessage } | { ok: false, reason: string } | { ok: true, message: null }
+/**
+ * What a client frame is: a join or leave; nothing (an empty frame); garbage, with the reason; or a well-formed
+ * join or leave whose names are strings the plugin refuses (empty, too long, reserved, ':' in a stream name),
+ * with the subscription as sent, so the client can be answered in that subscription's room.
+ */
+export type ParseResult =
+  | { kind: 'message', message: ClientMessage }
+  | { kind: 'empty' }
+  | { kind: 'invalid', reason: string }
+  | { kind: 'refused-name', message: ClientMessage, reason: string }
 
 const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype'])
 
 /** Why `value` is not a usable stream, group or item name, or null when it is. */
-export function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
+function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
   if (typeof value !== 'string') return `${kind} name must be a string`
   if (value.length === 0) return `${kind} name must not be empty`
   if (value.length > maxLength) return `${kind} name longer than ${maxLength} characters`
@@ -35,31 +44,30 @@ export function checkName (kind: 'stream' | 'group' | 'item', value: unknown, ma
 }
 
 /**
- * Parses one client frame. Empty frames are ignored (`message: null`), like the engine does; anything that is
- * not a join/leave with string names is refused with a reason.
+ * Parses one client frame. Empty frames are ignored, like the engine does; anything that is not a join/leave
+ * with string names is refused with a reason.
  */
 export function parseClientFrame (raw: string, maxNameLength: number): ParseResult {
-  if (raw.trim() === '') return { ok: true, message: null }
+  if (raw.trim() === '') return { kind: 'empty' }
   let frame: unknown
   try {
     frame = JSON.parse(raw)
   } catch {
-    return { ok: false, reason: 'not JSON' }
+    return { kind: 'invalid', reason: 'not JSON' }
   }
-  if (frame === null || typeof frame !== 'object' || Array.isArray(frame)) return { ok: false, reason: 'not an object' }
+  if (frame === null || typeof frame !== 'object' || Array.isArray(frame)) return { kind: 'invalid', reason: 'not an object' }
   const { type, data } = frame as { type?: unknown, data?: unknown }
-  if (type !== 'join' && type !== 'leave') return { ok: false, reason: 'unknown message type' }
-  if (data === null || typeof data !== 'object' || Array.isArray(data)) return { ok: false, reason: 'data must be an object' }
+  if (type !== 'join' && type !== 'leave') return { kind: 'invalid', reason: 'unknown message type' }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return { kind: 'invalid', reason: 'data must be an object' }
   const { subscriptionId, streamName, groupId, id } = data as Record<string, unknown>
-  if (typeof subscriptionId !== 'string' || subscriptionId === '' || subscriptionId.length > maxNameLength) return { ok: false, reason: 'bad subscriptionId' }
+  if (typeof subscriptionId !== 'string' || subscriptionId === '' || subscriptionId.length > maxNameLength) return { kind: 'invalid', reason: 'bad subscriptionId' }
   const problem = nameProblem('stream', streamName, maxNameLength) ??
     nameProblem('group', groupId, maxNameLength) ??
     (id === undefined || id === null ? null : nameProblem('item', id, maxNameLength))
-  if (problem !== null) return { ok: false, reason: problem }
-  return {
-    ok: true,
-    message: { type, sub: { subscriptionId, streamName: streamName as string, groupId: groupId as string, id: (id ?? null) as string | null } }
-  }
+  const sub = { subscriptionId, streamName: streamName as string, groupId: groupId as string, id: (id ?? null) as string | null }
+  if (problem === null) return { kind: 'message', message: { type, sub } }
+  const named = typeof streamName === 'string' && typeof groupId === 'string' && (id === undefined || id === null || typeof id === 'string')
+  return named ? { kind: 'refused-name', message: { type, sub }, reason: problem } : { kind: 'invalid', reason: problem }
 }
 
 function head (timestamp: number, stream: string, group: string, id: string | null): string {

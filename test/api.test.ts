@@ -1,9 +1,26 @@
 // The app.streams API: data calls and their results, the engine's function paths, the registry and triggers.
 import t from 'tap'
 import { FUNCTION_PATHS } from '../lib/api.js'
-import { RawClient, serve, until, type Envelope } from './helpers/app.js'
+import type { FastifyStreams } from '../lib/index.js'
+import { marked, RawClient, serve, waitFor, type Envelope } from './helpers/app.js'
+import { openStock } from './helpers/stock.js'
+import { gate } from './helpers/wait.js'
 
-const pause = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
+/**
+ * A `stream` trigger on the stream `marker`; the returned function writes there and waits for it to run.
+ * The triggers of every earlier write have run by then (they start before the write resolves), so a test can
+ * assert that nothing more fired without waiting a fixed time.
+ */
+function markerTrigger (s: FastifyStreams): () => Promise<void> {
+  let seen = 0
+  s.registerFunction({ function_path: 'marker', handler: () => { seen++ } })
+  s.registerTrigger({ trigger_type: 'stream', function_path: 'marker', config: { stream_name: 'marker' } })
+  return async () => {
+    const expected = seen + 1
+    await s.send('marker', 'g', { type: 'marker' })
+    await waitFor(() => seen >= expected, 'the marker trigger')
+  }
+}
 
 t.test('data calls and their results', async t => {
   const { app } = await serve()
@@ -105,9 +122,9 @@ t.test('injectId: object values lacking id get id: item_id, nothing else changes
   const client = await RawClient.open(url)
   t.teardown(() => client.close())
   client.join('s', 'wire')
-  await until(() => client.frames.length === 1, 'sync')
+  await waitFor(() => client.frames.length === 1, 'sync')
   await s.set('s', 'wire', 'w', { a: 1 })
-  await until(() => client.frames.length === 2, 'create')
+  await waitFor(() => client.frames.length === 2, 'create')
   t.same(client.frames[1].event.data, { a: 1, id: 'w' }, 'the wire carries the injected id')
 })
 
@@ -119,12 +136,12 @@ t.test('injectId: false stores values byte-exact', async t => {
   const raw: string[] = []
   client.socket.on('message', data => raw.push(data.toString()))
   client.join('s', 'g')
-  await until(() => raw.length === 1, 'sync')
+  await waitFor(() => raw.length === 1, 'sync')
   const value = { b: 2, a: [1, { c: null }], s: 'ü' }
   t.same(await app.streams.set('s', 'g', 'x', value), { old_value: null, new_value: value })
   t.equal(JSON.stringify(await app.streams.get('s', 'g', 'x')), JSON.stringify(value), 'read back byte-exact')
   t.same((await app.streams.update('s', 'g', 'u', [{ type: 'set', path: 'a', value: 1 }])).new_value, { a: 1 }, 'update adds no id')
-  await until(() => raw.length === 3, 'two events')
+  await waitFor(() => raw.length === 3, 'two events')
   t.ok(raw[1].includes(`"data":${JSON.stringify(value)}`), 'the wire carries the value as given')
 })
 
@@ -137,11 +154,11 @@ t.test('send: custom events to the group, or to one item, never stored', async t
   t.teardown(() => item.close())
   group.join('chat', 'room')
   item.join('chat', 'room', 'u1')
-  await until(() => group.frames.length === 1 && item.frames.length === 1, 'syncs')
+  await waitFor(() => group.frames.length === 1 && item.frames.length === 1, 'syncs')
   t.equal(await app.streams.send('chat', 'room', { type: 'typing', data: { user: 'ana' } }), undefined)
   await app.streams.send('chat', 'room', { type: 'poke' }, 'u1')
   await app.streams.send('chat', 'room', { type: 'poke' }, 'u2')
-  await until(() => group.frames.length === 4 && item.frames.length === 2, 'events')
+  await waitFor(() => group.frames.length === 4 && item.frames.length === 2, 'events')
   const strip = ({ timestamp, rev, ...rest }: Envelope) => rest
   t.same(group.frames.slice(1).map(strip), [
     { type: 'stream', streamName: 'chat', groupId: 'room', id: null, event: { type: 'event', event: { type: 'typing', data: { user: 'ana' } } } },
@@ -149,8 +166,8 @@ t.test('send: custom events to the group, or to one item, never stored', async t
     { type: 'stream', streamName: 'chat', groupId: 'room', id: 'u2', event: { type: 'event', event: { type: 'poke', data: null } } }
   ], 'the group gets all three')
   t.same(item.frames.slice(1).map(strip), [group.frames.slice(1).map(strip)[1]], 'the item subscriber only the one with its id')
-  await pause(30)
-  t.equal(item.frames.length, 2)
+  await marked(app, item, 'chat', 'room', 'u1')
+  t.equal(item.frames.length, 2, 'nothing more for the item subscriber')
   t.same(await app.streams.getGroup('chat', 'room'), [], 'nothing stored')
   t.same(await app.streams.listGroups('chat'), [])
 })
@@ -248,12 +265,12 @@ t.test('function paths: every alias takes the engine input and gives the direct 
   const listener = await RawClient.open(url)
   t.teardown(() => listener.close())
   listener.join('fn', 'chat')
-  await until(() => listener.frames.length === 1, 'sync')
+  await waitFor(() => listener.frames.length === 1, 'sync')
   for (const path of FUNCTION_PATHS.send) {
     t.equal(await s.call(path, { stream_name: 'fn', group_id: 'chat', type: 'hello', data: { path } }), null, `${path} returns null`)
     t.equal(await s.call(path, { stream_name: 'fn', group_id: 'chat', type: 'item', data: { path }, id: 'i1' }), null, `${path} with id`)
   }
-  await until(() => listener.frames.length === 1 + 2 * FUNCTION_PATHS.send.length, 'the sent events')
+  await waitFor(() => listener.frames.length === 1 + 2 * FUNCTION_PATHS.send.length, 'the sent events')
   t.same(listener.frames.slice(1).map(frame => [frame.id, frame.event.event?.type, frame.event.event?.data.path]),
     FUNCTION_PATHS.send.flatMap(path => [[null, 'hello', path], ['i1', 'item', path]]))
 })
@@ -273,24 +290,118 @@ t.test('function paths: bad inputs are refused with coded errors', async t => {
   await t.rejects(s.call('stream::set', { stream_name: '__proto__', group_id: 'g', item_id: 'a', data: 1 }), { code: 'STREAMS_ERR_INVALID_NAME' })
 })
 
-t.test('a per-stream override at stream::get(todo) takes over for that stream only', async t => {
-  const { app } = await serve()
+t.test('per-stream overrides: a stream whose items live in the app\'s own Map is live and synced for the stock client', async t => {
+  const { app, url } = await serve()
   t.teardown(() => app.close())
   const s = app.streams
-  await s.set('todo', 'g', 'a', { v: 1 })
-  await s.set('other', 'g', 'a', { v: 2 })
-  const seen: unknown[] = []
-  const override = s.registerFunction({ function_path: 'stream::get(todo)', handler: (input: unknown) => { seen.push(input); return { overridden: true } } })
-  const input = { stream_name: 'todo', group_id: 'g', item_id: 'a' }
-  t.same(await s.call('stream::get', input), { overridden: true }, 'the override answers for todo')
-  t.same(seen, [input], 'with the engine input')
-  t.same(await s.call('stream::get', { stream_name: 'other', group_id: 'g', item_id: 'a' }), { v: 2, id: 'a' }, 'other streams are untouched')
-  t.same(await s.call('stream::set', { ...input, data: { v: 3 } }), { old_value: { v: 1, id: 'a' }, new_value: { v: 3, id: 'a' } }, 'other calls on todo are untouched')
-  s.registerFunction({ function_path: 'stream::set(todo)', handler: () => 'custom set' })
-  t.equal(await s.call('stream::set', { ...input, data: { v: 4 } }), 'custom set')
-  t.same(await s.get('todo', 'g', 'a'), { v: 3, id: 'a' }, 'the overridden set stored nothing')
-  override.unregister()
-  t.same(await s.call('stream::get', input), { v: 3, id: 'a' }, 'after unregister the built-in answers again')
+  type Input = { stream_name: string, group_id: string, item_id: string, data?: unknown, ops?: Array<{ type: string, path: string, value: unknown }> }
+  // The app's own storage: group → item id → value.
+  const store = new Map<string, Map<string, unknown>>()
+  const groupOf = (group: string): Map<string, unknown> => store.get(group) ?? store.set(group, new Map()).get(group)!
+  const inputs: Array<[string, Input]> = []
+  const override = (path: string, handler: (input: Input) => unknown) =>
+    s.registerFunction({ function_path: path, handler: (input: Input) => { inputs.push([path, input]); return handler(input) } })
+  override('stream::get(todo)', (input) => groupOf(input.group_id).get(input.item_id) ?? null)
+  override('stream::list(todo)', (input) => [...groupOf(input.group_id).values()])
+  override('streams.list_groups(todo)', () => [...store.keys()].filter(group => groupOf(group).size > 0).sort())
+  override('stream::set(todo)', (input) => {
+    const old = groupOf(input.group_id).get(input.item_id) ?? null
+    groupOf(input.group_id).set(input.item_id, input.data)
+    return { old_value: old, new_value: input.data }
+  })
+  override('stream::update(todo)', (input) => {
+    const old = groupOf(input.group_id).get(input.item_id) ?? null
+    const value: Record<string, unknown> = { ...(old as object), id: input.item_id }
+    for (const op of input.ops ?? []) value[op.path] = op.value
+    groupOf(input.group_id).set(input.item_id, value)
+    return { old_value: old, new_value: value }
+  })
+  override('streams.delete(todo)', (input) => {
+    const old = groupOf(input.group_id).get(input.item_id) ?? null
+    groupOf(input.group_id).delete(input.item_id)
+    return { old_value: old }
+  })
+  groupOf('inbox').set('t0', { title: 'before', id: 't0' })
+  const payloads: Payload[] = []
+  s.registerFunction({ function_path: 'onChange', handler: (payload: Payload) => { payloads.push(payload) } })
+  s.registerTrigger({ trigger_type: 'stream', function_path: 'onChange', config: { stream_name: 'todo' } })
+
+  const stream = openStock(t, url)
+  const group = stream.subscribeGroup('todo', 'inbox')
+  const item = stream.subscribeItem('todo', 'inbox', 't0')
+  const raw = await RawClient.open(url)
+  t.teardown(() => raw.close())
+  raw.join('todo', 'inbox')
+  await waitFor(() => (group.getState() as unknown[]).length === 1 && item.getState() !== null && raw.frames.length === 1, 'the syncs')
+  t.same(group.getState(), [{ title: 'before', id: 't0' }], 'the group sync is served by the list override')
+  t.same(item.getState(), { title: 'before', id: 't0' }, 'the item sync is served by the get override')
+
+  t.same(await s.set('todo', 'inbox', 't1', { title: 'a' }), { old_value: null, new_value: { title: 'a', id: 't1' } }, 'app.streams.set goes through the override (id injected in its input)')
+  t.same(await s.call('stream::set', { stream_name: 'todo', group_id: 'inbox', item_id: 't1', data: { title: 'b' } }),
+    { old_value: { title: 'a', id: 't1' }, new_value: { title: 'b', id: 't1' } }, 'so does the function path')
+  t.same(await s.update('todo', 'inbox', 't0', [{ type: 'set', path: 'done', value: true }]),
+    { old_value: { title: 'before', id: 't0' }, new_value: { title: 'before', id: 't0', done: true } }, 'update')
+  await s.set('todo', 'inbox', 't2', { title: 'c' })
+  t.same(await s.delete('todo', 'inbox', 't2'), { old_value: { title: 'c', id: 't2' } }, 'delete')
+  t.same(await s.delete('todo', 'inbox', 'missing'), { old_value: null }, 'delete of a missing item')
+  await s.send('todo', 'inbox', { type: 'done' })
+
+  const expected = [...groupOf('inbox').values()]
+  await waitFor(() => JSON.stringify(group.getState()) === JSON.stringify(expected), 'the stock client to follow')
+  await waitFor(() => payloads.length === 6 && raw.frames.length === 7, 'every change on the wire and to the triggers')
+  t.same(item.getState(), { title: 'before', id: 't0', done: true }, 'the item subscription followed the update')
+  t.same(raw.frames.slice(1).map(frame => [frame.event.type, frame.id]),
+    [['create', 't1'], ['update', 't1'], ['update', 't0'], ['create', 't2'], ['delete', 't2'], ['event', null]], 'the wire events, none for the missing item')
+  t.same(payloads, raw.frames.slice(1), 'the stream triggers got the same frames')
+
+  t.same(await s.get('todo', 'inbox', 't1'), { title: 'b', id: 't1' }, 'get')
+  t.same(await s.getGroup('todo', 'inbox'), expected, 'getGroup')
+  t.same(await s.listGroups('todo'), ['inbox'], 'listGroups (older alias spelling)')
+  t.same(await s.call('stream::list', { stream_name: 'todo', group_id: 'inbox' }), expected, 'the list function path')
+  t.same(await s.listAll(), { stream: [], count: 0 }, 'the adapter stored nothing')
+  t.same(inputs.find(([path]) => path === 'stream::set(todo)')?.[1], { stream_name: 'todo', group_id: 'inbox', item_id: 't1', data: { title: 'a', id: 't1' } }, 'the engine input')
+
+  await s.set('other', 'inbox', 'x', { v: 1 })
+  t.same(await s.getGroup('other', 'inbox'), [{ v: 1, id: 'x' }], 'other streams use the adapter')
+})
+
+t.test('an override whose result does not have the call\'s shape fails with STREAMS_ERR_INVALID_OVERRIDE_RESULT', async t => {
+  const { app, url } = await serve()
+  t.teardown(() => app.close())
+  const s = app.streams
+  const results: Record<string, unknown> = {}
+  for (const call of ['get', 'set', 'delete', 'list', 'list_groups', 'update']) {
+    s.registerFunction({ function_path: `stream::${call}(bad)`, handler: () => results[call] })
+  }
+  const invalid = { code: 'STREAMS_ERR_INVALID_OVERRIDE_RESULT' }
+  const calls: Array<[string, unknown, () => Promise<unknown>]> = [
+    ['set', 'custom set', () => s.set('bad', 'g', 'a', 1)],
+    ['set', { old_value: null }, () => s.set('bad', 'g', 'a', 1)],
+    ['set', undefined, () => s.call('stream::set', { stream_name: 'bad', group_id: 'g', item_id: 'a', data: 1 })],
+    ['update', [1], () => s.update('bad', 'g', 'a', [])],
+    ['update', { new_value: 1, errors: 'x' }, () => s.update('bad', 'g', 'a', [])],
+    ['delete', null, () => s.delete('bad', 'g', 'a')],
+    ['delete', 'gone', () => s.delete('bad', 'g', 'a')],
+    ['list', { items: [] }, () => s.getGroup('bad', 'g')],
+    ['list_groups', 'g', () => s.listGroups('bad')],
+    ['list_groups', [1], () => s.call('streams.listGroups', { stream_name: 'bad' })]
+  ]
+  for (const [call, result, run] of calls) {
+    results[call] = result
+    await t.rejects(run(), invalid, `${call} returning ${JSON.stringify(result)}`)
+  }
+  results.get = undefined
+  t.equal(await s.get('bad', 'g', 'a'), null, 'get may return anything; nothing is null')
+  results.set = { new_value: 2 }
+  t.same(await s.set('bad', 'g', 'a', 2), { old_value: null, new_value: 2 }, 'a missing old_value is null')
+
+  const client = await RawClient.open(url)
+  t.teardown(() => client.close())
+  results.list = 'nope'
+  client.join('bad', 'g')
+  await waitFor(() => client.frames.length === 1, 'the answer')
+  t.equal(client.frames[0].event.event?.type, 'error', 'a join whose list override fails gets an error event')
+  t.equal(client.frames[0].event.event?.data.code, 'STREAMS_ERR_INVALID_OVERRIDE_RESULT')
 })
 
 t.test('the registry: unknown paths, duplicates, bad triggers, unregister', async t => {
@@ -341,16 +452,16 @@ t.test('join/leave triggers can be unregistered', async t => {
   const client = await RawClient.open(url)
   t.teardown(() => client.close())
   client.join('s', 'g')
-  await until(() => client.frames.length === 1, 'answer')
+  await waitFor(() => client.frames.length === 1, 'answer')
   trigger.unregister()
   trigger.unregister()
   client.join('s', 'g')
-  await until(() => client.frames.length === 2, 'answer')
+  await waitFor(() => client.frames.length === 2, 'answer')
   t.same(client.frames.map(frame => frame.event.type), ['unauthorized', 'sync'])
   t.same(joins, ['deny'])
 })
 
-type Payload = { type: string, timestamp: number, streamName: string, groupId: string, id: string | null, event: { type: string, data?: unknown, event?: unknown } }
+type Payload = { type: string, timestamp: number, streamName: string, groupId: string, id: string | null, event: { type: string, data?: unknown, event?: unknown }, rev: number }
 
 t.test('the data-change trigger `stream`', async t => {
   await t.test('filtered by stream_name, group_id, item_id', async t => {
@@ -358,6 +469,7 @@ t.test('the data-change trigger `stream`', async t => {
     t.teardown(() => app.close())
     const s = app.streams
     const hits: Record<string, string[]> = { stream: [], group: [], item: [] }
+    const settled = markerTrigger(s)
     for (const [name, config] of [['stream', { stream_name: 's' }], ['group', { stream_name: 's', group_id: 'g1' }], ['item', { stream_name: 's', group_id: 'g1', item_id: 'i1' }]] as const) {
       s.registerFunction({ function_path: `on-${name}`, handler: (payload: Payload) => { hits[name].push(`${payload.groupId}/${payload.id}`) } })
       s.registerTrigger({ trigger_type: 'stream', function_path: `on-${name}`, config })
@@ -367,8 +479,7 @@ t.test('the data-change trigger `stream`', async t => {
     await s.set('s', 'g2', 'i1', 3)
     await s.set('t', 'g1', 'i1', 4)
     await s.set('s2', 'g1', 'i1', 5)
-    await until(() => hits.stream.length === 3 && hits.group.length === 2 && hits.item.length === 1, 'the triggers')
-    await pause(30)
+    await settled()
     t.same(hits, { stream: ['g1/i1', 'g1/i2', 'g2/i1'], group: ['g1/i1', 'g1/i2'], item: ['g1/i1'] })
   })
 
@@ -377,12 +488,13 @@ t.test('the data-change trigger `stream`', async t => {
     t.teardown(() => app.close())
     const s = app.streams
     const payloads: Payload[] = []
+    const settled = markerTrigger(s)
     s.registerFunction({ function_path: 'onChange', handler: (payload: Payload) => { payloads.push(payload) } })
     s.registerTrigger({ trigger_type: 'stream', function_path: 'onChange', config: { stream_name: 'todo', group_id: 'inbox' } })
     const client = await RawClient.open(url)
     t.teardown(() => client.close())
     client.join('todo', 'inbox')
-    await until(() => client.frames.length === 1, 'sync')
+    await waitFor(() => client.frames.length === 1, 'sync')
 
     await s.set('todo', 'inbox', 't1', { title: 'a' })
     await s.set('todo', 'inbox', 't1', { title: 'b' })
@@ -392,10 +504,10 @@ t.test('the data-change trigger `stream`', async t => {
     await s.delete('todo', 'inbox', 'missing')
     await s.send('todo', 'inbox', { type: 'typing', data: { user: 'ana' } })
     await s.send('todo', 'inbox', { type: 'ping' }, 't2')
-    await until(() => payloads.length === 7 && client.frames.length === 8, 'seven payloads and frames')
-    await pause(30)
+    await settled()
+    await waitFor(() => client.frames.length === 8, 'seven frames')
     t.equal(payloads.length, 7, 'the delete of a missing item fired nothing')
-    t.same(payloads.map(({ timestamp, ...rest }) => rest), [
+    t.same(payloads.map(({ timestamp, rev, ...rest }) => rest), [
       { type: 'stream', streamName: 'todo', groupId: 'inbox', id: 't1', event: { type: 'create', data: { title: 'a', id: 't1' } } },
       { type: 'stream', streamName: 'todo', groupId: 'inbox', id: 't1', event: { type: 'update', data: { title: 'b', id: 't1' } } },
       { type: 'stream', streamName: 'todo', groupId: 'inbox', id: 't1', event: { type: 'update', data: { title: 'b', id: 't1', done: true } } },
@@ -405,8 +517,47 @@ t.test('the data-change trigger `stream`', async t => {
       { type: 'stream', streamName: 'todo', groupId: 'inbox', id: 't2', event: { type: 'event', event: { type: 'ping', data: null } } }
     ])
     t.ok(payloads.every(payload => Number.isInteger(payload.timestamp) && payload.timestamp > 0), 'epoch ms timestamps')
-    t.same(payloads.map(payload => Object.keys(payload)), payloads.map(() => ['type', 'timestamp', 'streamName', 'groupId', 'id', 'event']), 'the envelope\'s fields')
-    t.same(payloads.map(({ timestamp, ...rest }) => rest), client.frames.slice(1).map(({ timestamp, rev, ...rest }) => rest), 'the same as the wire frames')
+    t.same(payloads.map(payload => Object.keys(payload)), payloads.map(() => ['type', 'timestamp', 'streamName', 'groupId', 'id', 'event', 'rev']), 'the envelope\'s fields')
+    t.same(payloads, client.frames.slice(1), 'exactly the wire frames, timestamp and rev included')
+  })
+
+  await t.test('handlers run one after another, in registration order', async t => {
+    const { app } = await serve()
+    t.teardown(() => app.close())
+    const s = app.streams
+    const order: string[] = []
+    const { opened, open: release } = gate()
+    s.registerFunction({ function_path: 'first', handler: async (payload: Payload) => { order.push(`first:${payload.id}`); await opened; order.push('first done') } })
+    s.registerFunction({ function_path: 'second', handler: (payload: Payload) => { order.push(`second:${payload.id}`) } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'first', config: { stream_name: 's' } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'second', config: { stream_name: 's' } })
+    const settled = markerTrigger(s)
+    await s.set('s', 'g', 'a', 1)
+    await settled()
+    t.same(order, ['first:a'], 'the second waits while the first runs')
+    release()
+    await waitFor(() => order.length === 3, 'the second handler')
+    t.same(order, ['first:a', 'first done', 'second:a'])
+  })
+
+  await t.test('a JSON null is a value: create then update, on the wire and in the trigger alike', async t => {
+    const { app, url } = await serve()
+    t.teardown(() => app.close())
+    const s = app.streams
+    const payloads: Payload[] = []
+    s.registerFunction({ function_path: 'onChange', handler: (payload: Payload) => { payloads.push(payload) } })
+    s.registerTrigger({ trigger_type: 'stream', function_path: 'onChange', config: { stream_name: 'n' } })
+    const client = await RawClient.open(url)
+    t.teardown(() => client.close())
+    client.join('n', 'g')
+    await waitFor(() => client.frames.length === 1, 'sync')
+    t.same(await s.set('n', 'g', 'x', null), { old_value: null, new_value: null })
+    t.same(await s.set('n', 'g', 'x', null), { old_value: null, new_value: null })
+    await s.set('n', 'g', 'x', 1)
+    await waitFor(() => payloads.length === 3 && client.frames.length === 4, 'three changes')
+    t.same(client.frames.slice(1).map(frame => frame.event.type), ['create', 'update', 'update'], 'a stored null is there: the second set updates it')
+    t.same(payloads, client.frames.slice(1), 'the triggers agree with the wire')
+    t.same(await s.getGroup('n', 'g'), [1])
   })
 
   await t.test('a condition function returning exactly false skips', async t => {
@@ -415,6 +566,7 @@ t.test('the data-change trigger `stream`', async t => {
     const s = app.streams
     const ran: string[] = []
     const conditions: unknown[] = []
+    const settled = markerTrigger(s)
     s.registerFunction({
       function_path: 'only-big',
       handler: (payload: Payload) => {
@@ -430,8 +582,7 @@ t.test('the data-change trigger `stream`', async t => {
     await s.set('s', 'g', 'zero', { n: 0 })
     await s.set('s', 'g', 'null', { n: 1 })
     await s.set('s', 'g', 'undefined', { n: 2 })
-    await until(() => conditions.length === 5 && ran.length === 4, 'the conditions and handlers')
-    await pause(30)
+    await settled()
     t.same(ran.sort(), ['big', 'null', 'undefined', 'zero'], 'only `false` skips')
   })
 
@@ -451,7 +602,7 @@ t.test('the data-change trigger `stream`', async t => {
     t.same(await s.update('s', 'g', 'b', [{ type: 'set', path: 'x', value: 1 }]), { old_value: null, new_value: { x: 1, id: 'b' } })
     t.same(await s.delete('s', 'g', 'a'), { old_value: 1 })
     t.equal(await s.send('s', 'g', { type: 'x' }), undefined)
-    await until(() => calls === 12, 'every trigger and condition ran')
+    await waitFor(() => calls === 12, 'every trigger and condition ran')
     t.same(await s.getGroup('s', 'g'), [{ x: 1, id: 'b' }], 'the writes landed')
   })
 
@@ -460,17 +611,17 @@ t.test('the data-change trigger `stream`', async t => {
     t.teardown(() => app.close())
     const s = app.streams
     const seen: string[] = []
-    let release: () => void = () => {}
-    const gate = new Promise<void>(resolve => { release = resolve })
-    s.registerFunction({ function_path: 'slow', handler: async (payload: Payload) => { await gate; seen.push(payload.id!) } })
+    const { opened, open: release } = gate()
+    s.registerFunction({ function_path: 'slow', handler: async (payload: Payload) => { await opened; seen.push(payload.id!) } })
     const trigger = s.registerTrigger({ trigger_type: 'stream', function_path: 'slow', config: { stream_name: 's' } })
     await s.set('s', 'g', 'a', 1)
     t.same(seen, [], 'set resolved before the trigger finished')
     release()
-    await until(() => seen.length === 1, 'the trigger')
+    await waitFor(() => seen.length === 1, 'the trigger')
     trigger.unregister()
+    const settled = markerTrigger(s)
     await s.set('s', 'g', 'b', 1)
-    await pause(30)
+    await settled()
     t.same(seen, ['a'], 'no trigger after unregister')
   })
 })

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import t from 'tap'
 import { cliModule, importAppModule, loadConfig, parseConfig } from '../lib/config.js'
-import { freePort, run } from './helpers/cli.js'
+import { run } from './helpers/cli.js'
+import { freePort } from './helpers/wait.js'
 
 function tmp (): string {
   const dir = mkdtempSync(join(tmpdir(), 'streams-config-'))

@@ -1,7 +1,8 @@
 // One socket's life: ordered joins and leaves, the sync/live-event race, and every kind of bad input.
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { RawClient, serve, until, type Envelope } from './helpers/app.js'
+import { marked, RawClient, serve, waitFor, type Envelope } from './helpers/app.js'
+import { openStock } from './helpers/stock.js'
 
 type Item = { id: string, n: number }
 
@@ -54,7 +55,7 @@ t.test('a join while another task writes to the group in a tight loop: final sta
   const final = await app.streams.getGroup('race', 'g') as Item[]
   const expected = new Map(final.map(item => [item.id, item]))
   for (const [index, client] of clients.entries()) {
-    await until(() => JSON.stringify([...replay(client.frames).state.entries()].sort()) === JSON.stringify([...expected.entries()].sort()), `client ${index} state`)
+    await waitFor(() => JSON.stringify([...replay(client.frames).state.entries()].sort()) === JSON.stringify([...expected.entries()].sort()), `client ${index} state`)
     const { state, beforeSync } = replay(client.frames)
     t.equal(beforeSync, 0, `client ${index}: no event before its sync`)
     t.same(Object.fromEntries(state), Object.fromEntries(expected), `client ${index}: state equals getGroup`)
@@ -75,13 +76,12 @@ t.test('one frame per socket per event, even when several of its subscriptions m
   client.join('s', 'g')
   client.join('s', 'g')
   client.join('s', 'g', 'a')
-  await until(() => client.of('sync').length === 3, 'three syncs')
+  await waitFor(() => client.of('sync').length === 3, 'three syncs')
   t.same(client.of('sync').map(frame => [frame.id, frame.event.data]), [[null, []], [null, []], ['a', null]], 'group sync is an array, missing item sync is null')
   await app.streams.set('s', 'g', 'a', { v: 1 })
   await app.streams.send('s', 'g', { type: 'hello', data: 'x' })
   await app.streams.send('s', 'g', { type: 'item-only', data: 'y' }, 'a')
-  await until(() => client.frames.length === 6, 'three events')
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await marked(app, client, 's', 'g')
   t.equal(client.frames.length, 6, 'each event once')
   t.same(client.frames.slice(3).map(frame => frame.event.type), ['create', 'event', 'event'])
 })
@@ -92,10 +92,10 @@ t.test('envelopes are exactly the engine\'s, item rooms are (stream, group, id)'
   const client = await RawClient.open(url)
   t.teardown(() => client.close())
   client.join('todo', 'inbox', 't1')
-  await until(() => client.frames.length === 1, 'sync')
+  await waitFor(() => client.frames.length === 1, 'sync')
   await app.streams.set('todo', 'other', 't1', { cross: 'talk' })
   await app.streams.set('todo', 'inbox', 't1', { title: 'x' })
-  await until(() => client.frames.length === 2, 'the create')
+  await waitFor(() => client.frames.length === 2, 'the create')
   const raw = await new Promise<string>(resolve => {
     client.socket.once('message', (data, isBinary) => {
       t.equal(isBinary, false, 'a text frame (browsers cannot parse a binary one)')
@@ -113,17 +113,17 @@ t.test('deleting a missing item emits nothing; leave stops events; unknown leave
   const client = await RawClient.open(url)
   t.teardown(() => client.close())
   const sub = client.join('s', 'g')
-  await until(() => client.frames.length === 1, 'sync')
+  await waitFor(() => client.frames.length === 1, 'sync')
   await app.streams.delete('s', 'g', 'ghost')
   client.leave('s', 'g', 'never-joined')
   await app.streams.set('s', 'g', 'a', 1)
-  await until(() => client.frames.length === 2, 'create')
+  await waitFor(() => client.frames.length === 2, 'create')
   t.same(client.frames.map(frame => frame.event.type), ['sync', 'create'])
   client.leave('s', 'g', sub)
   client.join('s', 'marker')
-  await until(() => client.frames.length === 3, 'marker sync (the leave was handled before it)')
+  await waitFor(() => client.frames.length === 3, 'marker sync (the leave was handled before it)')
   await app.streams.set('s', 'g', 'b', 2)
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await marked(app, client, 's', 'marker')
   t.equal(client.frames.length, 3, 'no event after leave')
 })
 
@@ -140,7 +140,7 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
   async function bystanderStillServed (t: Test): Promise<void> {
     round++
     await app.streams.set('safe', 'g', 'x', { v: round })
-    await until(() => bystander.frames.some(frame => (frame.event.data as { v?: number } | undefined)?.v === round), 'bystander update')
+    await waitFor(() => bystander.frames.some(frame => (frame.event.data as { v?: number } | undefined)?.v === round), 'bystander update')
     t.equal(bystander.closeCode, null, 'bystander still open')
     t.same(await app.streams.get('safe', 'g', 'x'), { v: round, id: 'x' }, 'stored data intact')
   }
@@ -153,17 +153,14 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
     ['missing fields', JSON.stringify({ type: 'join', data: { streamName: 's' } })],
     ['non-string fields', JSON.stringify({ type: 'join', data: { streamName: 1, groupId: {}, subscriptionId: [] } })],
     ['a JSON array', '[1,2,3]'],
-    ['a name over the length limit', JSON.stringify({ type: 'join', data: { streamName: 's'.repeat(65), groupId: 'g', subscriptionId: '1' } })],
-    ['__proto__ as a stream name', JSON.stringify({ type: 'join', data: { streamName: '__proto__', groupId: 'g', subscriptionId: '1' } })],
-    ['constructor as a group name', JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'constructor', subscriptionId: '1' } })],
-    ['prototype as an item id', JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'g', id: 'prototype', subscriptionId: '1' } })]
+    ['a leave with a name the plugin refuses', JSON.stringify({ type: 'leave', data: { streamName: '__proto__', groupId: 'g', subscriptionId: '1' } })]
   ]
   for (const [label, frame] of garbage) {
     await t.test(label, async t => {
       const client = await RawClient.open(url)
       client.socket.send(frame)
       client.join('s', 'ok')
-      await until(() => client.of('sync').length === 1, 'the valid join after it')
+      await waitFor(() => client.of('sync').length === 1, 'the valid join after it')
       t.equal(client.closeCode, null, 'one bad frame does not close the socket')
       t.equal(client.of('sync').length, 1, 'the bad frame got no subscription')
       await bystanderStillServed(t)
@@ -171,10 +168,36 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
     })
   }
 
+  await t.test('a join with a name the plugin refuses gets an error event STREAMS_ERR_INVALID_NAME in its room', async t => {
+    const refused: Array<[string, Record<string, unknown>]> = [
+      ['a stream name over the length limit', { streamName: 's'.repeat(65), groupId: 'g' }],
+      ['__proto__ as a stream name', { streamName: '__proto__', groupId: 'g' }],
+      ['":" in a stream name', { streamName: 'a:b', groupId: 'g' }],
+      ['an empty group name', { streamName: 's', groupId: '' }],
+      ['constructor as a group name', { streamName: 's', groupId: 'constructor' }],
+      ['prototype as an item id', { streamName: 's', groupId: 'g', id: 'prototype' }]
+    ]
+    const client = await RawClient.open(url)
+    for (const [label, names] of refused) {
+      const before = client.frames.length
+      client.socket.send(JSON.stringify({ type: 'join', data: { ...names, subscriptionId: 'bad' } }))
+      await waitFor(() => client.frames.length > before, label)
+      const answer = client.frames[before]
+      t.same([answer.streamName, answer.groupId, answer.id], [names.streamName, names.groupId, names.id ?? null], `${label}: in the subscription's room`)
+      t.equal(answer.event.event?.type, 'error', label)
+      t.equal(answer.event.event?.data.code, 'STREAMS_ERR_INVALID_NAME', label)
+    }
+    t.equal(client.closeCode, null, 'refused names are not garbage: the socket stays open')
+    client.join('s', 'ok')
+    await waitFor(() => client.of('sync').length === 1, 'a valid join after them')
+    await bystanderStillServed(t)
+    await client.close()
+  })
+
   await t.test('repeated garbage closes that socket only (1008)', async t => {
     const client = await RawClient.open(url)
     for (let i = 0; i < 5; i++) client.socket.send('nonsense')
-    await until(() => client.closeCode !== null, 'close')
+    await waitFor(() => client.closeCode !== null, 'close')
     t.equal(client.closeCode, 1008)
     await bystanderStillServed(t)
   })
@@ -182,7 +205,7 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
   await t.test('a frame over maxPayload closes that socket with 1009', async t => {
     const client = await RawClient.open(url)
     client.socket.send(JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'g', subscriptionId: 'x'.repeat(70 * 1024) } }))
-    await until(() => client.closeCode !== null, 'close')
+    await waitFor(() => client.closeCode !== null, 'close')
     t.equal(client.closeCode, 1009)
     await bystanderStillServed(t)
   })
@@ -190,7 +213,7 @@ t.test('bad input is refused cleanly and never disturbs another client', async t
   await t.test('more subscriptions than the limit: the extra join is refused with an error event', async t => {
     const client = await RawClient.open(url)
     for (const group of ['a', 'b', 'c', 'd']) client.join('s', group)
-    await until(() => client.frames.length === 4, 'four answers')
+    await waitFor(() => client.frames.length === 4, 'four answers')
     t.same(client.frames.map(frame => frame.event.type), ['sync', 'sync', 'sync', 'event'])
     t.equal(client.frames[3].event.event?.data.code, 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS')
     t.equal(client.closeCode, null)
@@ -219,7 +242,7 @@ t.test('a slow consumer past its byte cap is closed (1013); others keep receivin
   let slowClose: number | null = null
   slow.on('close', code => { slowClose = code })
   slow.send(JSON.stringify({ type: 'join', data: { streamName: 's', groupId: 'g', subscriptionId: '1' } }))
-  await until(() => fast.frames.length === 1 && app.streams.connectionCount === 2, 'both joined')
+  await waitFor(() => fast.frames.length === 1 && app.streams.connectionCount === 2, 'both joined')
   await new Promise(resolve => setTimeout(resolve, 50))
   // Stop reading on the slow socket: its kernel buffers fill, then the server's send buffer grows.
   ;(slow as unknown as { _socket: { pause(): void } })._socket.pause()
@@ -228,12 +251,12 @@ t.test('a slow consumer past its byte cap is closed (1013); others keep receivin
     await app.streams.set('s', 'g', 'blob', { big, i })
     if (i % 20 === 0) await new Promise(resolve => setTimeout(resolve, 5))
   }
-  await until(() => app.streams.connectionCount === 1, 'the slow socket to be dropped')
+  await waitFor(() => app.streams.connectionCount === 1, 'the slow socket to be dropped')
   ;(slow as unknown as { _socket: { resume(): void } })._socket.resume()
-  await until(() => slowClose !== null, 'the slow client to see the close', 10000)
+  await waitFor(() => slowClose !== null, 'the slow client to see the close', 10000)
   t.equal(slowClose, 1013)
   const last = await app.streams.get('s', 'g', 'blob') as { i: number }
-  await until(() => fast.frames.some(frame => (frame.event.data as { i?: number })?.i === last.i), 'the fast client got everything')
+  await waitFor(() => fast.frames.some(frame => (frame.event.data as { i?: number })?.i === last.i), 'the fast client got everything')
   t.equal(fast.closeCode, null)
 })
 
@@ -244,14 +267,27 @@ t.test('joins of an unchanged group share one sync; a change makes the next join
   const clients = await Promise.all(Array.from({ length: 3 }, () => RawClient.open(url)))
   t.teardown(() => Promise.all(clients.map(client => client.close())))
   for (const client of clients) client.join('herd', 'g')
-  await until(() => clients.every(client => client.frames.length === 1), 'three syncs')
+  await waitFor(() => clients.every(client => client.frames.length === 1), 'three syncs')
   t.same(new Set(clients.map(client => JSON.stringify(client.frames[0]))).size, 1, 'the same sync bytes for every joiner')
   await app.streams.send('herd', 'g', { type: 'ping', data: null })
   await app.streams.set('herd', 'g', 'b', { v: 2 })
   const late = await RawClient.open(url)
   t.teardown(() => late.close())
   late.join('herd', 'g')
-  await until(() => late.frames.length === 1, 'the late sync')
+  await waitFor(() => late.frames.length === 1, 'the late sync')
   t.same(late.frames[0].event.data, [{ v: 1, id: 'a' }, { v: 2, id: 'b' }], 'the late joiner sees the change')
   t.ok(late.frames[0].timestamp > clients[0].frames[0].timestamp)
+})
+
+t.test('the stock node client sees the refusal of a name instead of waiting forever', async t => {
+  const { app, url } = await serve()
+  t.teardown(() => app.close())
+  const stream = openStock(t, url)
+  const errors: Array<{ code: string }> = []
+  const group = stream.subscribeGroup('a:b', 'inbox')
+  group.onEvent('error', (data: { code: string }) => { errors.push(data) })
+  const item = stream.subscribeItem('todo', 'inbox', '__proto__')
+  item.onEvent('error', (data: { code: string }) => { errors.push(data) })
+  await waitFor(() => errors.length === 2, 'both refusals')
+  t.same(errors.map(error => error.code), ['STREAMS_ERR_INVALID_NAME', 'STREAMS_ERR_INVALID_NAME'])
 })

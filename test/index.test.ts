@@ -5,9 +5,10 @@ import { join } from 'node:path'
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import websocket from '@fastify/websocket'
-import { Stream as NodeStream } from '@motiadev/stream-client-node'
 import streams, { fastifyStreams, type AuthInput, type StreamsOptions } from '../lib/index.js'
-import { RawClient, serve, until } from './helpers/app.js'
+import { checkWsInternals } from '../lib/ws.js'
+import { marked, RawClient, serve, waitFor, WARN, type LogLine } from './helpers/app.js'
+import { openStock } from './helpers/stock.js'
 
 type JoinInput = { subscription_id: string, stream_name: string, group_id: string, id: string | null, context: unknown }
 
@@ -35,7 +36,7 @@ async function refusal (url: string, protocols?: string[]): Promise<number> {
 async function answer (client: RawClient, stream: string, group: string, id?: string): Promise<string> {
   const before = client.frames.length
   client.join(stream, group, id)
-  await until(() => client.frames.length > before, `an answer to ${stream}/${group}`)
+  await waitFor(() => client.frames.length > before, `an answer to ${stream}/${group}`)
   return client.frames[before].event.type
 }
 
@@ -101,11 +102,58 @@ t.test('registration', async t => {
     const { app, url } = await serve({ path: '/live' })
     t.teardown(() => app.close())
     await app.streams.set('todo', 'inbox', 't1', { title: 'milk' })
-    const stream = new NodeStream(url.replace(/\/$/, '/live'))
-    t.teardown(() => stream.close())
+    const stream = openStock(t, url.replace(/\/$/, '/live'))
     const group = stream.subscribeGroup('todo', 'inbox')
-    await until(() => (group.getState() as unknown[]).length === 1, 'the sync')
+    await waitFor(() => (group.getState() as unknown[]).length === 1, 'the sync')
     t.same(group.getState(), [{ title: 'milk', id: 't1' }])
+  })
+})
+
+t.test('the ws internals', async t => {
+  await t.test('an error listener the app installed on its sockets is kept, whoever registered @fastify/websocket', async t => {
+    for (const appRegisters of [false, true]) {
+      const app = Fastify({ logger: false, forceCloseConnections: true })
+      t.teardown(() => app.close())
+      const handled: unknown[] = []
+      if (appRegisters) await app.register(websocket, { errorHandler: (error) => { handled.push(error) } })
+      await app.register(streams)
+      const appListener = (): void => {}
+      app.websocketServer.on('connection', (socket: import('ws').WebSocket) => socket.on('error', appListener))
+      const url = await listen(app)
+      const client = await RawClient.open(url)
+      t.equal(await answer(client, 's', 'g'), 'sync')
+      const [server] = [...app.websocketServer.clients]
+      t.ok(server.listeners('error').includes(appListener), `app registers @fastify/websocket: ${appRegisters}: the app's listener is there`)
+      if (appRegisters) {
+        server.emit('error', new Error('boom'))
+        t.equal(handled.length, 1, 'the app\'s @fastify/websocket errorHandler still runs')
+      }
+      await client.close()
+      await app.close()
+    }
+  })
+
+  await t.test('ws internals the plugin relies on are checked at start: STREAMS_ERR_WS_INTERNALS', async t => {
+    const { WebSocket } = await import('ws')
+    t.doesNotThrow(() => checkWsInternals(WebSocket), 'the installed ws passes')
+    class Moved extends WebSocket {}
+    Object.defineProperty(Moved.prototype, 'setSocket', { value: undefined })
+    t.throws(() => checkWsInternals(Moved), { code: 'STREAMS_ERR_WS_INTERNALS' })
+    const app = Fastify({ logger: false })
+    t.teardown(() => app.close())
+    await app.register(websocket, { options: { WebSocket: Moved as never } })
+    await t.rejects(async () => { await app.register(streams) }, { code: 'STREAMS_ERR_WS_INTERNALS' }, 'registration fails with the code')
+  })
+
+  await t.test('two apps in one process each deliver their own frames', async t => {
+    const served = await Promise.all([serve(), serve()])
+    t.teardown(() => Promise.all(served.map(({ app }) => app.close())))
+    const clients = await Promise.all(served.map(({ url }) => RawClient.open(url)))
+    t.teardown(() => Promise.all(clients.map(client => client.close())))
+    for (const client of clients) t.equal(await answer(client, 's', 'g'), 'sync')
+    await Promise.all(served.map(({ app }, index) => app.streams.set('s', 'g', 'a', index)))
+    await Promise.all(clients.map((client, index) => marked(served[index].app, client, 's', 'g')))
+    t.same(clients.map(client => client.frames.slice(1).map(frame => frame.event.data)), [[0], [1]], 'each app\'s change on its own sockets only')
   })
 })
 
@@ -120,10 +168,10 @@ t.test('app.close()', async t => {
     for (const [index, client] of clients.entries()) await answer(client, 's', `g${index}`)
     t.equal(app.streams.connectionCount, 3)
     await app.close()
-    await until(() => clients.every(client => client.closeCode !== null), 'every socket to close')
+    await waitFor(() => clients.every(client => client.closeCode !== null), 'every socket to close')
     t.same(clients.map(client => client.closeCode), [1001, 1001, 1001], 'going away')
     t.equal(app.streams.connectionCount, 0)
-    await until(() => left.length === 3, 'the leave triggers')
+    await waitFor(() => left.length === 3, 'the leave triggers')
     t.same(left.sort(), ['sub-1', 'sub-1', 'sub-1'])
     await t.rejects(app.streams.get('s', 'g0', 'a'), { code: 'STREAMS_ERR_CLOSED' })
   })
@@ -145,12 +193,12 @@ t.test('app.close()', async t => {
     const clients = await Promise.all([0, 1].map(() => RawClient.open(url)))
     for (const client of clients) await answer(client, 's', 'g')
     await app.streams.set('s', 'g', 'a', { v: 2 })
-    await until(() => clients.every(client => client.frames.length === 2), 'the update')
+    await waitFor(() => clients.every(client => client.frames.length === 2), 'the update')
     t.ok(count().TCPSocketWrap >= before.TCPSocketWrap + 4, 'sockets were open')
     await app.close()
-    await until(() => clients.every(client => client.closeCode !== null), 'the sockets to close')
+    await waitFor(() => clients.every(client => client.closeCode !== null), 'the sockets to close')
     let after = count()
-    await until(() => {
+    await waitFor(() => {
       after = count()
       return watched.every(name => after[name] <= before[name])
     }, 'the handles to go', 3000).catch(() => {})
@@ -164,7 +212,7 @@ t.test('app.close()', async t => {
     const late = await refusal(url)
     await closing
     t.not(late, -1, 'no socket opened after close began')
-    await until(() => client.closeCode !== null, 'the open socket to close')
+    await waitFor(() => client.closeCode !== null, 'the open socket to close')
     t.equal(client.closeCode, 1001)
   })
 })
@@ -213,7 +261,7 @@ t.test('auth', async t => {
     const client = await RawClient.open(`${url}?user=ana`)
     t.equal(await answer(client, 'todo', 'inbox'), 'sync')
     client.leave('todo', 'inbox', 'sub-1')
-    await until(() => leaves.length === 1, 'the leave')
+    await waitFor(() => leaves.length === 1, 'the leave')
     t.same(joins, [{ subscription_id: 'sub-1', stream_name: 'todo', group_id: 'inbox', id: null, context: { user: 'ana' } }])
     t.same(leaves, [{ subscription_id: 'sub-1', stream_name: 'todo', group_id: 'inbox', id: null, context: { user: 'ana' } }])
     await client.close()
@@ -312,11 +360,44 @@ t.test('auth', async t => {
     })
     t.teardown(() => app.close())
     await app.streams.set('s', 'g', 'a', { v: 1 })
-    const stream = new NodeStream(url, { protocols: ['Authorization', 'tok'] })
-    t.teardown(() => stream.close())
+    const stream = openStock(t, url, { protocols: ['Authorization', 'tok'] })
     const item = stream.subscribeItem('s', 'g', 'a')
-    await until(() => item.getState() !== null, 'the sync')
+    await waitFor(() => item.getState() !== null, 'the sync')
     t.same(item.getState(), { v: 1, id: 'a' })
+  })
+})
+
+t.test('auth refusals a user can act on', async t => {
+  const warnings = (logs: LogLine[], pattern: RegExp): LogLine[] => logs.filter(line => line.level === WARN && pattern.test(line.msg))
+
+  await t.test('an auth path that names nothing is said at start-up, once the app is ready', async t => {
+    const logs: LogLine[] = []
+    const { app } = await serve({ auth_function: 'motia.streams.authenticate' }, undefined, logs)
+    t.teardown(() => app.close())
+    const said = warnings(logs, /auth_function/)
+    t.equal(said.length, 1, 'one warning')
+    t.equal(said[0].auth_function, 'motia.streams.authenticate', 'naming the path')
+
+    for (const [label, setup] of [
+      ['a function registered before ready', (app: FastifyInstance) => { app.streams.registerFunction({ function_path: 'motia.streams.authenticate', handler: () => null }) }],
+      ['a decorator path', (app: FastifyInstance) => { app.decorate('motia', { streams: { authenticate: () => null } }) }]
+    ] as const) {
+      const quiet: LogLine[] = []
+      const served = await serve({ auth_function: 'motia.streams.authenticate' }, setup, quiet)
+      t.same(warnings(quiet, /auth_function/), [], `${label}: no warning`)
+      await served.app.close()
+    }
+  })
+
+  await t.test('each 401 is logged at warn with its reason, rate-limited; the auth error appears once', async t => {
+    const logs: LogLine[] = []
+    const { app, url } = await serve({ auth_function: () => { throw Object.assign(new Error('token expired'), { code: 'E_TOKEN' }) } }, undefined, logs)
+    t.teardown(() => app.close())
+    for (let i = 0; i < 3; i++) t.equal(await refusal(url), 401)
+    const said = warnings(logs, /401/)
+    t.equal(said.length, 1, 'three refusals in a row: one warning')
+    t.match(said[0].reason, /E_TOKEN token expired/, 'the reason, with the code')
+    t.equal(JSON.stringify(said[0]).split('token expired').length, 2, 'said once (no error object, stack or cause repeating it)')
   })
 })
 
@@ -335,6 +416,21 @@ t.test('join and leave triggers', async t => {
     t.equal(await answer(client, 'todo', 'inbox', 't1'), 'sync')
     const input = { subscription_id: 'sub-1', stream_name: 'todo', group_id: 'inbox', id: 't1', context: { user: 'ana' } }
     t.same(calls, [['first', input], ['second', input], ['third', input]])
+  })
+
+  await t.test('every join trigger runs, in order, even after one refused; the join is refused', async t => {
+    const calls: string[] = []
+    const { app, url } = await serve({}, app => {
+      for (const [name, result] of [['count', undefined], ['deny', { unauthorized: true }], ['audit', { unauthorized: false }]] as const) {
+        app.streams.registerFunction({ function_path: name, handler: () => { calls.push(name); return result } })
+        app.streams.registerTrigger({ trigger_type: 'streams:join', function_path: name })
+      }
+    })
+    t.teardown(() => app.close())
+    const client = await RawClient.open(url)
+    t.teardown(() => client.close())
+    t.equal(await answer(client, 's', 'g'), 'unauthorized')
+    t.same(calls, ['count', 'deny', 'audit'], 'the trigger after the refusal ran too')
   })
 
   await t.test('{ unauthorized: true } denies with exactly the engine envelope; no sync, no events after', async t => {
@@ -356,21 +452,22 @@ t.test('join and leave triggers', async t => {
     await app.streams.send('s', 'secret', { type: 'ping' })
     t.equal(await answer(client, 's', 'open'), 'sync', 'a later allowed join is answered')
     await app.streams.set('s', 'secret', 'a', { v: 3 })
-    await pause(50)
+    await marked(app, client, 's', 'open')
     t.same(client.frames.map(frame => frame.event.type), ['unauthorized', 'unauthorized', 'sync'], 'nothing from the denied group')
   })
 
   await t.test('a throwing join trigger denies by default; joinFailure: allow lets it through', async t => {
     for (const [options, expected] of [[{}, 'unauthorized'], [{ joinFailure: 'allow' }, 'sync'], [{ join_failure: 'allow' }, 'sync']] as const) {
       const { app, url } = await serve(options, app => {
-        app.streams.registerFunction({ function_path: 'onJoin', handler: async () => { throw new Error('db down') } })
+        app.streams.registerFunction({ function_path: 'onJoin', handler: async (input: JoinInput) => { if (input.group_id === 'g') throw new Error('db down') } })
         app.streams.registerTrigger({ trigger_type: 'streams:join', function_path: 'onJoin' })
       })
       const client = await RawClient.open(url)
+      t.equal(await answer(client, 's', 'marker'), 'sync')
       t.equal(await answer(client, 's', 'g'), expected, JSON.stringify(options))
       await app.streams.set('s', 'g', 'a', 1)
-      await pause(30)
-      t.equal(client.frames.length, expected === 'sync' ? 2 : 1, 'events only when allowed')
+      await marked(app, client, 's', 'marker')
+      t.equal(client.frames.length, expected === 'sync' ? 3 : 2, 'events only when allowed')
       await client.close()
       await app.close()
     }
@@ -397,19 +494,19 @@ t.test('join and leave triggers', async t => {
     const a = client.join('s', 'g')
     const b = client.join('s', 'g', 'b')
     const c = client.join('s', 'h')
-    await until(() => client.frames.length === 3, 'three syncs')
+    // Joined last, so its leave comes last on disconnect: a marker for "nothing more".
+    const last = client.join('s', 'last')
+    await waitFor(() => client.frames.length === 4, 'four syncs')
     client.leave('s', 'g', 'never', 'x')
     client.leave('s', 'g', b, 'b')
-    await until(() => leaves.length === 2, 'two explicit leaves')
+    await waitFor(() => leaves.length === 2, 'two explicit leaves')
     t.same(leaves, [
       { subscription_id: 'never', stream_name: 's', group_id: 'g', id: 'x', context: 'ctx' },
       { subscription_id: b, stream_name: 's', group_id: 'g', id: 'b', context: 'ctx' }
     ])
     await client.close()
-    await until(() => leaves.length === 4, 'the disconnect leaves')
-    await pause(50)
-    t.equal(leaves.length, 4, 'once each, none for the one already left')
-    t.same(leaves.slice(2).map(input => input.subscription_id).sort(), [a, c].sort())
+    await waitFor(() => leaves.some(input => input.subscription_id === last), 'the disconnect leaves')
+    t.same(leaves.slice(2).map(input => input.subscription_id), [a, c, last], 'once each, none for the one already left')
     t.same(leaves.slice(2).find(input => input.subscription_id === c), { subscription_id: c, stream_name: 's', group_id: 'h', id: null, context: 'ctx' })
   })
 
@@ -427,10 +524,10 @@ t.test('join and leave triggers', async t => {
     const client = await RawClient.open(url)
     t.equal(await answer(client, 's', 'no'), 'unauthorized')
     t.equal(await answer(client, 's', 'yes'), 'sync')
+    t.equal(await answer(client, 's', 'last'), 'sync')
     await client.close()
-    await until(() => leaves.length === 1, 'the leave')
-    await pause(30)
-    t.same(leaves, ['yes'], 'the leave after a throwing one still ran, only for the accepted join')
+    await waitFor(() => leaves.includes('last'), 'the leaves')
+    t.same(leaves, ['yes', 'last'], 'the leave after a throwing one still ran, only for the accepted joins')
     const other = await RawClient.open(url)
     t.teardown(() => other.close())
     t.equal(await answer(other, 's', 'yes'), 'sync', 'the server still serves')

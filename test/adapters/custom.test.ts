@@ -14,7 +14,8 @@ import { Stream } from '@motiadev/stream-client-node'
 import streams, { createKvAdapter, createRedisAdapter, type AdapterFactory, type StreamAdapter, type StreamsOptions } from '../../lib/index.js'
 import { loadConfig } from '../../lib/config.js'
 import { serve, until, type Served } from '../helpers/app.js'
-import { freePort, root, run } from '../helpers/cli.js'
+import { root, run } from '../helpers/cli.js'
+import { freePort } from '../helpers/wait.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
 const METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close'] as const

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Stream } from '@motiadev/stream-client-node'
 import t from 'tap'
-import { freePort, root, run, type Run } from '../helpers/cli.js'
+import { root, run, type Run } from '../helpers/cli.js'
+import { freePort } from '../helpers/wait.js'
 import { RawClient, until } from '../helpers/app.js'
 
 const config = join(root, 'example', 'config.yaml')

@@ -1,27 +1,27 @@
-// Shared test fixtures: a real Fastify app with the plugin on port 0, raw ws clients, and polling waits.
+// Shared test fixtures: a real Fastify app with the plugin on port 0, and a raw ws client.
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import streams, { type StreamsOptions } from '../../lib/index.js'
 
+// The suite's one polling wait lives in wait.ts; `until` is the same function under its older name.
+import { waitFor } from './wait.js'
+export { waitFor, waitFor as until }
+
 export interface Served { app: FastifyInstance, url: string }
 
-export async function serve (options: StreamsOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>): Promise<Served> {
-  const app = Fastify({ logger: false, forceCloseConnections: true })
+/** One line the app logged (pino JSON), when `serve` is given an array to collect them. */
+export interface LogLine { level: number, msg: string, [key: string]: unknown }
+export const WARN = 40
+
+export async function serve (options: StreamsOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>, logs?: LogLine[]): Promise<Served> {
+  const logger = logs === undefined ? false : { level: 'debug', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } }
+  const app = Fastify({ logger, forceCloseConnections: true })
   await app.register(streams, options)
   await setup?.(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   if (address === null || typeof address === 'string') throw new Error('no address')
   return { app, url: `ws://127.0.0.1:${address.port}/` }
-}
-
-/** Polls `check` until it returns true or `ms` pass; rejects with `what` on time-out. */
-export async function until (check: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
 }
 
 export interface Envelope {
@@ -78,4 +78,22 @@ export class RawClient {
       this.socket.close()
     })
   }
+}
+
+/** The custom event type `marked` sends. */
+export const MARKER = 'fastify-streams-test-marker'
+
+/**
+ * Sends a marker event to (stream, group[, id]), which `client` must have joined, and waits until it arrives: every
+ * frame sent to the socket before it has arrived by then, so a test can assert that nothing more came
+ * without waiting a fixed time. The marker frame is taken out of `client.frames`.
+ */
+export async function marked (app: FastifyInstance, client: RawClient, stream: string, group: string, id?: string): Promise<void> {
+  await app.streams.send(stream, group, { type: MARKER }, id)
+  await waitFor(() => client.frames.some(isMarker), `the marker in ${stream}/${group}`)
+  client.frames.splice(0, client.frames.length, ...client.frames.filter(frame => !isMarker(frame)))
+}
+
+function isMarker (frame: Envelope): boolean {
+  return frame.event.type === 'event' && frame.event.event?.type === MARKER
 }

@@ -2,9 +2,10 @@
 // `stop()` kills it (the port stays reserved for `restart()`), `close()` stops it and removes its directory.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer, connect } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { freePort, waitFor } from './wait.js'
 
 export const REDIS_SERVER_BIN = process.env.REDIS_SERVER_BIN ?? '/usr/bin/redis-server'
 
@@ -23,19 +24,6 @@ export interface RedisServer {
   resume(): void
   /** Sends one command (inline protocol) on a fresh socket and returns the raw reply text. */
   command(...args: string[]): Promise<string>
-}
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 function encode (args: string[]): string {
@@ -80,10 +68,6 @@ export function replyText (reply: string): string {
   return reply.slice(1, -2)
 }
 
-async function sleep (ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms))
-}
-
 export async function startRedisServer (): Promise<RedisServer> {
   const dir = await mkdtemp(join(tmpdir(), 'fastify-streams-redis-'))
   const port = await freePort()
@@ -105,16 +89,16 @@ export async function startRedisServer (): Promise<RedisServer> {
       proc.once('exit', () => resolve())
       proc.once('error', (err) => { stderr += String(err); resolve() })
     })
-    const deadline = Date.now() + 10_000
-    while (Date.now() < deadline) {
-      if (proc.exitCode !== null || proc.signalCode !== null) break
-      try {
-        if ((await rawCommand(port, ['PING'], 500)).startsWith('+PONG')) return
-      } catch {}
-      await sleep(20)
+    const answers = async (): Promise<boolean> => {
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error('redis-server exited')
+      return (await rawCommand(port, ['PING'], 500).catch(() => '')).startsWith('+PONG')
     }
-    await stop()
-    throw new Error(`redis-server did not start on port ${port}: ${stderr}`)
+    try {
+      await waitFor(answers, 'redis-server to answer PING', 10_000)
+    } catch {
+      await stop()
+      throw new Error(`redis-server did not start on port ${port}: ${stderr}`)
+    }
   }
 
   async function stop (): Promise<void> {
