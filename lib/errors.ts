@@ -16,3 +16,4 @@ export const StorageError = createError<[string]>('STREAMS_ERR_STORAGE', 'Storag
 export const ConflictError = createError<[string]>('STREAMS_ERR_CONFLICT', 'Concurrent update did not settle: %s', 409)
 export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is closed', 503)
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
+export const MissingPackageError = createError<[string, string]>('STREAMS_ERR_MISSING_PACKAGE', 'The package "%s" is needed for %s: install it with npm install', 500)

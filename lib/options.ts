@@ -1,7 +1,10 @@
 // Every plugin option, its default and its check, in one place. Keys come in snake_case (the iii config)
 // or camelCase; both are folded to one normalised object before the plugin does anything else.
 import type { FastifyInstance } from 'fastify'
-import type { AdapterFactory, StreamAdapter } from './adapters/adapter.js'
+import {
+  DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
+  type AdapterFactory, type ChangeLogRetention, type StreamAdapter
+} from './adapters/adapter.js'
 import { InvalidOptionError } from './errors.js'
 
 export const DEFAULT_PATH = '/'
@@ -30,7 +33,8 @@ export interface AuthInput {
 export type AuthResult = { context?: unknown } | null | undefined | void
 export type AuthFunction = (input: AuthInput) => AuthResult | Promise<AuthResult>
 
-export type KvConfig = { kind: 'kv', storeMethod: 'in_memory' } | { kind: 'kv', storeMethod: 'file_based', filePath: string }
+/** `changeLog` defaults by backend when absent (memory 1000 entries, SQLite 10 000, both 7 days). */
+export type KvConfig = ({ kind: 'kv', storeMethod: 'in_memory' } | { kind: 'kv', storeMethod: 'file_based', filePath: string }) & { changeLog?: ChangeLogRetention }
 export interface RedisConfig {
   kind: 'redis'
   redisUrl: string
@@ -38,6 +42,8 @@ export interface RedisConfig {
   keyPrefix: string
   connectTimeoutMs: number
   commandTimeoutMs: number
+  /** Defaults to 10 000 entries and 7 days when absent. */
+  changeLog?: ChangeLogRetention
 }
 export type AdapterChoice =
   | KvConfig
@@ -140,8 +146,23 @@ function isAdapterInstance (value: unknown): value is StreamAdapter {
     .some(name => typeof candidate[name] === 'function')
 }
 
-const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize']
-const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs']
+const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize', 'changeLog']
+const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'changeLog']
+
+/** `change_log: { max_changes, max_age_ms }`: how much of each group's change log the adapter keeps. */
+function changeLogConfig (config: Raw, defaultMaxChanges: number): ChangeLogRetention {
+  const where = 'adapter.config.change_log'
+  const raw = config.changeLog ?? {}
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidOptionError(where, 'expected an object')
+  const changeLog = fold(raw as Raw, `${where}.`)
+  checkKeys(changeLog, ['maxChanges', 'maxAgeMs'], `${where}.`)
+  const maxChanges = changeLog.maxChanges ?? defaultMaxChanges
+  // 0 is allowed here (and only here): it turns the log off.
+  if (typeof maxChanges !== 'number' || !Number.isSafeInteger(maxChanges) || maxChanges < 0) {
+    throw new InvalidOptionError(`${where}.max_changes`, 'expected an integer >= 0')
+  }
+  return { maxChanges, maxAgeMs: positiveInt(changeLog, 'maxAgeMs', DEFAULT_CHANGE_LOG_MAX_AGE_MS, `${where}.`) }
+}
 
 /** Checks and defaults a RedisAdapter config (keys already folded to camelCase). */
 function redisConfig (config: Raw): RedisConfig {
@@ -163,7 +184,8 @@ function redisConfig (config: Raw): RedisConfig {
     client,
     keyPrefix,
     connectTimeoutMs: positiveInt(config, 'connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS, 'adapter.config.'),
-    commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.')
+    commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.'),
+    changeLog: changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
   }
 }
 
@@ -191,8 +213,13 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   if (KV_ADAPTER_CLASSES.includes(id)) {
     checkKeys(config, KV_KEYS, 'adapter.config.')
     const storeMethod = oneOf(config, 'storeMethod', ['in_memory', 'file_based'] as const, 'in_memory', 'adapter.config.store_method')
-    if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod }
-    return { kind: 'kv', storeMethod, filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.') }
+    if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod, changeLog: changeLogConfig(config, DEFAULT_CHANGE_LOG_MAX_CHANGES) }
+    return {
+      kind: 'kv',
+      storeMethod,
+      filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.'),
+      changeLog: changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
+    }
   }
   if (REDIS_ADAPTER_CLASSES.includes(id)) return redisConfig(config)
   throw new InvalidOptionError('adapter.class', `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis or a name given in adapters)`)

@@ -1,31 +1,21 @@
-// KvStore: the engine's `kv` adapter, through keyv. `in_memory` keeps keyv on a Map; `file_based` keeps it on
-// SQLite (@keyv/sqlite) so the streams survive a restart. An in-process index serves reads and decides
-// create/update, revisions and order; keyv is the store every write goes through before it is acknowledged.
+// KvStore: the engine's `kv` adapter. `in_memory` keeps everything in plain Maps; `file_based` also writes every
+// change, with its change-log entry, to a SQLite file (lib/adapters/sqlite.ts) before acknowledging it, so the
+// streams survive a restart. An in-process index serves reads and decides create/update, revisions and order.
 import { randomBytes } from 'node:crypto'
-import { mkdir } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
-import Keyv from 'keyv'
-import KeyvSqlite from '@keyv/sqlite'
-import type {
-  ChangePage, ChangeRecord, Committed, DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult,
-  SetResult, StreamAdapter, StreamEvent, StreamEventBody, UpdateResult
+import {
+  checkChangeRange, DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
+  trimSlack,
+  type ChangeLogRetention, type ChangePage, type ChangeRecord, type Committed, type DeleteResult, type EventListener,
+  type GroupSnapshot, type ItemSnapshot, type ListAllResult, type SetResult, type StreamAdapter, type StreamEvent,
+  type StreamEventBody, type UpdateResult
 } from './adapter.js'
+import { SqliteFile, type FileChange } from './sqlite.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
-import { ClosedError, InvalidArgumentError, StorageError } from '../errors.js'
+import { ClosedError, InvalidArgumentError } from '../errors.js'
 import type { KvConfig } from '../options.js'
 import { StreamClock } from '../clock.js'
 
-// No ':' here: keyv splits iterator keys on the first ':' to strip the namespace.
-const KEYV_NAMESPACE = 'fastifystreams'
-// Rows fetched per page when loading a SQLite file at start.
-const LOAD_PAGE_SIZE = 1000
-/** Change-log entries kept per group (the newest ones). */
-export const DEFAULT_CHANGE_LOG_MAX_CHANGES = 1000
-
-/** What keyv stores per item: the value, its place in the group, and the revision/timestamp of its last change. */
-interface ItemRecord { v: unknown, o: number, r: number, t: number }
-/** What keyv stores per group that has seen a delete: the revision/timestamp a delete left behind. */
-interface GroupRecord { r: number, t: number }
+export { DEFAULT_CHANGE_LOG_MAX_CHANGES }
 
 interface GroupState {
   items: Map<string, unknown>
@@ -33,26 +23,27 @@ interface GroupState {
   rev: number
   timestamp: number
   nextOrder: number
-  /** The newest change-log entries, oldest first; entries up to `trimmed` were dropped. */
+  /** Memory store: the newest change-log entries, oldest first; entries up to `trimmed` were dropped. */
   log: ChangeRecord[]
   trimmed: number
+  /** SQLite store: the group's row id in the file, and the oldest revision its log may still hold (null: none). */
+  gid: number
+  logStart: number | null
   /** Writes to one group run one at a time, so they persist and emit in commit order. */
   tail: Promise<unknown>
 }
 
-function itemKey (stream: string, group: string, id: string): string {
-  return JSON.stringify(['i', stream, group, id])
+/** A change about to be committed: what the file needs beyond the event itself. */
+interface PendingWrite {
+  id: string | null
+  body: StreamEventBody
+  /** The event body as JSON text, for the file's log. */
+  bodyText: () => string
+  item?: FileChange['item']
 }
 
-function groupKey (stream: string, group: string): string {
-  return JSON.stringify(['g', stream, group])
-}
-
-/**
- * The value as JSON keeps it (what Redis and SQLite store too), detached from the caller's object, so a
- * later mutation by the caller cannot change stored state behind the store's back.
- */
-function detach (value: unknown): unknown {
+/** The value as JSON keeps it (what Redis and SQLite store too), and that JSON text. */
+function encode (value: unknown): { value: unknown, text: string } {
   let text: string | undefined
   try {
     text = JSON.stringify(value)
@@ -60,63 +51,71 @@ function detach (value: unknown): unknown {
     throw new InvalidArgumentError(`the value cannot be stored as JSON: ${(err as Error).message}`)
   }
   if (text === undefined) throw new InvalidArgumentError('the value cannot be stored as JSON')
-  return JSON.parse(text)
+  // Parsed back: detached from the caller's object, so a later mutation by the caller cannot change stored state.
+  return { value: JSON.parse(text), text }
+}
+
+/** The JSON text of a change body whose data is already JSON text. */
+function changeText (kind: string, dataText: string): string {
+  return `{"type":"${kind}","data":${dataText}}`
 }
 
 export class KvAdapter implements StreamAdapter {
   private readonly streams = new Map<string, Map<string, GroupState>>()
   private readonly listeners = new Set<EventListener>()
   private readonly clock = new StreamClock()
-  // One Map per adapter, holding values by reference: nothing to serialise in memory. A SQLite store
-  // replaces it in start(), once the file's folder exists.
-  private keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
+  private readonly retention: ChangeLogRetention
+  private readonly file: SqliteFile | null
+  private nextGid = 1
   private closed = false
-  /** A new history at every start: the log lives in memory, so offsets from an earlier life mean nothing. */
-  readonly epoch = randomBytes(8).toString('hex')
+  /**
+   * The store's history: a memory store gets a new one at every start (its log lives in memory, so offsets
+   * from an earlier life mean nothing); a SQLite store reads the one made with its file.
+   */
+  epoch = randomBytes(8).toString('hex')
+  /** Items of the file that could not be read at start (not JSON): skipped, so the store still starts. */
+  skippedItems = 0
 
-  constructor (private readonly config: KvConfig) {}
+  constructor (private readonly config: KvConfig) {
+    const file = config.storeMethod === 'file_based'
+    this.retention = config.changeLog ?? {
+      maxChanges: file ? DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES : DEFAULT_CHANGE_LOG_MAX_CHANGES,
+      maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS
+    }
+    this.file = config.storeMethod === 'file_based' ? new SqliteFile(config.filePath, this.retention.maxAgeMs) : null
+  }
 
   async start (): Promise<void> {
-    if (this.config.storeMethod !== 'file_based') return
-    const file = resolve(this.config.filePath)
-    try {
-      await mkdir(dirname(file), { recursive: true })
-      const sqlite = new KeyvSqlite({ uri: `sqlite://${file}`, iterationLimit: LOAD_PAGE_SIZE })
-      sqlite.on('error', () => {}) // the failed query below reports it
-      this.keyv = new Keyv({ store: sqlite, namespace: KEYV_NAMESPACE, throwOnErrors: true })
-      // WAL with synchronous=FULL: every acknowledged commit is on disk, at one fsync per write.
-      await sqlite.query('PRAGMA journal_mode=WAL')
-      await sqlite.query('PRAGMA synchronous=FULL')
-      await this.load()
-    } catch (err) {
-      throw new StorageError(`cannot open ${this.config.filePath}: ${(err as Error).message}`)
+    if (this.file === null) return
+    const contents = await this.file.open()
+    this.epoch = contents.epoch
+    const byGid = new Map<number, GroupState>()
+    for (const stored of contents.groups) {
+      const state = this.group(stored.stream, stored.group, stored.gid)
+      state.rev = stored.rev
+      state.timestamp = stored.timestamp
+      state.logStart = stored.firstLogged
+      this.clock.observe(stored.timestamp)
+      byGid.set(stored.gid, state)
+      this.nextGid = Math.max(this.nextGid, stored.gid + 1)
     }
-  }
-
-  /** Rebuilds the index from the file: items in their recorded order, revisions and timestamps as left. */
-  private async load (): Promise<void> {
-    const records: Array<[string[], ItemRecord | GroupRecord]> = []
-    if (this.keyv.iterator === undefined) return
-    for await (const [key, value] of this.keyv.iterator(KEYV_NAMESPACE)) {
-      records.push([JSON.parse(key as string) as string[], value as ItemRecord | GroupRecord])
-    }
-    records.sort((a, b) => ('o' in a[1] ? a[1].o : -1) - ('o' in b[1] ? b[1].o : -1))
-    for (const [[kind, stream, group, id], record] of records) {
-      const state = this.group(stream, group)
-      state.rev = Math.max(state.rev, record.r)
-      state.trimmed = state.rev
-      state.timestamp = Math.max(state.timestamp, record.t)
-      this.clock.observe(record.t)
-      if (kind === 'i') {
-        const item = record as ItemRecord
-        state.items.set(id, item.v)
-        state.order.set(id, item.o)
-        state.nextOrder = Math.max(state.nextOrder, item.o + 1)
+    for (const item of contents.items) {
+      const state = byGid.get(item.gid)
+      let value: unknown
+      try {
+        if (state === undefined) throw new Error('no group')
+        value = JSON.parse(item.text)
+      } catch {
+        this.skippedItems++
+        continue
       }
+      state.items.set(item.id, value)
+      state.order.set(item.id, item.order)
+      state.nextOrder = Math.max(state.nextOrder, item.order + 1)
     }
   }
 
-  private group (stream: string, group: string): GroupState {
+  private group (stream: string, group: string, gid?: number): GroupState {
     let groups = this.streams.get(stream)
     if (groups === undefined) {
       groups = new Map()
@@ -124,7 +123,7 @@ export class KvAdapter implements StreamAdapter {
     }
     let state = groups.get(group)
     if (state === undefined) {
-      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: [], trimmed: 0, tail: Promise.resolve() }
+      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: [], trimmed: 0, gid: gid ?? this.nextGid++, logStart: null, tail: Promise.resolve() }
       groups.set(group, state)
     }
     return state
@@ -145,41 +144,83 @@ export class KvAdapter implements StreamAdapter {
     return run
   }
 
-  private async persist (write: () => Promise<unknown>): Promise<void> {
-    try {
-      await write()
-    } catch (err) {
-      throw new StorageError((err as Error).message)
+  /**
+   * Commits the group's next change: the file first (item, revision and log entry in one transaction), then
+   * the index, the in-memory log and the feed. Runs inside the group's `serial`.
+   */
+  private async commit (state: GroupState, stream: string, group: string, write: PendingWrite): Promise<StreamEvent> {
+    const rev = state.rev + 1
+    const timestamp = this.clock.next(state.timestamp)
+    if (this.file !== null) await this.commitToFile(state, stream, group, rev, timestamp, write)
+    if (write.item !== undefined) {
+      const { id } = write.item
+      if ('removed' in write.item) {
+        state.items.delete(id)
+        state.order.delete(id)
+      } else {
+        state.items.set(id, (write.body as { data: unknown }).data)
+        state.order.set(id, write.item.order)
+        if (write.item.order === state.nextOrder) state.nextOrder++
+      }
     }
-  }
-
-  /** Records the committed event at revision `rev` in the group's log and hands it to the feed. */
-  private emit (state: GroupState, stream: string, group: string, id: string | null, rev: number, timestamp: number, event: StreamEventBody): StreamEvent {
     state.rev = rev
     state.timestamp = timestamp
-    state.log.push({ id, rev, timestamp, event })
-    // Trimmed in batches, so a write does not shift the whole log every time.
-    if (state.log.length >= DEFAULT_CHANGE_LOG_MAX_CHANGES * 1.25) {
-      const dropped = state.log.splice(0, state.log.length - DEFAULT_CHANGE_LOG_MAX_CHANGES)
-      state.trimmed = dropped[dropped.length - 1].rev
+    if (this.file === null) this.logInMemory(state, { id: write.id, rev, timestamp, event: write.body })
+    const event: StreamEvent = { stream, group, id: write.id, rev, timestamp, event: write.body }
+    for (const listener of this.listeners) listener(event)
+    return event
+  }
+
+  private async commitToFile (state: GroupState, stream: string, group: string, rev: number, timestamp: number, write: PendingWrite): Promise<void> {
+    const { maxChanges } = this.retention
+    const change: FileChange = { gid: state.gid, stream, group, rev, timestamp, item: write.item, log: null }
+    let logStart = state.logStart
+    if (maxChanges > 0) {
+      change.log = { id: write.id, body: write.bodyText() }
+      logStart ??= rev
+      // Trimmed in batches, so a write does not delete one old row every time.
+      if (rev - logStart + 1 > maxChanges + trimSlack(maxChanges)) {
+        change.trimTo = rev - maxChanges
+        logStart = change.trimTo + 1
+      }
+    } else if (logStart !== null) {
+      // The log is off: drop what an earlier run logged, so the group's log never has a gap.
+      change.trimTo = rev
+      logStart = null
     }
-    const streamEvent: StreamEvent = { stream, group, id, rev, timestamp, event }
-    for (const listener of this.listeners) listener(streamEvent)
-    return streamEvent
+    await this.file!.commit(change)
+    state.logStart = logStart
+  }
+
+  /** The memory store's log: a bounded ring per group, also cut by age. */
+  private logInMemory (state: GroupState, record: ChangeRecord): void {
+    const { maxChanges, maxAgeMs } = this.retention
+    const log = state.log
+    if (maxChanges === 0) {
+      log.length = 0
+      state.trimmed = record.rev
+      return
+    }
+    log.push(record)
+    let drop = Math.max(0, log.length - maxChanges)
+    // Trimmed in batches by count, so a write does not shift the whole log every time.
+    if (log.length < maxChanges + trimSlack(maxChanges)) drop = 0
+    while (drop < log.length && log[drop].timestamp < record.timestamp - maxAgeMs) drop++
+    if (drop > 0) state.trimmed = log.splice(0, drop)[drop - 1].rev
   }
 
   /** Stores `value` at `id`, keeping the item's place; emits create or update once the store has it. */
-  private async write (state: GroupState, stream: string, group: string, id: string, value: unknown): Promise<{ old: unknown, event: StreamEvent }> {
+  private async write (state: GroupState, stream: string, group: string, id: string, stored: { value: unknown, text: string }): Promise<{ old: unknown, event: StreamEvent }> {
     const existed = state.items.has(id)
     const old = existed ? state.items.get(id) : null
-    const order = state.order.get(id) ?? state.nextOrder
-    const rev = state.rev + 1
-    const timestamp = this.clock.next(state.timestamp)
-    await this.persist(() => this.keyv.set(itemKey(stream, group, id), { v: value, o: order, r: rev, t: timestamp } satisfies ItemRecord))
-    if (order === state.nextOrder) state.nextOrder++
-    state.items.set(id, value)
-    state.order.set(id, order)
-    return { old, event: this.emit(state, stream, group, id, rev, timestamp, { type: existed ? 'update' : 'create', data: value }) }
+    const kind = existed ? 'update' : 'create'
+    const event = await this.commit(state, stream, group, {
+      id,
+      body: { type: kind, data: stored.value },
+      bodyText: () => changeText(kind, stored.text),
+      item: { id, text: stored.text, order: state.order.get(id) ?? state.nextOrder }
+    })
+    return { old, event }
   }
 
   async get (stream: string, group: string, id: string): Promise<unknown> {
@@ -190,7 +231,7 @@ export class KvAdapter implements StreamAdapter {
 
   async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     this.checkOpen()
-    const stored = detach(value)
+    const stored = encode(value)
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { old, event } = await this.write(state, stream, group, id, stored)
@@ -205,14 +246,9 @@ export class KvAdapter implements StreamAdapter {
     return this.serial(state, async () => {
       if (!state.items.has(id)) return { old_value: null, event: null }
       const old = state.items.get(id)
-      const rev = state.rev + 1
-      const timestamp = this.clock.next(state.timestamp)
-      // The group record first: were the process to die between the two, the revision still never goes back.
-      await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
-      await this.persist(() => this.keyv.delete(itemKey(stream, group, id)))
-      state.items.delete(id)
-      state.order.delete(id)
-      return { old_value: old, event: this.emit(state, stream, group, id, rev, timestamp, { type: 'delete', data: old }) }
+      const body: StreamEventBody = { type: 'delete', data: old }
+      const event = await this.commit(state, stream, group, { id, body, bodyText: () => JSON.stringify(body), item: { id, removed: true } })
+      return { old_value: old, event }
     })
   }
 
@@ -221,31 +257,26 @@ export class KvAdapter implements StreamAdapter {
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { value, errors } = applyUpdateOps(state.items.get(id), ops)
-      const next = detach(prepare === undefined ? value : prepare(value))
+      const next = encode(prepare === undefined ? value : prepare(value))
       const { old, event } = await this.write(state, stream, group, id, next)
-      const result = { old_value: old, new_value: structuredClone(next) }
+      const result = { old_value: old, new_value: structuredClone(next.value) }
       return errors.length > 0 ? { ...result, errors, event } : { ...result, event }
     })
   }
 
   async publish (stream: string, group: string, id: string | null, body: StreamEventBody): Promise<StreamEvent> {
     this.checkOpen()
-    const detached = detach(body) as StreamEventBody
+    const detached = encode(body)
     const state = this.group(stream, group)
-    return this.serial(state, async () => {
-      const rev = state.rev + 1
-      const timestamp = this.clock.next(state.timestamp)
-      // Nothing is stored, but the revision is: it must never go back after a restart.
-      if (this.config.storeMethod === 'file_based') {
-        await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
-      }
-      return this.emit(state, stream, group, id, rev, timestamp, detached)
-    })
+    // Nothing is stored, but the revision and the log entry are: they must never go back after a restart.
+    return this.serial(state, () => this.commit(state, stream, group, { id, body: detached.value as StreamEventBody, bodyText: () => detached.text }))
   }
 
   async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
     this.checkOpen()
+    checkChangeRange(after, limit)
     const state = this.peek(stream, group)
+    if (this.file !== null) return { epoch: this.epoch, ...await this.file.readChanges(state?.gid ?? null, after, limit) }
     if (state === undefined) return { epoch: this.epoch, changes: [], rev: 0, trimmed: 0 }
     // The log holds consecutive revisions, so the first entry after `after` is found by arithmetic.
     const first = state.log.length === 0 ? state.rev + 1 : state.log[0].rev
@@ -301,7 +332,7 @@ export class KvAdapter implements StreamAdapter {
     // Let acknowledged and queued writes reach the store before it closes.
     await Promise.all([...this.streams.values()].flatMap(groups => [...groups.values()].map(state => state.tail)))
     this.listeners.clear()
-    await this.keyv.disconnect()
+    await this.file?.close()
   }
 }
 

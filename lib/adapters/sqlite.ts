@@ -1,0 +1,273 @@
+// SqliteFile: the SQLite file behind KvStore `file_based`, on the `sqlite3` package (loaded only when a file
+// store is configured). It keeps the items, each group's revision and timestamp, the groups' change logs and
+// the store's epoch. KvAdapter keeps the in-memory index that serves reads and decides every change; this file
+// makes each change durable with its log row in one transaction, and serves the change log.
+//
+// Group commit: changes handed in while a commit runs wait, then all of them share the next transaction and
+// its one fsync (WAL with synchronous=FULL); each is acknowledged once that commit returned.
+import { randomBytes } from 'node:crypto'
+import { mkdir } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import type { Database, RunResult } from 'sqlite3'
+import type { ChangePage, ChangeRecord, StreamEventBody } from './adapter.js'
+import { MissingPackageError, StorageError } from '../errors.js'
+
+/** The schema this code writes, recorded in the file's `user_version`. */
+const SCHEMA_VERSION = 1
+/** Changes one transaction takes at most; the rest go into the next one. */
+const MAX_BATCH = 512
+/** Change-log rows one age sweep deletes at most; a sweep that hits it runs again with the next commit. */
+const SWEEP_ROWS = 1000
+/** The longest wait between two age sweeps of a store that is being written. */
+const MAX_SWEEP_INTERVAL_MS = 60_000
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (gid INTEGER PRIMARY KEY, stream TEXT NOT NULL, grp TEXT NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, UNIQUE (stream, grp));
+CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, PRIMARY KEY (gid, id));
+CREATE TABLE IF NOT EXISTS changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
+`
+
+// Each statement takes one JSON array of rows (json_each), so a batch of any size is one statement per table.
+const UPSERT_GROUPS = `INSERT INTO groups (gid, stream, grp, rev, ts)
+  SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true
+  ON CONFLICT (gid) DO UPDATE SET rev = excluded.rev, ts = excluded.ts`
+const UPSERT_ITEMS = `INSERT INTO items (gid, id, value, ord)
+  SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?) WHERE true
+  ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord`
+const DELETE_ITEMS = 'DELETE FROM items WHERE (gid, id) IN (SELECT value->>0, value->>1 FROM json_each(?))'
+const INSERT_CHANGES = `INSERT INTO changes (gid, rev, ts, id, body)
+  SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?)`
+// [gid, last rev to drop]: count retention, and the whole log of a group written while the log is off.
+const TRIM_CHANGES = `DELETE FROM changes WHERE rowid IN
+  (SELECT c.rowid FROM json_each(?) j JOIN changes c ON c.gid = j.value->>0 AND c.rev <= j.value->>1)`
+// Rows are appended in timestamp order (one clock per process, carried over restarts), so the oldest rows
+// are the first ones: each sweep looks at a bounded prefix only.
+const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
+  (SELECT rowid FROM changes ORDER BY rowid LIMIT ${SWEEP_ROWS}) AND ts < ?`
+// One statement, so the page and the group's revision come from one read transaction.
+const READ_CHANGES = `SELECT g.rev AS grev, (SELECT MIN(rev) FROM changes WHERE gid = g.gid) AS first,
+  c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
+  FROM groups g LEFT JOIN (SELECT * FROM changes WHERE gid = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3) c
+  WHERE g.gid = ?1 ORDER BY c.rev`
+
+/** One committed change of a group, as the file records it. */
+export interface FileChange {
+  gid: number
+  stream: string
+  group: string
+  rev: number
+  timestamp: number
+  /** The item written (its JSON text and place) or removed; absent for a published event. */
+  item?: { id: string, text: string, order: number } | { id: string, removed: true }
+  /** The log entry (the event body as JSON text); null when the log is off. */
+  log: { id: string | null, body: string } | null
+  /** Drop the group's log entries up to this revision in the same transaction. */
+  trimTo?: number
+}
+
+/** What the file held at start. */
+export interface FileContents {
+  epoch: string
+  groups: Array<{ gid: number, stream: string, group: string, rev: number, timestamp: number, firstLogged: number | null }>
+  items: Array<{ gid: number, id: string, text: string, order: number }>
+}
+
+interface Pending { change: FileChange, resolve: () => void, reject: (err: Error) => void }
+
+type Sqlite3 = typeof import('sqlite3')
+
+async function loadSqlite3 (): Promise<Sqlite3> {
+  try {
+    const module = await import('sqlite3') as Sqlite3 & { default?: Sqlite3 }
+    return module.default ?? module
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') throw new MissingPackageError('sqlite3', "store_method 'file_based'")
+    throw err
+  }
+}
+
+function open (sqlite3: Sqlite3, file: string, mode: number): Promise<Database> {
+  return new Promise((resolve, reject) => {
+    const db: Database = new sqlite3.Database(file, mode, (err) => err === null ? resolve(db) : reject(err))
+  })
+}
+
+function run (db: Database, sql: string, params: unknown[] = []): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    db.run(sql, params, function (this: RunResult, err: Error | null) { err === null ? resolve(this) : reject(err) })
+  })
+}
+
+function all<T> (db: Database, sql: string, params: unknown[] = []): Promise<T[]> {
+  return new Promise((resolve, reject) => {
+    db.all<T>(sql, params, (err, rows) => err === null ? resolve(rows) : reject(err))
+  })
+}
+
+function exec (db: Database, sql: string): Promise<void> {
+  return new Promise((resolve, reject) => { db.exec(sql, (err) => err === null ? resolve() : reject(err)) })
+}
+
+function closeDb (db: Database | null): Promise<void> {
+  return new Promise((resolve) => {
+    if (db === null) resolve()
+    else db.close(() => resolve())
+  })
+}
+
+export class SqliteFile {
+  private writer: Database | null = null
+  private reader: Database | null = null
+  private pending: Pending[] = []
+  private committing: Promise<void> | null = null
+  private scheduled = false
+  private nextSweep = 0
+  private readonly sweepIntervalMs: number
+
+  constructor (private readonly filePath: string, private readonly maxAgeMs: number) {
+    this.sweepIntervalMs = Math.min(maxAgeMs, MAX_SWEEP_INTERVAL_MS)
+  }
+
+  /** Opens (creating it and its folder if needed) and reads the file. Fails with STREAMS_ERR_STORAGE. */
+  async open (): Promise<FileContents> {
+    const sqlite3 = await loadSqlite3()
+    const file = resolve(this.filePath)
+    try {
+      await mkdir(dirname(file), { recursive: true })
+      this.writer = await open(sqlite3, file, sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE)
+      // One batch at a time, statements in the order given.
+      this.writer.serialize()
+      await run(this.writer, 'PRAGMA journal_mode=WAL')
+      // Every acknowledged commit is on disk (one fsync per commit, shared by the batch).
+      await run(this.writer, 'PRAGMA synchronous=FULL')
+      const [{ user_version: version }] = await all<{ user_version: number }>(this.writer, 'PRAGMA user_version')
+      if (version > SCHEMA_VERSION) throw new Error(`the file was written by a newer version (schema ${version})`)
+      // A write at every start: a file SQLite could only open read-only fails here, not at the first write.
+      await exec(this.writer, `BEGIN IMMEDIATE; ${SCHEMA} PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`)
+      await run(this.writer, 'INSERT OR IGNORE INTO store_meta (key, value) VALUES (?, ?)', ['epoch', randomBytes(8).toString('hex')])
+      const [{ value: epoch }] = await all<{ value: string }>(this.writer, 'SELECT value FROM store_meta WHERE key = ?', ['epoch'])
+      const groups = await all<{ gid: number, stream: string, grp: string, rev: number, ts: number, first: number | null }>(this.writer,
+        'SELECT gid, stream, grp, rev, ts, (SELECT MIN(rev) FROM changes c WHERE c.gid = g.gid) AS first FROM groups g')
+      const items = await all<{ gid: number, id: string, value: string, ord: number }>(this.writer, 'SELECT gid, id, value, ord FROM items ORDER BY gid, ord')
+      // Reads of the log go through their own connection: it sees committed transactions only.
+      this.reader = await open(sqlite3, file, sqlite3.OPEN_READONLY)
+      return {
+        epoch,
+        groups: groups.map(g => ({ gid: g.gid, stream: g.stream, group: g.grp, rev: g.rev, timestamp: g.ts, firstLogged: g.first })),
+        items: items.map(i => ({ gid: i.gid, id: i.id, text: i.value, order: i.ord }))
+      }
+    } catch (err) {
+      await this.close()
+      throw new StorageError(`cannot open ${this.filePath}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Resolves once `change` is committed (with the changes that shared its transaction). */
+  commit (change: FileChange): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ change, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /**
+   * Starts a commit once the current one is done. setImmediate, not a microtask: the writers woken by the
+   * last commit hand in their next changes first, so they share one transaction.
+   */
+  private schedule (): void {
+    if (this.scheduled || this.committing !== null) return
+    this.scheduled = true
+    setImmediate(() => {
+      this.scheduled = false
+      if (this.pending.length === 0) return
+      this.committing = this.commitBatch(this.pending.splice(0, MAX_BATCH)).finally(() => {
+        this.committing = null
+        if (this.pending.length > 0) this.schedule()
+      })
+    })
+  }
+
+  private async commitBatch (batch: Pending[]): Promise<void> {
+    const db = this.writer
+    try {
+      if (db === null) throw new Error('the file is closed')
+      await this.transaction(db, batch.map(p => p.change))
+    } catch (err) {
+      const error = new StorageError((err as Error).message)
+      for (const p of batch) p.reject(error)
+      return
+    }
+    for (const p of batch) p.resolve()
+  }
+
+  private async transaction (db: Database, changes: FileChange[]): Promise<void> {
+    const groups: unknown[] = []
+    const upserts: unknown[] = []
+    const removals: unknown[] = []
+    const logged: unknown[] = []
+    const trims: unknown[] = []
+    for (const c of changes) {
+      groups.push([c.gid, c.stream, c.group, c.rev, c.timestamp])
+      if (c.item !== undefined) {
+        if ('removed' in c.item) removals.push([c.gid, c.item.id])
+        else upserts.push([c.gid, c.item.id, c.item.text, c.item.order])
+      }
+      if (c.log !== null) logged.push([c.gid, c.rev, c.timestamp, c.log.id, c.log.body])
+      if (c.trimTo !== undefined) trims.push([c.gid, c.trimTo])
+    }
+    const statements: Array<[string, unknown[]]> = [[UPSERT_GROUPS, [JSON.stringify(groups)]]]
+    if (upserts.length > 0) statements.push([UPSERT_ITEMS, [JSON.stringify(upserts)]])
+    if (removals.length > 0) statements.push([DELETE_ITEMS, [JSON.stringify(removals)]])
+    if (logged.length > 0) statements.push([INSERT_CHANGES, [JSON.stringify(logged)]])
+    if (trims.length > 0) statements.push([TRIM_CHANGES, [JSON.stringify(trims)]])
+    const now = Date.now()
+    const sweep = now >= this.nextSweep
+    if (sweep) statements.push([SWEEP_CHANGES, [now - this.maxAgeMs]])
+    // Queued at once (the connection runs them in order); COMMIT only when all of them succeeded.
+    const begun = run(db, 'BEGIN')
+    const results = statements.map(([sql, params]) => run(db, sql, params))
+    try {
+      await begun
+      const done = await Promise.all(results)
+      if (sweep) this.nextSweep = done[done.length - 1].changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+    } catch (err) {
+      await Promise.allSettled(results)
+      await run(db, 'ROLLBACK').catch(() => {})
+      throw err
+    }
+    await run(db, 'COMMIT')
+  }
+
+  /** The group's committed log after `after`, with its committed revision; `gid` null: a group never written. */
+  async readChanges (gid: number | null, after: number, limit: number): Promise<Omit<ChangePage, 'epoch'>> {
+    if (this.reader === null) throw new StorageError('the file is closed')
+    if (gid === null) return { changes: [], rev: 0, trimmed: 0 }
+    let rows: Array<{ grev: number, first: number | null, rev: number | null, ts: number, id: string | null, body: string }>
+    try {
+      rows = await all(this.reader, READ_CHANGES, [gid, after, limit])
+    } catch (err) {
+      throw new StorageError((err as Error).message)
+    }
+    // No row: the group's first write is not committed yet.
+    if (rows.length === 0) return { changes: [], rev: 0, trimmed: 0 }
+    const { grev, first } = rows[0]
+    const changes: ChangeRecord[] = []
+    for (const row of rows) {
+      if (row.rev !== null) changes.push({ id: row.id, rev: row.rev, timestamp: row.ts, event: JSON.parse(row.body) as StreamEventBody })
+    }
+    return { changes, rev: grev, trimmed: first === null ? grev : first - 1 }
+  }
+
+  /** Waits for handed-in changes to commit, then closes the file. */
+  async close (): Promise<void> {
+    while (this.committing !== null || this.pending.length > 0 || this.scheduled) {
+      await (this.committing ?? new Promise(resolve => setImmediate(resolve)))
+    }
+    const writer = this.writer
+    const reader = this.reader
+    this.writer = null
+    this.reader = null
+    await Promise.all([closeDb(reader), closeDb(writer)])
+  }
+}
