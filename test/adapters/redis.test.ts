@@ -51,7 +51,20 @@ t.beforeEach(async () => { await server.command('FLUSHALL') })
 // The shared contract, each adapter under its own key prefix on the shared server.
 let contractRun = 0
 t.test('contract', async (t) => {
-  adapterContract(t, async () => ({ adapter: createRedisAdapter({ redis_url: server.url, key_prefix: `contract${++contractRun}:` }) }))
+  adapterContract(t, async (options = {}) => {
+    const config = {
+      redis_url: server.url,
+      key_prefix: `contract${++contractRun}:`,
+      ...options.changeLog && { change_log: { max_changes: options.changeLog.maxChanges, max_age_ms: options.changeLog.maxAgeMs } }
+    }
+    const restart = async () => {
+      // Saved first: this Redis keeps its data across the restart, as a persistent one does.
+      await server.command('SAVE')
+      await server.restart()
+      return createRedisAdapter(config)
+    }
+    return { adapter: createRedisAdapter(config), restart, durable: true }
+  })
 })
 
 t.test('helpers', async (t) => {

@@ -5,12 +5,10 @@ import t from 'tap'
 import { createKvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
 
-adapterContract(t, async () => {
+adapterContract(t, async (options = {}) => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
-  return {
-    adapter: createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db') }),
-    cleanup: () => rm(dir, { recursive: true, force: true })
-  }
+  const make = () => createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db'), ...options })
+  return { adapter: make(), restart: async () => make(), durable: true, cleanup: () => rm(dir, { recursive: true, force: true }) }
 })
 
 t.test('a second adapter on the same file serves the same data, order, revisions and timestamps', async t => {
