@@ -1,7 +1,9 @@
-// Rough write and read figures per adapter, without sockets: set ops/s (one writer, and 16 at once) and the
-// time to getGroup a group of 10 000 items. Writes bench/ADAPTERS.md. Run: npm run build && node bench/adapters.mjs
+// Rough write and read figures per adapter, without sockets: set ops/s (one writer, and 16 at once, each on
+// its own group) with the change log on (the default retention) and off (change_log.max_changes 0), and the
+// time to getGroup a group of 10 000 items. Writes bench/ADAPTERS.md.
+// Run: npm run build && node bench/adapters.mjs [--runs N] [--seconds S]
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import path from 'node:path'
@@ -11,8 +13,13 @@ const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const { createKvAdapter } = await import(path.join(BENCH, '..', 'dist', 'adapters', 'kv.js'))
 const { createRedisAdapter } = await import(path.join(BENCH, '..', 'dist', 'adapters', 'redis.js'))
 const ITEMS = 10_000
-const DURATION_MS = 3000
-const RUNS = 3
+const flag = (name, fallback) => {
+  const at = process.argv.indexOf(name)
+  return at < 0 ? fallback : Number(process.argv[at + 1])
+}
+const DURATION_MS = flag('--seconds', 2) * 1000
+const RUNS = flag('--runs', 3)
+const LOG_OFF = { maxChanges: 0, maxAgeMs: 1000 }
 const value = (i) => ({ id: `i${i}`, title: 'x'.repeat(150), n: i })
 
 async function freePort () {
@@ -48,39 +55,55 @@ const dir = mkdtempSync(path.join(tmpdir(), 'bench-adapters-'))
 const port = await freePort()
 const redis = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
 await new Promise(resolve => setTimeout(resolve, 300))
+// Each maker takes the change-log retention (undefined: the adapter's default).
 const makers = {
-  'memory (KvStore in_memory)': () => createKvAdapter({ kind: 'kv', storeMethod: 'in_memory' }),
-  'SQLite (KvStore file_based)': () => createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: path.join(dir, `s${Math.random()}.db`) }),
-  Redis: () => createRedisAdapter({ redis_url: `redis://127.0.0.1:${port}`, key_prefix: `b${Math.random()}:` })
+  'memory (KvStore in_memory)': (changeLog) => createKvAdapter({ kind: 'kv', storeMethod: 'in_memory', changeLog }),
+  'SQLite (KvStore file_based)': (changeLog) => createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: path.join(dir, `s${Math.random()}.db`), changeLog }),
+  Redis: (changeLog) => createRedisAdapter({
+    redis_url: `redis://127.0.0.1:${port}`,
+    key_prefix: `b${Math.random()}:`,
+    ...changeLog && { change_log: { max_changes: changeLog.maxChanges, max_age_ms: changeLog.maxAgeMs } }
+  })
 }
+const figure = (xs) => Math.round(median(xs)).toLocaleString('en')
+const cost = (on, off) => `${Math.round((1 - median(on) / median(off)) * 100)} %`
 const rows = []
 try {
   for (const [name, make] of Object.entries(makers)) {
-    const results = { one: [], many: [], group: [] }
+    const results = { one: [], oneOff: [], many: [], manyOff: [], group: [] }
     for (let r = 0; r < RUNS; r++) {
-      const adapter = make()
-      await adapter.start?.()
-      results.one.push(await opsPerSecond(adapter, 1))
-      results.many.push(await opsPerSecond(adapter, 16))
-      results.group.push(await getGroupMs(adapter))
-      await adapter.close()
+      // Log on and off alternate within a run, so both see the same machine load.
+      for (const [changeLog, one, many] of [[undefined, 'one', 'many'], [LOG_OFF, 'oneOff', 'manyOff']]) {
+        const adapter = make(changeLog)
+        await adapter.start?.()
+        results[one].push(await opsPerSecond(adapter, 1))
+        results[many].push(await opsPerSecond(adapter, 16))
+        if (changeLog === undefined) results.group.push(await getGroupMs(adapter))
+        await adapter.close()
+      }
     }
-    rows.push(`| ${name} | ${Math.round(median(results.one)).toLocaleString('en')} | ${Math.round(median(results.many)).toLocaleString('en')} | ${median(results.group).toFixed(1)} |`)
+    rows.push(`| ${name} | ${figure(results.one)} | ${figure(results.oneOff)} | ${cost(results.one, results.oneOff)} | ${figure(results.many)} | ${figure(results.manyOff)} | ${cost(results.many, results.manyOff)} | ${median(results.group).toFixed(1)} |`)
     console.log(rows.at(-1))
   }
 } finally {
   redis.kill()
   rmSync(dir, { recursive: true, force: true })
 }
-writeFileSync(path.join(BENCH, 'ADAPTERS.md'), [
+// Written notes below the table (from a "## Notes" heading on) are kept across runs.
+const output = path.join(BENCH, 'ADAPTERS.md')
+const previous = existsSync(output) ? readFileSync(output, 'utf8') : ''
+const notes = previous.includes('\n## Notes') ? previous.slice(previous.indexOf('\n## Notes')) : ''
+writeFileSync(output, [
   '# Adapter figures',
   '',
-  `Made by \`npm run build && node bench/adapters.mjs\` on ${new Date().toISOString().slice(0, 10)} (${cpus()[0].model}, ${cpus().length} cores, Node ${process.version}).`,
+  `Made by \`npm run build && node bench/adapters.mjs --runs ${RUNS} --seconds ${DURATION_MS / 1000}\` on ${new Date().toISOString().slice(0, 10)} (${cpus()[0].model}, ${cpus().length} cores, Node ${process.version}).`,
   `Straight against each adapter, no sockets, no subscribers; ~170-byte values; median of ${RUNS} runs of ${DURATION_MS / 1000} s; redis-server on loopback;`,
-  'SQLite with WAL and synchronous=FULL (every acknowledged write is on disk). getGroup: median of 5 reads of a 10 000-item group.',
+  'SQLite with WAL and synchronous=FULL (every acknowledged write is on disk; concurrent writes share a commit).',
+  'Log on: the default change-log retention; log off: `change_log: { max_changes: 0 }`. Cost: how much slower with the log.',
+  'The 16 writers each write their own group. getGroup: median of 5 reads of a 10 000-item group.',
   '',
-  '| adapter | set ops/s, 1 writer | set ops/s, 16 writers | getGroup of 10 000 items (ms) |',
-  '|---|---|---|---|',
+  '| adapter | set/s, 1 writer, log on | log off | cost | set/s, 16 writers, log on | log off | cost | getGroup of 10 000 items (ms) |',
+  '|---|---|---|---|---|---|---|---|',
   ...rows,
   ''
-].join('\n'))
+].join('\n') + notes)
