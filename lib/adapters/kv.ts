@@ -113,6 +113,9 @@ export class KvAdapter implements StreamAdapter {
       state.order.set(item.id, item.order)
       state.nextOrder = Math.max(state.nextOrder, item.order + 1)
     }
+    if (this.skippedItems > 0) {
+      process.emitWarning(`${this.skippedItems} item(s) of the SQLite file could not be read and were skipped`, { code: 'STREAMS_SKIPPED_ITEMS' })
+    }
   }
 
   private group (stream: string, group: string, gid?: number): GroupState {

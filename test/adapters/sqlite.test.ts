@@ -1,9 +1,11 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { createKvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
+import { until } from '../helpers/app.js'
 
 adapterContract(t, async (options = {}) => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
@@ -45,4 +47,51 @@ t.test('a file that cannot be opened fails start with STREAMS_ERR_STORAGE', asyn
   const adapter = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath: join(dir, 'a-file', 'store.db') })
   await t.rejects(adapter.start(), { code: 'STREAMS_ERR_STORAGE' })
   await adapter.close().catch(() => {})
+})
+
+t.test('a file SQLite can only open read-only fails at start, not at the first write', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  const filePath = join(dir, 'store.db')
+  const first = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  await first.start()
+  await first.set('s', 'g', 'a', 1)
+  await first.close()
+  await chmod(filePath, 0o444)
+  // root ignores file modes: the immutable attribute makes the file read-only for root too.
+  const root = process.getuid?.() === 0
+  if (root) execFileSync('chattr', ['+i', filePath])
+  t.teardown(async () => {
+    if (root) execFileSync('chattr', ['-i', filePath])
+    await rm(dir, { recursive: true, force: true })
+  })
+  const adapter = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  await t.rejects(adapter.start(), { code: 'STREAMS_ERR_STORAGE' })
+  await adapter.close()
+})
+
+t.test('an item row that cannot be read is skipped and counted; the store still starts', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const filePath = join(dir, 'store.db')
+  const first = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  await first.start()
+  for (const id of ['a', 'b', 'c']) await first.set('s', 'g', id, { id })
+  await first.close()
+  const { default: sqlite3 } = await import('sqlite3')
+  await new Promise<void>((resolve, reject) => {
+    const db = new sqlite3.Database(filePath)
+    db.run("UPDATE items SET value = '{not json' WHERE id = 'b'", (err) => db.close(() => err === null ? resolve() : reject(err)))
+  })
+  const warnings: Error[] = []
+  const onWarning = (warning: Error) => warnings.push(warning)
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const second = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  await second.start()
+  t.teardown(() => second.close())
+  t.equal(second.skippedItems, 1)
+  t.same(await second.getGroup('s', 'g'), [{ id: 'a' }, { id: 'c' }], 'the readable items are served')
+  await until(() => warnings.some(w => (w as Error & { code?: string }).code === 'STREAMS_SKIPPED_ITEMS'), 'the warning')
+  const next = await second.set('s', 'g', 'd', { id: 'd' })
+  t.equal(next.event!.rev, 4, 'revisions go on')
 })
