@@ -152,7 +152,7 @@ const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'comm
 /** `change_log: { max_changes, max_age_ms }`: how much of each group's change log the adapter keeps. */
 function changeLogConfig (config: Raw, defaultMaxChanges: number): ChangeLogRetention {
   const where = 'adapter.config.change_log'
-  const raw = config.changeLog ?? {}
+  const raw = config.changeLog === undefined ? {} : config.changeLog
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidOptionError(where, 'expected an object')
   const changeLog = fold(raw as Raw, `${where}.`)
   checkKeys(changeLog, ['maxChanges', 'maxAgeMs'], `${where}.`)
