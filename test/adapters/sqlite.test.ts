@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
-import { createKvAdapter } from '../../lib/adapters/kv.js'
+import t, { type Test } from 'tap'
+import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
 import { until } from '../helpers/app.js'
 
@@ -13,12 +13,18 @@ adapterContract(t, async (options = {}) => {
   return { adapter: make(), restart: async () => make(), durable: true, cleanup: () => rm(dir, { recursive: true, force: true }) }
 })
 
-t.test('a second adapter on the same file serves the same data, order, revisions and timestamps', async t => {
+/** A SQLite file in a temp dir (removed by the test's teardown) and a started adapter on it. */
+async function fileStore (t: Test): Promise<{ filePath: string, first: KvAdapter }> {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const filePath = join(dir, 'store.db')
   const first = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
   await first.start()
+  return { filePath, first }
+}
+
+t.test('a second adapter on the same file serves the same data, order, revisions and timestamps', async t => {
+  const { filePath, first } = await fileStore(t)
   for (const id of ['c', 'a', 'b']) await first.set('todo', 'inbox', id, { id })
   await first.set('todo', 'inbox', 'a', { id: 'a', v: 2 })
   await first.delete('todo', 'inbox', 'b')
@@ -70,11 +76,7 @@ t.test('a file SQLite can only open read-only fails at start, not at the first w
 })
 
 t.test('an item row that cannot be read is skipped and counted; the store still starts', async t => {
-  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const filePath = join(dir, 'store.db')
-  const first = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
-  await first.start()
+  const { filePath, first } = await fileStore(t)
   for (const id of ['a', 'b', 'c']) await first.set('s', 'g', id, { id })
   await first.close()
   const { default: sqlite3 } = await import('sqlite3')
