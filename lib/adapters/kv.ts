@@ -3,7 +3,7 @@
 // streams survive a restart. An in-process index serves reads and decides create/update, revisions and order.
 import { randomBytes } from 'node:crypto'
 import {
-  checkChangeRange, DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
+  type ChangeKind, checkChangeRange, DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
   trimSlack,
   type ChangeLogRetention, type ChangePage, type ChangeRecord, type Committed, type DeleteResult, type EventListener,
   type GroupSnapshot, type ItemSnapshot, type ListAllResult, type SetResult, type StreamAdapter, type StreamEvent,
@@ -23,9 +23,8 @@ interface GroupState {
   rev: number
   timestamp: number
   nextOrder: number
-  /** Memory store: the newest change-log entries, oldest first; entries up to `trimmed` were dropped. */
-  log: ChangeRecord[]
-  trimmed: number
+  /** Memory store: the newest change-log entries (null while the group has none). */
+  log: MemoryChangeLog | null
   /** SQLite store: the group's row id in the file, and the oldest revision its log may still hold (null: none). */
   gid: number
   logStart: number | null
@@ -37,9 +36,134 @@ interface GroupState {
 interface PendingWrite {
   id: string | null
   body: StreamEventBody
-  /** The event body as JSON text, for the file's log. */
-  bodyText: () => string
+  /**
+   * For the log: the JSON text of the change's data when `kind` is set (the body is `{"type":kind,"data":text}`),
+   * else of the whole body. Kept apart so the memory log writes the parts without joining them first.
+   */
+  kind: ChangeKind | null
+  text: string
   item?: FileChange['item']
+}
+
+/** Change-log entries per chunk of the memory log (fewer when the log keeps fewer). */
+const LOG_CHUNK_ENTRIES = 64
+/** The first byte size of a chunk's buffer; it doubles as entries need. */
+const LOG_CHUNK_BYTES = 1024
+
+/** The bytes before a change's data in its logged body, by kind. */
+const CHANGE_HEADS: Record<ChangeKind, Buffer> = {
+  create: Buffer.from('{"type":"create","data":'),
+  update: Buffer.from('{"type":"update","data":'),
+  delete: Buffer.from('{"type":"delete","data":')
+}
+const CLOSE_BRACE = 0x7d
+
+/** Entries of the memory log, a chunk at a time: consecutive revisions from `firstRev`. */
+interface LogChunk {
+  firstRev: number
+  /** Entries before this one are trimmed. */
+  start: number
+  count: number
+  /** Each entry's item id then its event body (JSON), in UTF-8, one after the other; entry i ends at ends[i]. */
+  bytes: Buffer
+  ends: Uint32Array
+  /** The byte length of each entry's item id; -1 for none. */
+  idLengths: Int32Array
+  timestamps: Float64Array
+}
+
+/**
+ * A group's change log in memory, its bodies kept as UTF-8 JSON in buffers outside the JS heap. A log of parsed
+ * bodies keeps every logged version of every value alive as objects the garbage collector moves and traces
+ * until they are trimmed: that, not the append, was the cost of the log on writes.
+ */
+class MemoryChangeLog {
+  private chunks: LogChunk[] = []
+  /** The last chunk trimmed away, reused for the next one: a log in its steady state allocates nothing. */
+  private spare: LogChunk | null = null
+  private readonly chunkEntries: number
+  /** Entries up to this revision were dropped. */
+  trimmed: number
+
+  constructor (maxChanges: number, trimmed: number) {
+    this.chunkEntries = Math.min(LOG_CHUNK_ENTRIES, maxChanges)
+    this.trimmed = trimmed
+  }
+
+  /** Appends an entry whose body is `text`, or `{"type":kind,"data":text}` when `kind` is given. */
+  append (rev: number, timestamp: number, id: string | null, kind: ChangeKind | null, text: string): void {
+    let chunk = this.chunks.at(-1)
+    if (chunk === undefined || chunk.count === this.chunkEntries) {
+      const size = this.chunkEntries
+      chunk = this.spare ?? { firstRev: 0, start: 0, count: 0, bytes: Buffer.allocUnsafeSlow(LOG_CHUNK_BYTES), ends: new Uint32Array(size), idLengths: new Int32Array(size), timestamps: new Float64Array(size) }
+      this.spare = null
+      chunk.firstRev = rev
+      chunk.start = 0
+      chunk.count = 0
+      this.chunks.push(chunk)
+    }
+    const from = chunk.count === 0 ? 0 : chunk.ends[chunk.count - 1]
+    const head = kind === null ? null : CHANGE_HEADS[kind]
+    // A UTF-16 unit takes at most 3 bytes in UTF-8.
+    const most = (head?.length ?? 0) + (text.length + (id?.length ?? 0)) * 3 + 1
+    if (from + most > chunk.bytes.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(chunk.bytes.length * 2, from + most))
+      chunk.bytes.copy(grown, 0, 0, from)
+      chunk.bytes = grown
+    }
+    let end = from
+    chunk.idLengths[chunk.count] = id === null ? -1 : chunk.bytes.write(id, end)
+    if (id !== null) end += chunk.idLengths[chunk.count]
+    if (head !== null) {
+      chunk.bytes.set(head, end)
+      end += head.length
+    }
+    end += chunk.bytes.write(text, end)
+    if (head !== null) chunk.bytes[end++] = CLOSE_BRACE
+    chunk.ends[chunk.count] = end
+    chunk.timestamps[chunk.count] = timestamp
+    chunk.count++
+  }
+
+  /** Drops the entries beyond the newest `keep`, and those older than `cutoff` (epoch ms). */
+  trim (keep: number, cutoff: number): void {
+    let size = this.size()
+    while (this.chunks.length > 0) {
+      const chunk = this.chunks[0]
+      if (size > keep || chunk.timestamps[chunk.start] < cutoff) {
+        this.trimmed = chunk.firstRev + chunk.start
+        chunk.start++
+        size--
+        if (chunk.start === chunk.count) this.spare = this.chunks.shift()!
+      } else {
+        return
+      }
+    }
+  }
+
+  private size (): number {
+    const first = this.chunks[0]
+    const last = this.chunks.at(-1)
+    return first === undefined || last === undefined ? 0 : last.firstRev + last.count - first.firstRev - first.start
+  }
+
+  /** Entries with rev > after, at most `limit`. */
+  read (after: number, limit: number): ChangeRecord[] {
+    const changes: ChangeRecord[] = []
+    const base = this.chunks[0]?.firstRev ?? 0
+    // Every chunk but the last holds chunkEntries consecutive revisions: an entry is found by arithmetic.
+    for (let rev = Math.max(after + 1, this.trimmed + 1); changes.length < limit; rev++) {
+      const chunk = this.chunks[Math.floor((rev - base) / this.chunkEntries)]
+      const index = rev - (chunk?.firstRev ?? 0)
+      if (chunk === undefined || index >= chunk.count) break
+      const from = index === 0 ? 0 : chunk.ends[index - 1]
+      const idLength = chunk.idLengths[index]
+      const id = idLength < 0 ? null : chunk.bytes.toString('utf8', from, from + idLength)
+      const body = chunk.bytes.toString('utf8', from + Math.max(idLength, 0), chunk.ends[index])
+      changes.push({ id, rev, timestamp: chunk.timestamps[index], event: JSON.parse(body) as StreamEventBody })
+    }
+    return changes
+  }
 }
 
 /** The value as JSON keeps it (what Redis and SQLite store too), and that JSON text. */
@@ -56,8 +180,8 @@ function encode (value: unknown): { value: unknown, text: string } {
 }
 
 /** The JSON text of a change body whose data is already JSON text. */
-function changeText (kind: string, dataText: string): string {
-  return `{"type":"${kind}","data":${dataText}}`
+function bodyText ({ kind, text }: PendingWrite): string {
+  return kind === null ? text : `{"type":"${kind}","data":${text}}`
 }
 
 export class KvAdapter implements StreamAdapter {
@@ -126,7 +250,7 @@ export class KvAdapter implements StreamAdapter {
     }
     let state = groups.get(group)
     if (state === undefined) {
-      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: [], trimmed: 0, gid: gid ?? this.nextGid++, logStart: null, tail: Promise.resolve() }
+      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: null, gid: gid ?? this.nextGid++, logStart: null, tail: Promise.resolve() }
       groups.set(group, state)
     }
     return state
@@ -168,7 +292,11 @@ export class KvAdapter implements StreamAdapter {
     }
     state.rev = rev
     state.timestamp = timestamp
-    if (this.file === null) this.logInMemory(state, { id: write.id, rev, timestamp, event: write.body })
+    if (this.file === null && this.retention.maxChanges > 0) {
+      state.log ??= new MemoryChangeLog(this.retention.maxChanges, rev - 1)
+      state.log.append(rev, timestamp, write.id, write.kind, write.text)
+      state.log.trim(this.retention.maxChanges, timestamp - this.retention.maxAgeMs)
+    }
     const event: StreamEvent = { stream, group, id: write.id, rev, timestamp, event: write.body }
     for (const listener of this.listeners) listener(event)
     return event
@@ -179,7 +307,7 @@ export class KvAdapter implements StreamAdapter {
     const change: FileChange = { gid: state.gid, stream, group, rev, timestamp, item: write.item, log: null }
     let logStart = state.logStart
     if (maxChanges > 0) {
-      change.log = { id: write.id, body: write.bodyText() }
+      change.log = { id: write.id, body: bodyText(write) }
       logStart ??= rev
       // Trimmed in batches, so a write does not delete one old row every time.
       if (rev - logStart + 1 > maxChanges + trimSlack(maxChanges)) {
@@ -195,23 +323,6 @@ export class KvAdapter implements StreamAdapter {
     state.logStart = logStart
   }
 
-  /** The memory store's log: a bounded ring per group, also cut by age. */
-  private logInMemory (state: GroupState, record: ChangeRecord): void {
-    const { maxChanges, maxAgeMs } = this.retention
-    const log = state.log
-    if (maxChanges === 0) {
-      log.length = 0
-      state.trimmed = record.rev
-      return
-    }
-    log.push(record)
-    let drop = Math.max(0, log.length - maxChanges)
-    // Trimmed in batches by count, so a write does not shift the whole log every time.
-    if (log.length < maxChanges + trimSlack(maxChanges)) drop = 0
-    while (drop < log.length && log[drop].timestamp < record.timestamp - maxAgeMs) drop++
-    if (drop > 0) state.trimmed = log.splice(0, drop)[drop - 1].rev
-  }
-
   /** Stores `value` at `id`, keeping the item's place; emits create or update once the store has it. */
   private async write (state: GroupState, stream: string, group: string, id: string, stored: { value: unknown, text: string }): Promise<{ old: unknown, event: StreamEvent }> {
     const existed = state.items.has(id)
@@ -220,7 +331,8 @@ export class KvAdapter implements StreamAdapter {
     const event = await this.commit(state, stream, group, {
       id,
       body: { type: kind, data: stored.value },
-      bodyText: () => changeText(kind, stored.text),
+      kind,
+      text: stored.text,
       item: { id, text: stored.text, order: state.order.get(id) ?? state.nextOrder }
     })
     return { old, event }
@@ -250,7 +362,7 @@ export class KvAdapter implements StreamAdapter {
       if (!state.items.has(id)) return { old_value: null, event: null }
       const old = state.items.get(id)
       const body: StreamEventBody = { type: 'delete', data: old }
-      const event = await this.commit(state, stream, group, { id, body, bodyText: () => JSON.stringify(body), item: { id, removed: true } })
+      const event = await this.commit(state, stream, group, { id, body, kind: null, text: JSON.stringify(body), item: { id, removed: true } })
       return { old_value: old, event }
     })
   }
@@ -272,7 +384,7 @@ export class KvAdapter implements StreamAdapter {
     const detached = encode(body)
     const state = this.group(stream, group)
     // Nothing is stored, but the revision and the log entry are: they must never go back after a restart.
-    return this.serial(state, () => this.commit(state, stream, group, { id, body: detached.value as StreamEventBody, bodyText: () => detached.text }))
+    return this.serial(state, () => this.commit(state, stream, group, { id, body: detached.value as StreamEventBody, kind: null, text: detached.text }))
   }
 
   async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
@@ -281,10 +393,9 @@ export class KvAdapter implements StreamAdapter {
     const state = this.peek(stream, group)
     if (this.file !== null) return { epoch: this.epoch, ...await this.file.readChanges(state?.gid ?? null, after, limit) }
     if (state === undefined) return { epoch: this.epoch, changes: [], rev: 0, trimmed: 0 }
-    // The log holds consecutive revisions, so the first entry after `after` is found by arithmetic.
-    const first = state.log.length === 0 ? state.rev + 1 : state.log[0].rev
-    const start = Math.max(0, after + 1 - first)
-    return { epoch: this.epoch, changes: state.log.slice(start, start + limit), rev: state.rev, trimmed: state.trimmed }
+    // No log (it is off): the whole history is trimmed.
+    if (state.log === null) return { epoch: this.epoch, changes: [], rev: state.rev, trimmed: state.rev }
+    return { epoch: this.epoch, changes: state.log.read(after, limit), rev: state.rev, trimmed: state.log.trimmed }
   }
 
   async getGroup (stream: string, group: string): Promise<unknown[]> {
