@@ -149,7 +149,14 @@ export class SqliteFile {
       const [{ user_version: version }] = await all<{ user_version: number }>(this.writer, 'PRAGMA user_version')
       if (version > SCHEMA_VERSION) throw new Error(`the file was written by a newer version (schema ${version})`)
       // A write at every start: a file SQLite could only open read-only fails here, not at the first write.
-      await exec(this.writer, `BEGIN IMMEDIATE; ${SCHEMA} PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`)
+      await exec(this.writer, `BEGIN IMMEDIATE; ${SCHEMA}`)
+      try {
+        if (version === 0) await this.importKeyvRows(this.writer)
+        await exec(this.writer, `PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`)
+      } catch (err) {
+        await run(this.writer, 'ROLLBACK').catch(() => {})
+        throw err
+      }
       await run(this.writer, 'INSERT OR IGNORE INTO store_meta (key, value) VALUES (?, ?)', ['epoch', randomBytes(8).toString('hex')])
       const [{ value: epoch }] = await all<{ value: string }>(this.writer, 'SELECT value FROM store_meta WHERE key = ?', ['epoch'])
       const groups = await all<{ gid: number, stream: string, grp: string, rev: number, ts: number, first: number | null }>(this.writer,
@@ -166,6 +173,31 @@ export class SqliteFile {
       await this.close()
       throw new StorageError(`cannot open ${this.filePath}: ${(err as Error).message}`)
     }
+  }
+
+  /**
+   * Imports a file written by the earlier keyv-based store (table `keyv`, one row per item and per group that
+   * saw a delete), inside the opening transaction; its table is left as it was. Change logs start empty.
+   */
+  private async importKeyvRows (db: Database): Promise<void> {
+    const [{ found }] = await all<{ found: number }>(db, "SELECT count(*) AS found FROM sqlite_master WHERE type = 'table' AND name = 'keyv'")
+    if (found === 0) return
+    const rows = await all<{ key: string, value: string }>(db, "SELECT key, value FROM keyv WHERE key LIKE 'fastifystreams:%'")
+    const groups = new Map<string, [number, string, string, number, number]>()
+    const items: unknown[] = []
+    for (const row of rows) {
+      const [kind, stream, group, id] = JSON.parse(row.key.slice('fastifystreams:'.length)) as string[]
+      // keyv's serializer put ':' before strings starting with ':'; its records are { value, expires }.
+      const { value: record } = JSON.parse(row.value, (_key, value: unknown) => typeof value === 'string' && value.startsWith(':') ? value.slice(1) : value) as { value: { v?: unknown, o?: number, r: number, t: number } }
+      const name = JSON.stringify([stream, group])
+      const meta = groups.get(name) ?? [groups.size + 1, stream, group, 0, 0]
+      meta[3] = Math.max(meta[3], record.r)
+      meta[4] = Math.max(meta[4], record.t)
+      groups.set(name, meta)
+      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o])
+    }
+    await run(db, UPSERT_GROUPS, [JSON.stringify([...groups.values()])])
+    await run(db, UPSERT_ITEMS, [JSON.stringify(items)])
   }
 
   /** Resolves once `change` is committed (with the changes that shared its transaction). */

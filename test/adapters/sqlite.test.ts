@@ -97,3 +97,33 @@ t.test('an item row that cannot be read is skipped and counted; the store still 
   const next = await second.set('s', 'g', 'd', { id: 'd' })
   t.equal(next.event!.rev, 4, 'revisions go on')
 })
+
+t.test('a file written by the keyv-based store of 0.1 is imported: items, order, revisions and timestamps', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const filePath = join(dir, 'store.db')
+  // The rows as @keyv/sqlite wrote them: keyv's serializer doubles a leading ':' in strings.
+  const rows = [
+    ['fastifystreams:["i","todo","inbox","b"]', '{"value":{"v":{"id":"b","note":"::colon"},"o":0,"r":1,"t":1000}}'],
+    ['fastifystreams:["i","todo","inbox","a"]', '{"value":{"v":{"id":"a"},"o":2,"r":3,"t":1002}}'],
+    ['fastifystreams:["g","todo","inbox"]', '{"value":{"r":4,"t":1003}}'],
+    ['fastifystreams:["i","todo","other:group","x"]', '{"value":{"v":[1,2],"o":0,"r":1,"t":900}}']
+  ]
+  const { default: sqlite3 } = await import('sqlite3')
+  await new Promise<void>((resolve, reject) => {
+    const db = new sqlite3.Database(filePath)
+    db.serialize()
+    db.run('CREATE TABLE keyv(key VARCHAR(255) PRIMARY KEY, value TEXT )')
+    for (const row of rows) db.run('INSERT INTO keyv VALUES (?, ?)', row)
+    db.close((err) => err === null ? resolve() : reject(err))
+  })
+  const adapter = createKvAdapter({ kind: 'kv', storeMethod: 'file_based', filePath })
+  await adapter.start()
+  t.teardown(() => adapter.close())
+  t.match(await adapter.snapshotGroup('todo', 'inbox'), { items: [{ id: 'b', note: ':colon' }, { id: 'a' }], ids: ['b', 'a'], rev: 4, timestamp: 1003 })
+  t.same(await adapter.listAll(), { stream: [{ id: 'todo', groups: ['inbox', 'other:group'] }], count: 1 })
+  t.match(await adapter.readChanges('todo', 'inbox', 0, 10), { changes: [], rev: 4, trimmed: 4 }, 'the log starts empty after the imported history')
+  const next = await adapter.set('todo', 'inbox', 'c', { id: 'c' })
+  t.equal(next.event!.rev, 5, 'revisions go on')
+  t.same(await adapter.getGroup('todo', 'inbox'), [{ id: 'b', note: ':colon' }, { id: 'a' }, { id: 'c' }])
+})
