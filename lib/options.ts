@@ -149,10 +149,14 @@ function isAdapterInstance (value: unknown): value is StreamAdapter {
 const KV_KEYS = ['storeMethod', 'filePath', 'saveIntervalMs', 'channelSize', 'changeLog']
 const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'changeLog']
 
-/** `change_log: { max_changes, max_age_ms }`: how much of each group's change log the adapter keeps. */
-function changeLogConfig (config: Raw, defaultMaxChanges: number): ChangeLogRetention {
+/**
+ * `change_log: { max_changes, max_age_ms }`: how much of each group's change log the adapter keeps. Absent, the
+ * normalised config has none and the adapter takes its defaults.
+ */
+function changeLogConfig (config: Raw, defaultMaxChanges: number): { changeLog?: ChangeLogRetention } {
+  if (config.changeLog === undefined) return {}
   const where = 'adapter.config.change_log'
-  const raw = config.changeLog === undefined ? {} : config.changeLog
+  const raw = config.changeLog
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidOptionError(where, 'expected an object')
   const changeLog = fold(raw as Raw, `${where}.`)
   checkKeys(changeLog, ['maxChanges', 'maxAgeMs'], `${where}.`)
@@ -161,7 +165,7 @@ function changeLogConfig (config: Raw, defaultMaxChanges: number): ChangeLogRete
   if (typeof maxChanges !== 'number' || !Number.isSafeInteger(maxChanges) || maxChanges < 0) {
     throw new InvalidOptionError(`${where}.max_changes`, 'expected an integer >= 0')
   }
-  return { maxChanges, maxAgeMs: positiveInt(changeLog, 'maxAgeMs', DEFAULT_CHANGE_LOG_MAX_AGE_MS, `${where}.`) }
+  return { changeLog: { maxChanges, maxAgeMs: positiveInt(changeLog, 'maxAgeMs', DEFAULT_CHANGE_LOG_MAX_AGE_MS, `${where}.`) } }
 }
 
 /** Checks and defaults a RedisAdapter config (keys already folded to camelCase). */
@@ -185,7 +189,7 @@ function redisConfig (config: Raw): RedisConfig {
     keyPrefix,
     connectTimeoutMs: positiveInt(config, 'connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS, 'adapter.config.'),
     commandTimeoutMs: positiveInt(config, 'commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'adapter.config.'),
-    changeLog: changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
+    ...changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
   }
 }
 
@@ -213,12 +217,12 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   if (KV_ADAPTER_CLASSES.includes(id)) {
     checkKeys(config, KV_KEYS, 'adapter.config.')
     const storeMethod = oneOf(config, 'storeMethod', ['in_memory', 'file_based'] as const, 'in_memory', 'adapter.config.store_method')
-    if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod, changeLog: changeLogConfig(config, DEFAULT_CHANGE_LOG_MAX_CHANGES) }
+    if (storeMethod === 'in_memory') return { kind: 'kv', storeMethod, ...changeLogConfig(config, DEFAULT_CHANGE_LOG_MAX_CHANGES) }
     return {
       kind: 'kv',
       storeMethod,
       filePath: nonEmptyString(config, 'filePath', DEFAULT_FILE_PATH, 'adapter.config.'),
-      changeLog: changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
+      ...changeLogConfig(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
     }
   }
   if (REDIS_ADAPTER_CLASSES.includes(id)) return redisConfig(config)

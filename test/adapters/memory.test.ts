@@ -13,9 +13,10 @@ adapterContract(t, async (options = {}) => {
 
 t.test('change_log config: snake_case or camelCase, defaults per backend, 0 turns the log off, bad values refused', async t => {
   const kv = (config: Record<string, unknown>) => normalizeOptions({ adapter: { class: 'kv', config } }).adapter
-  t.match(kv({}), { changeLog: { maxChanges: DEFAULT_CHANGE_LOG_MAX_CHANGES, maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS } })
-  t.match(kv({ store_method: 'file_based' }), { changeLog: { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES } })
-  t.match(normalizeOptions({ adapter: { class: 'redis', config: {} } }).adapter, { changeLog: { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES } })
+  t.equal((kv({}) as { changeLog?: unknown }).changeLog, undefined, 'absent: the adapter takes its defaults')
+  t.match(kv({ change_log: {} }), { changeLog: { maxChanges: DEFAULT_CHANGE_LOG_MAX_CHANGES, maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS } })
+  t.match(kv({ store_method: 'file_based', change_log: { max_age_ms: 10 } }), { changeLog: { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES, maxAgeMs: 10 } })
+  t.match(normalizeOptions({ adapter: { class: 'redis', config: { change_log: {} } } }).adapter, { changeLog: { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES } })
   t.match(kv({ change_log: { max_changes: 0, max_age_ms: 5 } }), { changeLog: { maxChanges: 0, maxAgeMs: 5 } })
   t.match(kv({ changeLog: { maxChanges: 7 } }), { changeLog: { maxChanges: 7, maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS } })
   for (const changeLog of [null, 5, { max_changes: -1 }, { max_changes: 1.5 }, { max_age_ms: 0 }, { max_size: 1 }]) {
