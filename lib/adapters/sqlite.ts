@@ -30,19 +30,17 @@ CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value 
 CREATE TABLE IF NOT EXISTS changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
 `
 
-// Each statement takes one JSON array of rows (json_each), so a batch of any size is one statement per table.
-const UPSERT_GROUPS = `INSERT INTO groups (gid, stream, grp, rev, ts)
-  SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true
+// Each statement takes its rows written in as SQL literals (see values()), so a batch of any size is one
+// statement per table, and the whole transaction one call.
+const UPSERT_GROUPS = (rows: string) => `INSERT INTO groups (gid, stream, grp, rev, ts) VALUES ${rows}
   ON CONFLICT (gid) DO UPDATE SET rev = excluded.rev, ts = excluded.ts`
-const UPSERT_ITEMS = `INSERT INTO items (gid, id, value, ord)
-  SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?) WHERE true
+const UPSERT_ITEMS = (rows: string) => `INSERT INTO items (gid, id, value, ord) VALUES ${rows}
   ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord`
-const DELETE_ITEMS = 'DELETE FROM items WHERE (gid, id) IN (SELECT value->>0, value->>1 FROM json_each(?))'
-const INSERT_CHANGES = `INSERT INTO changes (gid, rev, ts, id, body)
-  SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?)`
-// [gid, last rev to drop]: count retention, and the whole log of a group written while the log is off.
-const TRIM_CHANGES = `DELETE FROM changes WHERE rowid IN
-  (SELECT c.rowid FROM json_each(?) j JOIN changes c ON c.gid = j.value->>0 AND c.rev <= j.value->>1)`
+const DELETE_ITEMS = (rows: string) => `DELETE FROM items WHERE (gid, id) IN (VALUES ${rows})`
+const INSERT_CHANGES = (rows: string) => `INSERT INTO changes (gid, rev, ts, id, body) VALUES ${rows}`
+// (gid, last rev to drop): count retention, and the whole log of a group written while the log is off.
+const TRIM_CHANGES = (rows: string) => `DELETE FROM changes WHERE rowid IN
+  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
 // Rows are appended in timestamp order (one clock per process, carried over restarts), so the oldest rows
 // are the first ones: each sweep looks at a bounded prefix only.
 const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
@@ -52,6 +50,20 @@ const READ_CHANGES = `SELECT g.rev AS grev, (SELECT MIN(rev) FROM changes WHERE 
   c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
   FROM groups g LEFT JOIN (SELECT * FROM changes WHERE gid = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3) c
   WHERE g.gid = ?1 ORDER BY c.rev`
+
+/** A value as an SQL literal: integers as they are, text quoted (quotes doubled), text holding NUL as UTF-8 hex. */
+function literal (value: string | number | null): string {
+  if (value === null) return 'NULL'
+  if (typeof value === 'number') return String(value)
+  // A NUL would end the SQL text handed to SQLite: such text goes as a blob cast back to text, NUL kept.
+  if (value.includes('\u0000')) return `CAST(X'${Buffer.from(value).toString('hex')}' AS TEXT)`
+  return `'${value.replaceAll("'", "''")}'`
+}
+
+/** `(a, b), (c, d)`: rows of values as SQL literals. */
+function values (rows: Array<Array<string | number | null>>): string {
+  return rows.map(row => `(${row.map(literal).join(', ')})`).join(', ')
+}
 
 /** One committed change of a group, as the file records it. */
 export interface FileChange {
@@ -184,7 +196,8 @@ export class SqliteFile {
     if (found === 0) return
     const rows = await all<{ key: string, value: string }>(db, "SELECT key, value FROM keyv WHERE key LIKE 'fastifystreams:%'")
     const groups = new Map<string, [number, string, string, number, number]>()
-    const items: unknown[] = []
+    const items: Array<[number, string, string, number]> = []
+    if (rows.length === 0) return
     for (const row of rows) {
       const [kind, stream, group, id] = JSON.parse(row.key.slice('fastifystreams:'.length)) as string[]
       // keyv's serializer put ':' before strings starting with ':'; its records are { value, expires }.
@@ -194,10 +207,10 @@ export class SqliteFile {
       meta[3] = Math.max(meta[3], record.r)
       meta[4] = Math.max(meta[4], record.t)
       groups.set(name, meta)
-      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o])
+      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o ?? 0])
     }
-    await run(db, UPSERT_GROUPS, [JSON.stringify([...groups.values()])])
-    await run(db, UPSERT_ITEMS, [JSON.stringify(items)])
+    await exec(db, UPSERT_GROUPS(values([...groups.values()])))
+    if (items.length > 0) await exec(db, UPSERT_ITEMS(values(items)))
   }
 
   /** Resolves once `change` is committed (with the changes that shared its transaction). */
@@ -239,11 +252,12 @@ export class SqliteFile {
   }
 
   private async transaction (db: Database, changes: FileChange[]): Promise<void> {
-    const groups: unknown[] = []
-    const upserts: unknown[] = []
-    const removals: unknown[] = []
-    const logged: unknown[] = []
-    const trims: unknown[] = []
+    type Row = Array<string | number | null>
+    const groups: Row[] = []
+    const upserts: Row[] = []
+    const removals: Row[] = []
+    const logged: Row[] = []
+    const trims: Row[] = []
     for (const c of changes) {
       groups.push([c.gid, c.stream, c.group, c.rev, c.timestamp])
       if (c.item !== undefined) {
@@ -253,27 +267,28 @@ export class SqliteFile {
       if (c.log !== null) logged.push([c.gid, c.rev, c.timestamp, c.log.id, c.log.body])
       if (c.trimTo !== undefined) trims.push([c.gid, c.trimTo])
     }
-    const statements: Array<[string, unknown[]]> = [[UPSERT_GROUPS, [JSON.stringify(groups)]]]
-    if (upserts.length > 0) statements.push([UPSERT_ITEMS, [JSON.stringify(upserts)]])
-    if (removals.length > 0) statements.push([DELETE_ITEMS, [JSON.stringify(removals)]])
-    if (logged.length > 0) statements.push([INSERT_CHANGES, [JSON.stringify(logged)]])
-    if (trims.length > 0) statements.push([TRIM_CHANGES, [JSON.stringify(trims)]])
+    const statements = [UPSERT_GROUPS(values(groups))]
+    if (upserts.length > 0) statements.push(UPSERT_ITEMS(values(upserts)))
+    if (removals.length > 0) statements.push(DELETE_ITEMS(values(removals)))
+    if (logged.length > 0) statements.push(INSERT_CHANGES(values(logged)))
+    if (trims.length > 0) statements.push(TRIM_CHANGES(values(trims)))
     const now = Date.now()
     const sweep = now >= this.nextSweep
-    if (sweep) statements.push([SWEEP_CHANGES, [now - this.maxAgeMs]])
-    // Queued at once (the connection runs them in order); COMMIT only when all of them succeeded.
-    const begun = run(db, 'BEGIN')
-    const results = statements.map(([sql, params]) => run(db, sql, params))
     try {
-      await begun
-      const done = await Promise.all(results)
-      if (sweep) this.nextSweep = done[done.length - 1].changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+      // One call for the whole transaction: each statement run on its own would cost a trip through the event
+      // loop, and commits wait on them. The age sweep, rare, runs apart (its row count decides the next one).
+      if (!sweep) {
+        await exec(db, `BEGIN; ${statements.join('; ')}; COMMIT;`)
+        return
+      }
+      await exec(db, `BEGIN; ${statements.join('; ')};`)
+      const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
+      this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+      await run(db, 'COMMIT')
     } catch (err) {
-      await Promise.allSettled(results)
       await run(db, 'ROLLBACK').catch(() => {})
       throw err
     }
-    await run(db, 'COMMIT')
   }
 
   /** The group's committed log after `after`, with its committed revision; `gid` null: a group never written. */

@@ -29,6 +29,10 @@ t.test('a second adapter on the same file serves the same data, order, revisions
   await first.set('todo', 'inbox', 'a', { id: 'a', v: 2 })
   await first.delete('todo', 'inbox', 'b')
   await first.set('todo', 'other:group', 'x', [1, 2])
+  // Quotes, SQL and replacement-pattern look-alikes, NUL and astral characters, in names and values alike.
+  const tricky = "it's '' $& $' $` $$ ? ); DROP TABLE items; -- \u0000 ü 😀"
+  await first.set(tricky, tricky, tricky, { text: tricky })
+  await first.publish(tricky, tricky, tricky, { type: 'event', event: { type: tricky, data: tricky } })
   const before = await first.snapshotGroup('todo', 'inbox')
   await first.close()
 
@@ -38,7 +42,12 @@ t.test('a second adapter on the same file serves the same data, order, revisions
   const { epoch: _epoch, ...after } = await second.snapshotGroup('todo', 'inbox')
   const { epoch: _before, ...kept } = before
   t.same(after, kept, 'items in order, same rev and timestamp')
-  t.same(await second.listAll(), { stream: [{ id: 'todo', groups: ['inbox', 'other:group'] }], count: 1 })
+  t.same(await second.listAll(), { stream: [{ id: tricky, groups: [tricky] }, { id: 'todo', groups: ['inbox', 'other:group'] }], count: 2 })
+  t.same(await second.get(tricky, tricky, tricky), { text: tricky }, 'any text survives the file')
+  t.same((await second.readChanges(tricky, tricky, 0, 10)).changes.map(c => [c.id, c.event]), [
+    [tricky, { type: 'create', data: { text: tricky } }],
+    [tricky, { type: 'event', event: { type: tricky, data: tricky } }]
+  ])
   const events: number[] = []
   second.subscribe(e => events.push(e.rev, e.timestamp))
   await second.set('todo', 'inbox', 'd', { id: 'd' })
