@@ -16,6 +16,8 @@ import { MissingPackageError, StorageError } from '../errors.js'
 const SCHEMA_VERSION = 1
 /** Changes one transaction takes at most; the rest go into the next one. */
 const MAX_BATCH = 512
+/** Characters of values one transaction takes at most (its SQL text holds them): past it, the next one. */
+const MAX_BATCH_CHARS = 16 * 1024 * 1024
 /** Change-log rows one age sweep deletes at most; a sweep that hits it runs again with the next commit. */
 const SWEEP_ROWS = 1000
 /** The page size of a new file (SQLite's default is 4096). */
@@ -231,11 +233,24 @@ export class SqliteFile {
     setImmediate(() => {
       this.scheduled = false
       if (this.pending.length === 0) return
-      this.committing = this.commitBatch(this.pending.splice(0, MAX_BATCH)).finally(() => {
+      this.committing = this.commitBatch(this.pending.splice(0, this.batchSize())).finally(() => {
         this.committing = null
         if (this.pending.length > 0) this.schedule()
       })
     })
+  }
+
+  /** How many pending changes the next transaction takes: at least one, within both caps. */
+  private batchSize (): number {
+    let chars = 0
+    let size = 0
+    while (size < this.pending.length && size < MAX_BATCH) {
+      const { item, log } = this.pending[size].change
+      chars += (item !== undefined && 'text' in item ? item.text.length : 0) + (log?.body.length ?? 0)
+      if (size > 0 && chars > MAX_BATCH_CHARS) break
+      size++
+    }
+    return size
   }
 
   private async commitBatch (batch: Pending[]): Promise<void> {
