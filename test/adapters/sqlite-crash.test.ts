@@ -89,6 +89,8 @@ t.test('every write acknowledged before a SIGKILL is in the file, in order, for 
   }
 
   const { log, counter: storedCounter, changes, trimmed, rev } = await dump(file)
+  const events = acked.filter(a => a.id.startsWith('event-'))
+  acked.splice(0, acked.length, ...acked.filter(a => !a.id.startsWith('event-')))
   const stored = new Map(log.map((item, index) => [item.id, { item, index }]))
   const missing = acked.filter(a => !stored.has(a.id))
   t.same(missing, [], `every acknowledged write is there (${acked.length} acknowledged, ${log.length} stored)`)
@@ -103,10 +105,16 @@ t.test('every write acknowledged before a SIGKILL is in the file, in order, for 
 
   t.equal(trimmed, 0, 'nothing trimmed from the log')
   t.same(changes.map(c => c.rev), Array.from({ length: rev }, (_, i) => i + 1), `the log holds revisions 1..${rev} with no gap`)
-  const logged = new Map(changes.map((c, index) => [`${c.id} ${(c.event as { data: { n: number } }).data.n}`, index]))
-  const unlogged = acked.filter(a => !logged.has(`${a.id} ${a.n}`))
-  t.same(unlogged, [], 'every acknowledged change is in the log with its value')
+  // Writes by item id and value; custom events as event-r<run>-<n>, from their data.
+  const key = (c: ChangeRecord): string => c.event.type === 'event'
+    ? `event-r${(c.event.event.data as Item).run}-${(c.event.event.data as Item).n} ${(c.event.event.data as Item).n}`
+    : `${c.id} ${(c.event.data as Item).n}`
+  const logged = new Map(changes.map((c, index) => [key(c), index]))
+  const everything = [...acked, ...events]
+  const unlogged = everything.filter(a => !logged.has(`${a.id} ${a.n}`))
+  t.same(unlogged, [], `every acknowledged change and custom event is in the log (${acked.length} writes, ${events.length} events)`)
   const logPositions = acked.map(a => logged.get(`${a.id} ${a.n}`) ?? -1)
   t.ok(logPositions.every((p, i) => i === 0 || p > logPositions[i - 1]), 'in the order they were acknowledged')
-  t.ok(changes.every(c => c.event.type === 'create'), 'each write of the run is logged as a create')
+  t.ok(changes.every(c => c.event.type === 'create' || c.event.type === 'event'), 'each write is logged as a create, each send as an event')
+  t.ok(events.length > 5, `custom events were sent (${events.length})`)
 })
