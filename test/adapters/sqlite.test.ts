@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
@@ -135,4 +136,15 @@ t.test('a file written by the keyv-based store of 0.1 is imported: items, order,
   const next = await adapter.set('todo', 'inbox', 'c', { id: 'c' })
   t.equal(next.event!.rev, 5, 'revisions go on')
   t.same(await adapter.getGroup('todo', 'inbox'), [{ id: 'b', note: ':colon' }, { id: 'a' }, { id: 'c' }])
+})
+
+t.test('without the sqlite3 package, a file store fails at start with STREAMS_ERR_MISSING_PACKAGE; memory needs none', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const fixture = fileURLToPath(new URL('../fixtures/without-sqlite3.ts', import.meta.url))
+  const output = execFileSync(process.execPath, [`--import=${import.meta.resolve('@tapjs/typescript/import')}`, fixture, join(dir, 'store.db')], {
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+    encoding: 'utf8'
+  })
+  t.equal(output.trim(), 'STREAMS_ERR_MISSING_PACKAGE 1')
 })
