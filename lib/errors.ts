@@ -30,3 +30,4 @@ export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
 export const InvalidOverrideResultError = createError<[string, string]>('STREAMS_ERR_INVALID_OVERRIDE_RESULT', 'The override at "%s" returned %s', 500, TypeError)
 export const WsInternalsError = createError<[string]>('STREAMS_ERR_WS_INTERNALS', 'Unsupported ws or Node version: %s (see the ws range in package.json)', 500)
+export const MissingPackageError = createError<[string, string]>('STREAMS_ERR_MISSING_PACKAGE', 'The package "%s" is needed for %s: install it with npm install', 500)

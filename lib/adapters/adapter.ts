@@ -2,6 +2,7 @@
 // Every backend (memory, SQLite, Redis, a user's own) implements it; test/adapters/contract.ts checks it.
 
 import type { UpdateOp, UpdateOpError } from '../update-ops.js'
+import { InvalidArgumentError } from '../errors.js'
 
 /** A stored change kind, as it appears in the wire envelope's `event.type`. */
 export type ChangeKind = 'create' | 'update' | 'delete'
@@ -62,6 +63,37 @@ export interface ChangePage {
   trimmed: number
 }
 
+/**
+ * How much of each group's change log an adapter keeps: the newest `maxChanges` entries (0 keeps none: the log
+ * is off), and none older than `maxAgeMs`. Age retention applies when the group is next written (SQLite:
+ * by a sweep at most every minute while the store is written).
+ */
+export interface ChangeLogRetention {
+  maxChanges: number
+  maxAgeMs: number
+}
+
+/** Change-log entries the memory store keeps per group by default. */
+export const DEFAULT_CHANGE_LOG_MAX_CHANGES = 1000
+/** Change-log entries SQLite and Redis keep per group by default (they keep them outside the heap). */
+export const DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES = 10_000
+/** The age past which change-log entries are dropped by default: 7 days. */
+export const DEFAULT_CHANGE_LOG_MAX_AGE_MS = 7 * 24 * 60 * 60 * 1000
+
+/**
+ * Entries a trim may leave above `maxChanges` before it runs: trimming in batches keeps a write from
+ * deleting one old entry every time.
+ */
+export function trimSlack (maxChanges: number): number {
+  return Math.ceil(maxChanges / 4)
+}
+
+/** Refuses a `readChanges` offset or limit that is not a whole number in range (STREAMS_ERR_INVALID_ARGUMENT). */
+export function checkChangeRange (after: number, limit: number): void {
+  if (!Number.isSafeInteger(after) || after < 0) throw new InvalidArgumentError('after must be an integer >= 0')
+  if (!Number.isSafeInteger(limit) || limit < 1) throw new InvalidArgumentError('limit must be an integer >= 1')
+}
+
 export interface SetResult { old_value: unknown, new_value: unknown }
 export interface DeleteResult { old_value: unknown }
 export interface UpdateResult { old_value: unknown, new_value: unknown, errors?: UpdateOpError[] }
@@ -109,8 +141,9 @@ export interface StreamAdapter {
   /** One item (or null) with its group's rev/timestamp. */
   snapshotItem(stream: string, group: string, id: string): Promise<ItemSnapshot>
   /**
-   * Reads the group's change log after revision `after`. Optional: feeds need it; an adapter without it
-   * serves sockets only.
+   * Reads the group's change log after revision `after` (a non-negative integer; past the group's revision it
+   * answers no changes), at most `limit` entries. Needed for feeds: every built-in adapter has it, and its
+   * snapshots carry `epoch`; a user adapter without it serves sockets only.
    */
   readChanges?(stream: string, group: string, after: number, limit: number): Promise<ChangePage>
   /**

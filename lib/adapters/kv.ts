@@ -1,30 +1,19 @@
-// KvStore: the engine's `kv` adapter, through keyv. `in_memory` keeps keyv on a Map; `file_based` keeps it on
-// SQLite (@keyv/sqlite) so the streams survive a restart. An in-process index serves reads and decides
-// create/update, revisions and order; keyv is the store every write goes through before it is acknowledged.
+// KvStore: the engine's `kv` adapter. `in_memory` keeps everything in plain Maps; `file_based` also writes every
+// change, with its change-log entry, to a SQLite file (lib/adapters/sqlite.ts) before acknowledging it, so the
+// streams survive a restart. An in-process index serves reads and decides create/update, revisions and order.
 import { randomBytes } from 'node:crypto'
-import { mkdir } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
-import Keyv from 'keyv'
-import KeyvSqlite from '@keyv/sqlite'
-import type {
-  ChangePage, ChangeRecord, Committed, DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult,
-  SetResult, StreamAdapter, StreamEvent, StreamEventBody, UpdateResult
+import {
+  type ChangeKind, checkChangeRange, DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_CHANGE_LOG_MAX_CHANGES, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
+  trimSlack,
+  type ChangeLogRetention, type ChangePage, type ChangeRecord, type Committed, type DeleteResult, type EventListener,
+  type GroupSnapshot, type ItemSnapshot, type ListAllResult, type SetResult, type StreamAdapter, type StreamEvent,
+  type StreamEventBody, type UpdateResult
 } from './adapter.js'
+import { SqliteFile, type FileChange } from './sqlite.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
-import { ClosedError, InvalidArgumentError, StorageError } from '../errors.js'
-import { DEFAULT_CHANGE_LOG_MAX_CHANGES } from './change-log-config.js'
+import { ClosedError, InvalidArgumentError } from '../errors.js'
 import { normalizeKvConfig, type KvAdapterConfig, type KvConfig } from './kv-config.js'
 import { StreamClock } from '../clock.js'
-
-// No ':' here: keyv splits iterator keys on the first ':' to strip the namespace.
-const KEYV_NAMESPACE = 'fastifystreams'
-// Rows fetched per page when loading a SQLite file at start.
-const LOAD_PAGE_SIZE = 1000
-
-/** What keyv stores per item: the value, its place in the group, and the revision/timestamp of its last change. */
-interface ItemRecord { v: unknown, o: number, r: number, t: number }
-/** What keyv stores per group that has seen a delete: the revision/timestamp a delete left behind. */
-interface GroupRecord { r: number, t: number }
 
 interface GroupState {
   items: Map<string, unknown>
@@ -32,26 +21,151 @@ interface GroupState {
   rev: number
   timestamp: number
   nextOrder: number
-  /** The newest change-log entries, oldest first; entries up to `trimmed` were dropped. */
-  log: ChangeRecord[]
-  trimmed: number
+  /** Memory store: the newest change-log entries (null while the group has none). */
+  log: MemoryChangeLog | null
+  /** SQLite store: the group's row id in the file, and the oldest revision its log may still hold (null: none). */
+  gid: number
+  logStart: number | null
   /** Writes to one group run one at a time, so they persist and emit in commit order. */
   tail: Promise<unknown>
 }
 
-function itemKey (stream: string, group: string, id: string): string {
-  return JSON.stringify(['i', stream, group, id])
+/** A change about to be committed: what the file needs beyond the event itself. */
+interface PendingWrite {
+  id: string | null
+  body: StreamEventBody
+  /**
+   * For the log: the JSON text of the change's data when `kind` is set (the body is `{"type":kind,"data":text}`),
+   * else of the whole body. Kept apart so the memory log writes the parts without joining them first.
+   */
+  kind: ChangeKind | null
+  text: string
+  item?: FileChange['item']
 }
 
-function groupKey (stream: string, group: string): string {
-  return JSON.stringify(['g', stream, group])
+/** Change-log entries per chunk of the memory log (fewer when the log keeps fewer). */
+const LOG_CHUNK_ENTRIES = 64
+/** The first byte size of a chunk's buffer; it doubles as entries need. */
+const LOG_CHUNK_BYTES = 1024
+
+/** The bytes before a change's data in its logged body, by kind. */
+const CHANGE_HEADS: Record<ChangeKind, Buffer> = {
+  create: Buffer.from('{"type":"create","data":'),
+  update: Buffer.from('{"type":"update","data":'),
+  delete: Buffer.from('{"type":"delete","data":')
+}
+const CLOSE_BRACE = 0x7d
+
+/** Entries of the memory log, a chunk at a time: consecutive revisions from `firstRev`. */
+interface LogChunk {
+  firstRev: number
+  /** Entries before this one are trimmed. */
+  start: number
+  count: number
+  /** Each entry's item id then its event body (JSON), in UTF-8, one after the other; entry i ends at ends[i]. */
+  bytes: Buffer
+  ends: Uint32Array
+  /** The byte length of each entry's item id; -1 for none. */
+  idLengths: Int32Array
+  timestamps: Float64Array
 }
 
 /**
- * The value as JSON keeps it (what Redis and SQLite store too), detached from the caller's object, so a
- * later mutation by the caller cannot change stored state behind the store's back.
+ * A group's change log in memory, its bodies kept as UTF-8 JSON in buffers outside the JS heap. A log of parsed
+ * bodies keeps every logged version of every value alive as objects the garbage collector moves and traces
+ * until they are trimmed: that, not the append, was the cost of the log on writes.
  */
-function detach (value: unknown): unknown {
+class MemoryChangeLog {
+  private chunks: LogChunk[] = []
+  /** The last chunk trimmed away, reused for the next one: a log in its steady state allocates nothing. */
+  private spare: LogChunk | null = null
+  private readonly chunkEntries: number
+  /** Entries up to this revision were dropped. */
+  trimmed: number
+
+  constructor (maxChanges: number, trimmed: number) {
+    this.chunkEntries = Math.min(LOG_CHUNK_ENTRIES, maxChanges)
+    this.trimmed = trimmed
+  }
+
+  /** Appends an entry whose body is `text`, or `{"type":kind,"data":text}` when `kind` is given. */
+  append (rev: number, timestamp: number, id: string | null, kind: ChangeKind | null, text: string): void {
+    let chunk = this.chunks.at(-1)
+    if (chunk === undefined || chunk.count === this.chunkEntries) {
+      const size = this.chunkEntries
+      chunk = this.spare ?? { firstRev: 0, start: 0, count: 0, bytes: Buffer.allocUnsafeSlow(LOG_CHUNK_BYTES), ends: new Uint32Array(size), idLengths: new Int32Array(size), timestamps: new Float64Array(size) }
+      this.spare = null
+      chunk.firstRev = rev
+      chunk.start = 0
+      chunk.count = 0
+      this.chunks.push(chunk)
+    }
+    const from = chunk.count === 0 ? 0 : chunk.ends[chunk.count - 1]
+    const head = kind === null ? null : CHANGE_HEADS[kind]
+    // A UTF-16 unit takes at most 3 bytes in UTF-8.
+    const most = (head?.length ?? 0) + (text.length + (id?.length ?? 0)) * 3 + 1
+    if (from + most > chunk.bytes.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(chunk.bytes.length * 2, from + most))
+      chunk.bytes.copy(grown, 0, 0, from)
+      chunk.bytes = grown
+    }
+    let end = from
+    chunk.idLengths[chunk.count] = id === null ? -1 : chunk.bytes.write(id, end)
+    if (id !== null) end += chunk.idLengths[chunk.count]
+    if (head !== null) {
+      chunk.bytes.set(head, end)
+      end += head.length
+    }
+    end += chunk.bytes.write(text, end)
+    if (head !== null) chunk.bytes[end++] = CLOSE_BRACE
+    chunk.ends[chunk.count] = end
+    chunk.timestamps[chunk.count] = timestamp
+    chunk.count++
+  }
+
+  /** Drops the entries beyond the newest `keep`, and those older than `cutoff` (epoch ms). */
+  trim (keep: number, cutoff: number): void {
+    let size = this.size()
+    while (this.chunks.length > 0) {
+      const chunk = this.chunks[0]
+      if (size > keep || chunk.timestamps[chunk.start] < cutoff) {
+        this.trimmed = chunk.firstRev + chunk.start
+        chunk.start++
+        size--
+        if (chunk.start === chunk.count) this.spare = this.chunks.shift()!
+      } else {
+        return
+      }
+    }
+  }
+
+  private size (): number {
+    const first = this.chunks[0]
+    const last = this.chunks.at(-1)
+    return first === undefined || last === undefined ? 0 : last.firstRev + last.count - first.firstRev - first.start
+  }
+
+  /** Entries with rev > after, at most `limit`. */
+  read (after: number, limit: number): ChangeRecord[] {
+    const changes: ChangeRecord[] = []
+    const base = this.chunks[0]?.firstRev ?? 0
+    // Every chunk but the last holds chunkEntries consecutive revisions: an entry is found by arithmetic.
+    for (let rev = Math.max(after + 1, this.trimmed + 1); changes.length < limit; rev++) {
+      const chunk = this.chunks[Math.floor((rev - base) / this.chunkEntries)]
+      const index = rev - (chunk?.firstRev ?? 0)
+      if (chunk === undefined || index >= chunk.count) break
+      const from = index === 0 ? 0 : chunk.ends[index - 1]
+      const idLength = chunk.idLengths[index]
+      const id = idLength < 0 ? null : chunk.bytes.toString('utf8', from, from + idLength)
+      const body = chunk.bytes.toString('utf8', from + Math.max(idLength, 0), chunk.ends[index])
+      changes.push({ id, rev, timestamp: chunk.timestamps[index], event: JSON.parse(body) as StreamEventBody })
+    }
+    return changes
+  }
+}
+
+/** The value as JSON keeps it (what Redis and SQLite store too), and that JSON text. */
+function encode (value: unknown): { value: unknown, text: string } {
   let text: string | undefined
   try {
     text = JSON.stringify(value)
@@ -59,63 +173,74 @@ function detach (value: unknown): unknown {
     throw new InvalidArgumentError(`the value cannot be stored as JSON: ${(err as Error).message}`)
   }
   if (text === undefined) throw new InvalidArgumentError('the value cannot be stored as JSON')
-  return JSON.parse(text)
+  // Parsed back: detached from the caller's object, so a later mutation by the caller cannot change stored state.
+  return { value: JSON.parse(text), text }
+}
+
+/** The JSON text of a change body whose data is already JSON text. */
+function bodyText ({ kind, text }: PendingWrite): string {
+  return kind === null ? text : `{"type":"${kind}","data":${text}}`
 }
 
 export class KvAdapter implements StreamAdapter {
   private readonly streams = new Map<string, Map<string, GroupState>>()
   private readonly listeners = new Set<EventListener>()
   private readonly clock = new StreamClock()
-  // One Map per adapter, holding values by reference: nothing to serialise in memory. A SQLite store
-  // replaces it in start(), once the file's folder exists.
-  private keyv = new Keyv({ store: new Map(), namespace: KEYV_NAMESPACE, serialize: undefined, deserialize: undefined, throwOnErrors: true })
+  private readonly retention: ChangeLogRetention
+  private readonly file: SqliteFile | null
+  private nextGid = 1
   private closed = false
-  /** A new history at every start: the log lives in memory, so offsets from an earlier life mean nothing. */
-  readonly epoch = randomBytes(8).toString('hex')
+  /**
+   * The store's history: a memory store gets a new one at every start (its log lives in memory, so offsets
+   * from an earlier life mean nothing); a SQLite store reads the one made with its file.
+   */
+  epoch = randomBytes(8).toString('hex')
+  /** Items of the file that could not be read at start (not JSON): skipped, so the store still starts. */
+  skippedItems = 0
 
-  constructor (private readonly config: KvConfig) {}
+  constructor (private readonly config: KvConfig) {
+    const file = config.storeMethod === 'file_based'
+    this.retention = config.changeLog ?? {
+      maxChanges: file ? DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES : DEFAULT_CHANGE_LOG_MAX_CHANGES,
+      maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS
+    }
+    this.file = config.storeMethod === 'file_based' ? new SqliteFile(config.filePath, this.retention.maxAgeMs) : null
+  }
 
   async start (): Promise<void> {
-    if (this.config.storeMethod !== 'file_based') return
-    const file = resolve(this.config.filePath)
-    try {
-      await mkdir(dirname(file), { recursive: true })
-      const sqlite = new KeyvSqlite({ uri: `sqlite://${file}`, iterationLimit: LOAD_PAGE_SIZE })
-      sqlite.on('error', () => {}) // the failed query below reports it
-      this.keyv = new Keyv({ store: sqlite, namespace: KEYV_NAMESPACE, throwOnErrors: true })
-      // WAL with synchronous=FULL: every acknowledged commit is on disk, at one fsync per write.
-      await sqlite.query('PRAGMA journal_mode=WAL')
-      await sqlite.query('PRAGMA synchronous=FULL')
-      await this.load()
-    } catch (err) {
-      throw new StorageError(`cannot open ${this.config.filePath}: ${(err as Error).message}`)
+    if (this.file === null) return
+    const contents = await this.file.open()
+    this.epoch = contents.epoch
+    const byGid = new Map<number, GroupState>()
+    for (const stored of contents.groups) {
+      const state = this.group(stored.stream, stored.group, stored.gid)
+      state.rev = stored.rev
+      state.timestamp = stored.timestamp
+      state.logStart = stored.firstLogged
+      this.clock.observe(stored.timestamp)
+      byGid.set(stored.gid, state)
+      this.nextGid = Math.max(this.nextGid, stored.gid + 1)
     }
-  }
-
-  /** Rebuilds the index from the file: items in their recorded order, revisions and timestamps as left. */
-  private async load (): Promise<void> {
-    const records: Array<[string[], ItemRecord | GroupRecord]> = []
-    if (this.keyv.iterator === undefined) return
-    for await (const [key, value] of this.keyv.iterator(KEYV_NAMESPACE)) {
-      records.push([JSON.parse(key as string) as string[], value as ItemRecord | GroupRecord])
-    }
-    records.sort((a, b) => ('o' in a[1] ? a[1].o : -1) - ('o' in b[1] ? b[1].o : -1))
-    for (const [[kind, stream, group, id], record] of records) {
-      const state = this.group(stream, group)
-      state.rev = Math.max(state.rev, record.r)
-      state.trimmed = state.rev
-      state.timestamp = Math.max(state.timestamp, record.t)
-      this.clock.observe(record.t)
-      if (kind === 'i') {
-        const item = record as ItemRecord
-        state.items.set(id, item.v)
-        state.order.set(id, item.o)
-        state.nextOrder = Math.max(state.nextOrder, item.o + 1)
+    for (const item of contents.items) {
+      const state = byGid.get(item.gid)
+      let value: unknown
+      try {
+        if (state === undefined) throw new Error('no group')
+        value = JSON.parse(item.text)
+      } catch {
+        this.skippedItems++
+        continue
       }
+      state.items.set(item.id, value)
+      state.order.set(item.id, item.order)
+      state.nextOrder = Math.max(state.nextOrder, item.order + 1)
+    }
+    if (this.skippedItems > 0) {
+      process.emitWarning(`${this.skippedItems} item(s) of the SQLite file could not be read and were skipped`, { code: 'STREAMS_SKIPPED_ITEMS' })
     }
   }
 
-  private group (stream: string, group: string): GroupState {
+  private group (stream: string, group: string, gid?: number): GroupState {
     let groups = this.streams.get(stream)
     if (groups === undefined) {
       groups = new Map()
@@ -123,7 +248,7 @@ export class KvAdapter implements StreamAdapter {
     }
     let state = groups.get(group)
     if (state === undefined) {
-      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: [], trimmed: 0, tail: Promise.resolve() }
+      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: null, gid: gid ?? this.nextGid++, logStart: null, tail: Promise.resolve() }
       groups.set(group, state)
     }
     return state
@@ -144,41 +269,71 @@ export class KvAdapter implements StreamAdapter {
     return run
   }
 
-  private async persist (write: () => Promise<unknown>): Promise<void> {
-    try {
-      await write()
-    } catch (err) {
-      throw new StorageError((err as Error).message)
+  /**
+   * Commits the group's next change: the file first (item, revision and log entry in one transaction), then
+   * the index, the in-memory log and the feed. Runs inside the group's `serial`.
+   */
+  private async commit (state: GroupState, stream: string, group: string, write: PendingWrite): Promise<StreamEvent> {
+    const rev = state.rev + 1
+    const timestamp = this.clock.next(state.timestamp)
+    if (this.file !== null) await this.commitToFile(state, stream, group, rev, timestamp, write)
+    if (write.item !== undefined) {
+      const { id } = write.item
+      if ('removed' in write.item) {
+        state.items.delete(id)
+        state.order.delete(id)
+      } else {
+        state.items.set(id, (write.body as { data: unknown }).data)
+        state.order.set(id, write.item.order)
+        if (write.item.order === state.nextOrder) state.nextOrder++
+      }
     }
-  }
-
-  /** Records the committed event at revision `rev` in the group's log and hands it to the feed. */
-  private emit (state: GroupState, stream: string, group: string, id: string | null, rev: number, timestamp: number, event: StreamEventBody): StreamEvent {
     state.rev = rev
     state.timestamp = timestamp
-    state.log.push({ id, rev, timestamp, event })
-    // Trimmed in batches, so a write does not shift the whole log every time.
-    if (state.log.length >= DEFAULT_CHANGE_LOG_MAX_CHANGES * 1.25) {
-      const dropped = state.log.splice(0, state.log.length - DEFAULT_CHANGE_LOG_MAX_CHANGES)
-      state.trimmed = dropped[dropped.length - 1].rev
+    if (this.file === null && this.retention.maxChanges > 0) {
+      state.log ??= new MemoryChangeLog(this.retention.maxChanges, rev - 1)
+      state.log.append(rev, timestamp, write.id, write.kind, write.text)
+      state.log.trim(this.retention.maxChanges, timestamp - this.retention.maxAgeMs)
     }
-    const streamEvent: StreamEvent = { stream, group, id, rev, timestamp, event }
-    for (const listener of this.listeners) listener(streamEvent)
-    return streamEvent
+    const event: StreamEvent = { stream, group, id: write.id, rev, timestamp, event: write.body }
+    for (const listener of this.listeners) listener(event)
+    return event
+  }
+
+  private async commitToFile (state: GroupState, stream: string, group: string, rev: number, timestamp: number, write: PendingWrite): Promise<void> {
+    const { maxChanges } = this.retention
+    const change: FileChange = { gid: state.gid, stream, group, rev, timestamp, item: write.item, log: null }
+    let logStart = state.logStart
+    if (maxChanges > 0) {
+      change.log = { id: write.id, body: bodyText(write) }
+      logStart ??= rev
+      // Trimmed in batches, so a write does not delete one old row every time.
+      if (rev - logStart + 1 > maxChanges + trimSlack(maxChanges)) {
+        change.trimTo = rev - maxChanges
+        logStart = change.trimTo + 1
+      }
+    } else if (logStart !== null) {
+      // The log is off: drop what an earlier run logged, so the group's log never has a gap.
+      change.trimTo = rev
+      logStart = null
+    }
+    await this.file!.commit(change)
+    state.logStart = logStart
   }
 
   /** Stores `value` at `id`, keeping the item's place; emits create or update once the store has it. */
-  private async write (state: GroupState, stream: string, group: string, id: string, value: unknown): Promise<{ old: unknown, event: StreamEvent }> {
+  private async write (state: GroupState, stream: string, group: string, id: string, stored: { value: unknown, text: string }): Promise<{ old: unknown, event: StreamEvent }> {
     const existed = state.items.has(id)
     const old = existed ? state.items.get(id) : null
-    const order = state.order.get(id) ?? state.nextOrder
-    const rev = state.rev + 1
-    const timestamp = this.clock.next(state.timestamp)
-    await this.persist(() => this.keyv.set(itemKey(stream, group, id), { v: value, o: order, r: rev, t: timestamp } satisfies ItemRecord))
-    if (order === state.nextOrder) state.nextOrder++
-    state.items.set(id, value)
-    state.order.set(id, order)
-    return { old, event: this.emit(state, stream, group, id, rev, timestamp, { type: existed ? 'update' : 'create', data: value }) }
+    const kind = existed ? 'update' : 'create'
+    const event = await this.commit(state, stream, group, {
+      id,
+      body: { type: kind, data: stored.value },
+      kind,
+      text: stored.text,
+      item: { id, text: stored.text, order: state.order.get(id) ?? state.nextOrder }
+    })
+    return { old, event }
   }
 
   async get (stream: string, group: string, id: string): Promise<unknown> {
@@ -189,7 +344,7 @@ export class KvAdapter implements StreamAdapter {
 
   async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     this.checkOpen()
-    const stored = detach(value)
+    const stored = encode(value)
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { old, event } = await this.write(state, stream, group, id, stored)
@@ -204,14 +359,9 @@ export class KvAdapter implements StreamAdapter {
     return this.serial(state, async () => {
       if (!state.items.has(id)) return { old_value: null, event: null }
       const old = state.items.get(id)
-      const rev = state.rev + 1
-      const timestamp = this.clock.next(state.timestamp)
-      // The group record first: were the process to die between the two, the revision still never goes back.
-      await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
-      await this.persist(() => this.keyv.delete(itemKey(stream, group, id)))
-      state.items.delete(id)
-      state.order.delete(id)
-      return { old_value: old, event: this.emit(state, stream, group, id, rev, timestamp, { type: 'delete', data: old }) }
+      const body: StreamEventBody = { type: 'delete', data: old }
+      const event = await this.commit(state, stream, group, { id, body, kind: null, text: JSON.stringify(body), item: { id, removed: true } })
+      return { old_value: old, event }
     })
   }
 
@@ -220,36 +370,30 @@ export class KvAdapter implements StreamAdapter {
     const state = this.group(stream, group)
     return this.serial(state, async () => {
       const { value, errors } = applyUpdateOps(state.items.get(id), ops)
-      const next = detach(prepare === undefined ? value : prepare(value))
+      const next = encode(prepare === undefined ? value : prepare(value))
       const { old, event } = await this.write(state, stream, group, id, next)
-      const result = { old_value: old, new_value: structuredClone(next) }
+      const result = { old_value: old, new_value: structuredClone(next.value) }
       return errors.length > 0 ? { ...result, errors, event } : { ...result, event }
     })
   }
 
   async publish (stream: string, group: string, id: string | null, body: StreamEventBody): Promise<StreamEvent> {
     this.checkOpen()
-    const detached = detach(body) as StreamEventBody
+    const detached = encode(body)
     const state = this.group(stream, group)
-    return this.serial(state, async () => {
-      const rev = state.rev + 1
-      const timestamp = this.clock.next(state.timestamp)
-      // Nothing is stored, but the revision is: it must never go back after a restart.
-      if (this.config.storeMethod === 'file_based') {
-        await this.persist(() => this.keyv.set(groupKey(stream, group), { r: rev, t: timestamp } satisfies GroupRecord))
-      }
-      return this.emit(state, stream, group, id, rev, timestamp, detached)
-    })
+    // Nothing is stored, but the revision and the log entry are: they must never go back after a restart.
+    return this.serial(state, () => this.commit(state, stream, group, { id, body: detached.value as StreamEventBody, kind: null, text: detached.text }))
   }
 
   async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
     this.checkOpen()
+    checkChangeRange(after, limit)
     const state = this.peek(stream, group)
+    if (this.file !== null) return { epoch: this.epoch, ...await this.file.readChanges(state?.gid ?? null, after, limit) }
     if (state === undefined) return { epoch: this.epoch, changes: [], rev: 0, trimmed: 0 }
-    // The log holds consecutive revisions, so the first entry after `after` is found by arithmetic.
-    const first = state.log.length === 0 ? state.rev + 1 : state.log[0].rev
-    const start = Math.max(0, after + 1 - first)
-    return { epoch: this.epoch, changes: state.log.slice(start, start + limit), rev: state.rev, trimmed: state.trimmed }
+    // No log (it is off): the whole history is trimmed.
+    if (state.log === null) return { epoch: this.epoch, changes: [], rev: state.rev, trimmed: state.rev }
+    return { epoch: this.epoch, changes: state.log.read(after, limit), rev: state.rev, trimmed: state.log.trimmed }
   }
 
   async getGroup (stream: string, group: string): Promise<unknown[]> {
@@ -300,7 +444,7 @@ export class KvAdapter implements StreamAdapter {
     // Let acknowledged and queued writes reach the store before it closes.
     await Promise.all([...this.streams.values()].flatMap(groups => [...groups.values()].map(state => state.tail)))
     this.listeners.clear()
-    await this.keyv.disconnect()
+    await this.file?.close()
   }
 }
 

@@ -6,14 +6,21 @@
 //   stream:{stream}:{group}        hash   item id → JSON text of the item (what iii engines read and write)
 //   stream-meta:{stream}:{group}   hash   rev (stored changes so far), ts (last timestamp handed out)
 //   stream-order:{stream}:{group}  zset   item id → rev of its first insert (getGroup order)
-// The meta and order keys do not match `stream:*`, so engines scanning that pattern never see them.
+//   stream-log:{stream}:{group}    stream the group's change log: entry id `<rev>-0`, fields t (timestamp),
+//                                         b (event body JSON), i (item id, absent for a group event)
+//   stream-epoch                   string the store's epoch (random, made with SET NX)
+// The meta, order, log and epoch keys do not match `stream:*`, so engines scanning that pattern never see them.
 // Meta keys outlive their group on purpose: rev and ts must keep growing if the group is re-created.
+// A Redis that lost its data (restart without persistence, FLUSHALL, a meta key lost) loses the epoch key or
+// holds a log ahead of its meta: the scripts then make a new epoch, so offsets from before answer "gone".
 
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
-import type {
-  Committed, DeleteResult, EventListener, GroupSnapshot, ItemSnapshot, ListAllResult, SetResult, StreamAdapter,
-  StreamEvent, StreamEventBody, UpdateResult
+import {
+  checkChangeRange, DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES,
+  type ChangeLogRetention, type ChangePage, type ChangeRecord, type Committed, type DeleteResult, type EventListener,
+  type GroupSnapshot, type ItemSnapshot, type ListAllResult, type SetResult, type StreamAdapter, type StreamEvent,
+  type StreamEventBody, type UpdateResult
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import {
@@ -50,10 +57,59 @@ local function stamp (metaKey, bump)
 end
 `
 
-const PRELUDE = 'if redis.replicate_commands then pcall(redis.replicate_commands) end\n' + STAMP
+// The store's epoch, made anew (from the caller's random candidate) when Redis lost it.
+const EPOCH = `
+local function epoch (epochKey, candidate)
+  local e = redis.call('GET', epochKey)
+  if e then return e end
+  redis.call('SET', epochKey, candidate)
+  return candidate
+end
+`
 
-// KEYS: hash, meta, order. ARGV: channel, id, new JSON, envelope head, mode ('set' | 'cas'),
-// expected present ('1' | '0'), expected JSON. Returns {1, old|nil, rev, ts} or, on a CAS mismatch, {0, current|nil}.
+// Appends the change to the group's log in the write's own script, trimmed by count (MAXLEN ~) and by age
+// (entries older than maxAge before this one, looked at from the oldest, a bounded number per write).
+// maxChanges 0: the log is off, and what an earlier run logged is dropped so the log never has a gap.
+const LOG = EPOCH + `
+local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxChanges, maxAge)
+  epoch(epochKey, candidate)
+  if maxChanges == '0' then
+    redis.call('DEL', logKey)
+    return
+  end
+  local entry = {'XADD', logKey, 'MAXLEN', '~', maxChanges, revs .. '-0', 't', tss, 'b', body}
+  if id then
+    entry[#entry + 1] = 'i'
+    entry[#entry + 1] = id
+  end
+  local added = redis.pcall(unpack(entry))
+  if type(added) == 'table' and added.err then
+    -- The log is ahead of the revision: the meta key was lost. A new history starts here.
+    redis.call('DEL', logKey)
+    redis.call('SET', epochKey, candidate)
+    redis.call(unpack(entry))
+  end
+  local cutoff = tonumber(tss) - tonumber(maxAge)
+  local oldest = redis.call('XRANGE', logKey, '-', '+', 'COUNT', 1)
+  if #oldest == 0 or tonumber(oldest[1][2][2]) >= cutoff then return end
+  local first = redis.call('XRANGE', logKey, '-', '+', 'COUNT', 64)
+  local keep = nil
+  for _, e in ipairs(first) do
+    if tonumber(e[2][2]) >= cutoff then
+      keep = e[1]
+      break
+    end
+  end
+  if not keep then keep = string.format('%.0f', tonumber(string.match(first[#first][1], '^%d+')) + 1) .. '-0' end
+  redis.call('XTRIM', logKey, 'MINID', keep)
+end
+`
+
+const PRELUDE = 'if redis.replicate_commands then pcall(redis.replicate_commands) end\n' + STAMP + LOG
+
+// KEYS: hash, meta, order, log, epoch. ARGV: channel, id, new JSON, envelope head, mode ('set' | 'cas'),
+// expected present ('1' | '0'), expected JSON, max changes, max age ms, epoch candidate.
+// Returns {1, old|nil, rev, ts} or, on a CAS mismatch, {0, current|nil}.
 const WRITE_SCRIPT = PRELUDE + `
 local old = redis.call('HGET', KEYS[1], ARGV[2])
 if ARGV[5] == 'cas' then
@@ -70,25 +126,33 @@ if not old then
   kind = 'create'
   redis.call('ZADD', KEYS[3], 'NX', revs, ARGV[2])
 end
+local body = '{"type":"' .. kind .. '","data":' .. ARGV[3] .. '}'
+logChange(KEYS[4], KEYS[5], ARGV[10], revs, tss, ARGV[2], body, ARGV[8], ARGV[9])
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[4] .. kind .. '","data":' .. ARGV[3] .. '},"rev":' .. revs .. '}')
 return {1, old, revs, tss}
 `
 
-// KEYS: hash, meta, order. ARGV: channel, id, envelope head. Returns {0} when absent, else {1, old, rev, ts}.
+// KEYS: hash, meta, order, log, epoch. ARGV: channel, id, envelope head, max changes, max age ms, epoch
+// candidate. Returns {0} when absent, else {1, old, rev, ts}.
 const DELETE_SCRIPT = PRELUDE + `
 local old = redis.call('HGET', KEYS[1], ARGV[2])
 if not old then return {0} end
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 local revs, tss = stamp(KEYS[2], true)
+logChange(KEYS[4], KEYS[5], ARGV[6], revs, tss, ARGV[2], '{"type":"delete","data":' .. old .. '}', ARGV[4], ARGV[5])
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[3] .. 'delete","data":' .. old .. '},"rev":' .. revs .. '}')
 return {1, old, revs, tss}
 `
 
-// KEYS: meta. ARGV: channel, envelope middle (from ,"streamName" through the event object). Returns {rev, ts}.
+// KEYS: meta, log, epoch. ARGV: channel, envelope middle (from ,"streamName" through the event object), event
+// body JSON, '=' .. item id ('' for none), max changes, max age ms, epoch candidate. Returns {rev, ts}.
 // A published event stores no item but takes the next revision: it has a place of its own in the group's log.
 const PUBLISH_SCRIPT = PRELUDE + `
 local revs, tss = stamp(KEYS[1], true)
+local id = nil
+if ARGV[4] ~= '' then id = string.sub(ARGV[4], 2) end
+logChange(KEYS[2], KEYS[3], ARGV[7], revs, tss, id, ARGV[3], ARGV[5], ARGV[6])
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2] .. ',"rev":' .. revs .. '}')
 return {revs, tss}
 `
@@ -108,12 +172,12 @@ local function raise (metaKey, stored, floor)
 end
 `
 
-// KEYS: hash, meta, order. Returns {rev, ts, id, value, id, value...}: items in first-insert order, then items
-// the order index does not know (written by an engine) sorted by id.
-const SNAPSHOT_GROUP_SCRIPT = RAISE + `
+// KEYS: hash, meta, order, epoch. ARGV: floor, epoch candidate. Returns {rev, ts, epoch, id, value, id, value...}:
+// items in first-insert order, then items the order index does not know (written by an engine) sorted by id.
+const SNAPSHOT_GROUP_SCRIPT = RAISE + EPOCH + `
 local all = redis.call('HGETALL', KEYS[1])
 local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
-local out = {meta[1] or '0', raise(KEYS[2], meta[2], ARGV[1])}
+local out = {meta[1] or '0', raise(KEYS[2], meta[2], ARGV[1]), epoch(KEYS[4], ARGV[2])}
 if #all == 0 then return out end
 local values = {}
 for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
@@ -143,6 +207,30 @@ local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
 return {value, meta[1] or '0', raise(KEYS[2], meta[2], ARGV[2])}
 `
 
+// KEYS: log, meta, epoch. ARGV: after, limit, epoch candidate. Returns {epoch, rev, trimmed, entries}: the entries
+// after ARGV[1] (at most ARGV[2] of them), read with the group's revision in one step.
+const READ_CHANGES_SCRIPT = EPOCH + `
+local rev = tonumber(redis.call('HGET', KEYS[2], 'rev') or '0')
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local trimmed = rev
+if #oldest > 0 then
+  trimmed = tonumber(string.match(oldest[1][1], '^%d+')) - 1
+  if trimmed >= rev then
+    -- A log ahead of the revision: the meta key was lost, and with it this history.
+    redis.call('DEL', KEYS[1])
+    redis.call('SET', KEYS[3], ARGV[3])
+    trimmed = rev
+    oldest = {}
+  end
+end
+local e = epoch(KEYS[3], ARGV[3])
+local entries = {}
+if #oldest > 0 then
+  entries = redis.call('XRANGE', KEYS[1], string.format('%.0f', tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {e, string.format('%.0f', rev), string.format('%.0f', trimmed), entries}
+`
+
 interface Script { lua: string, sha: string, keys: number }
 
 function script (lua: string, keys: number): Script {
@@ -150,11 +238,12 @@ function script (lua: string, keys: number): Script {
 }
 
 const SCRIPTS = {
-  write: script(WRITE_SCRIPT, 3),
-  delete: script(DELETE_SCRIPT, 3),
-  publish: script(PUBLISH_SCRIPT, 1),
-  snapshotGroup: script(SNAPSHOT_GROUP_SCRIPT, 3),
-  snapshotItem: script(SNAPSHOT_ITEM_SCRIPT, 2)
+  write: script(WRITE_SCRIPT, 5),
+  delete: script(DELETE_SCRIPT, 5),
+  publish: script(PUBLISH_SCRIPT, 3),
+  snapshotGroup: script(SNAPSHOT_GROUP_SCRIPT, 4),
+  snapshotItem: script(SNAPSHOT_ITEM_SCRIPT, 2),
+  readChanges: script(READ_CHANGES_SCRIPT, 3)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -255,6 +344,25 @@ function envelopeHead (stream: string, group: string, id: string | null): string
 
 function noop (): void {}
 
+/** A fresh epoch, handed to every script that may have to make one (Redis lost the previous one). */
+function epochCandidate (): string {
+  return randomBytes(8).toString('hex')
+}
+
+/** One XRANGE entry of a group log: `[<rev>-0, [t, ts, b, body, (i, id)]]`. */
+function parseLogEntry (entry: unknown): ChangeRecord {
+  const [entryId, fields] = entry as [string, string[]]
+  let id: string | null = null
+  let timestamp = 0
+  let body = 'null'
+  for (let at = 0; at < fields.length; at += 2) {
+    if (fields[at] === 't') timestamp = Number(fields[at + 1])
+    else if (fields[at] === 'b') body = fields[at + 1]
+    else if (fields[at] === 'i') id = fields[at + 1]
+  }
+  return { id, rev: Number(entryId.slice(0, entryId.indexOf('-'))), timestamp, event: decode(body, 'a change-log entry') as StreamEventBody }
+}
+
 type Status = 'idle' | 'starting' | 'ready' | 'closed'
 
 export class RedisAdapter implements StreamAdapter {
@@ -274,12 +382,16 @@ export class RedisAdapter implements StreamAdapter {
   private subscribed = false
   /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
   private readonly floors = new Map<string, number>()
+  private readonly retention: ChangeLogRetention
+  private readonly logArgs: [string, string]
 
   /** `config` is checked already: normalizeRedisConfig (redis-config.ts), or createRedisAdapter from the package. */
   constructor (private readonly config: RedisConfig) {
     this.borrowed = this.config.client !== undefined
     this.keyPrefix = this.config.keyPrefix
     this.channel = `${this.config.keyPrefix}stream::events`
+    this.retention = this.config.changeLog ?? { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES, maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS }
+    this.logArgs = [String(this.retention.maxChanges), String(this.retention.maxAgeMs)]
   }
 
   // ----- lifecycle ---------------------------------------------------------------------------------------
@@ -340,6 +452,7 @@ export class RedisAdapter implements StreamAdapter {
       })
       await Promise.race([deadline, Promise.all([this.whenReady(client), this.whenReady(subscriber)])])
       await Promise.race([deadline, this.subscribeChannel(subscriber)])
+      await Promise.race([deadline, client.set(this.epochKey, epochCandidate(), 'NX')])
     } catch (err) {
       clearTimeout(timer)
       this.client = null
@@ -464,6 +577,14 @@ export class RedisAdapter implements StreamAdapter {
     return `${this.keyPrefix}stream-order:${stream}:${group}`
   }
 
+  private logKey (stream: string, group: string): string {
+    return `${this.keyPrefix}stream-log:${stream}:${group}`
+  }
+
+  private get epochKey (): string {
+    return `${this.keyPrefix}stream-epoch`
+  }
+
   private ready (): Redis {
     if (this.status === 'closed') throw new ClosedError()
     if (this.status !== 'ready' || this.client === null) throw new BackendUnavailableError('the Redis adapter is not started')
@@ -520,15 +641,23 @@ export class RedisAdapter implements StreamAdapter {
   }
 
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
-    const reply = await this.script(SCRIPTS.snapshotGroup, [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.floor(stream, group)]) as unknown[]
+    const reply = await this.script(SCRIPTS.snapshotGroup, [
+      this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.epochKey, this.floor(stream, group), epochCandidate()
+    ]) as unknown[]
     const ids: string[] = []
     const items: unknown[] = []
-    for (let at = 2; at < reply.length; at += 2) {
+    for (let at = 3; at < reply.length; at += 2) {
       ids.push(String(reply[at]))
       items.push(decode(reply[at + 1], `an item of ${stream}/${group}`))
     }
     this.observe(stream, group, Number(reply[1]))
-    return { items, ids, rev: Number(reply[0]), timestamp: Number(reply[1]) }
+    return { items, ids, rev: Number(reply[0]), timestamp: Number(reply[1]), epoch: String(reply[2]) }
+  }
+
+  async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
+    checkChangeRange(after, limit)
+    const reply = await this.script(SCRIPTS.readChanges, [this.logKey(stream, group), this.metaKey(stream, group), this.epochKey, after, limit, epochCandidate()]) as unknown[]
+    return { epoch: String(reply[0]), rev: Number(reply[1]), trimmed: Number(reply[2]), changes: (reply[3] as unknown[]).map(parseLogEntry) }
   }
 
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
@@ -575,20 +704,24 @@ export class RedisAdapter implements StreamAdapter {
 
   // ----- writes ------------------------------------------------------------------------------------------
 
-  private writeArgs (stream: string, group: string, id: string): string[] {
-    return [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.channel, id]
+  private writeKeys (stream: string, group: string): string[] {
+    return [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.logKey(stream, group), this.epochKey]
   }
 
   async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     const text = encode(value, 'the item value')
     this.ready()
-    const reply = await this.script(SCRIPTS.write, [...this.writeArgs(stream, group, id), text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '']) as unknown[]
+    const reply = await this.script(SCRIPTS.write, [
+      ...this.writeKeys(stream, group), this.channel, id, text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '', ...this.logArgs, epochCandidate()
+    ]) as unknown[]
     const newValue = JSON.parse(text)
     return { old_value: decodeLoose(reply[1]), new_value: newValue, event: this.committed(stream, group, id, reply, { type: reply[1] == null ? 'create' : 'update', data: newValue }) }
   }
 
   async delete (stream: string, group: string, id: string): Promise<Committed<DeleteResult>> {
-    const reply = await this.script(SCRIPTS.delete, [...this.writeArgs(stream, group, id), envelopeHead(stream, group, id) + '{"type":"']) as unknown[]
+    const reply = await this.script(SCRIPTS.delete, [
+      ...this.writeKeys(stream, group), this.channel, id, envelopeHead(stream, group, id) + '{"type":"', ...this.logArgs, epochCandidate()
+    ]) as unknown[]
     if (Number(reply[0]) !== 1) return { old_value: null, event: null }
     const old = decodeLoose(reply[1])
     return { old_value: old, event: this.committed(stream, group, id, reply, { type: 'delete', data: old }) }
@@ -612,7 +745,7 @@ export class RedisAdapter implements StreamAdapter {
         const next = prepare ? prepare(value) : value
         const text = encode(next, 'the updated value')
         const reply = await this.script(SCRIPTS.write, [
-          ...this.writeArgs(stream, group, id), text, head, 'cas', current === null ? '0' : '1', current ?? ''
+          ...this.writeKeys(stream, group), this.channel, id, text, head, 'cas', current === null ? '0' : '1', current ?? '', ...this.logArgs, epochCandidate()
         ]) as unknown[]
         if (Number(reply[0]) === 1) {
           const newValue = JSON.parse(text)
@@ -632,7 +765,10 @@ export class RedisAdapter implements StreamAdapter {
       throw new InvalidArgumentError('the event body must be { type: "event", event: { type, data } } or a change')
     }
     const text = encode(body.type === 'event' ? { type: 'event', event: { type: event!.type, data: event!.data ?? null } } : { type: body.type, data: body.data ?? null }, 'the event data')
-    const reply = await this.script(SCRIPTS.publish, [this.metaKey(stream, group), this.channel, envelopeHead(stream, group, id) + text]) as unknown[]
+    const reply = await this.script(SCRIPTS.publish, [
+      this.metaKey(stream, group), this.logKey(stream, group), this.epochKey,
+      this.channel, envelopeHead(stream, group, id) + text, text, id === null ? '' : `=${id}`, ...this.logArgs, epochCandidate()
+    ]) as unknown[]
     return { stream, group, id, rev: Number(reply[0]), timestamp: Number(reply[1]), event: JSON.parse(text) }
   }
 

@@ -1,16 +1,45 @@
 // The adapter contract suite: every backend runs exactly these checks and must give the same results
 // for every call, the same order, the same revisions and the same events.
 import type { Test } from 'tap'
-import type { StreamAdapter, StreamEvent } from '../../lib/adapters/adapter.js'
+import type { ChangeLogRetention, ChangePage, ChangeRecord, StreamAdapter, StreamEvent } from '../../lib/adapters/adapter.js'
 import { until } from '../helpers/app.js'
 
 export interface AdapterUnderTest {
   adapter: StreamAdapter
   /** Removes what the adapter left behind (files, keys); the adapter is already closed. */
   cleanup?: () => Promise<void>
+  /**
+   * Restarts the store (the adapter is already closed) and answers a new adapter on it, not started: the same
+   * file, the same Redis (saved, then restarted), a new memory store.
+   */
+  restart: () => Promise<StreamAdapter>
+  /** Whether the data, revisions and epoch survive `restart`. */
+  durable: boolean
 }
 
-export type MakeAdapter = () => Promise<AdapterUnderTest>
+/** Options every backend maps onto its own config. */
+export interface MakeOptions { changeLog?: ChangeLogRetention }
+
+export type MakeAdapter = (options?: MakeOptions) => Promise<AdapterUnderTest>
+
+const WEEK_MS = 7 * 24 * 60 * 60 * 1000
+
+/** An event as its group's change log keeps it. */
+function logged (event: StreamEvent): ChangeRecord {
+  const { stream: _stream, group: _group, ...record } = event
+  return record
+}
+
+/** Every change after `after`, read page by page as a feed reader would. */
+async function readAll (adapter: StreamAdapter, stream: string, group: string, after: number, limit = 7): Promise<{ changes: ChangeRecord[], last: ChangePage }> {
+  const changes: ChangeRecord[] = []
+  for (;;) {
+    const page = await adapter.readChanges!(stream, group, after, limit)
+    changes.push(...page.changes)
+    if (page.changes.length === 0) return { changes, last: page }
+    after = page.changes[page.changes.length - 1].rev
+  }
+}
 
 function record (adapter: StreamAdapter): StreamEvent[] {
   const events: StreamEvent[] = []
@@ -25,14 +54,14 @@ function withoutEvent<R extends { event: unknown }> (result: R): Omit<R, 'event'
 }
 
 export function adapterContract (t: Test, make: MakeAdapter): void {
-  async function fresh (t: Test): Promise<{ adapter: StreamAdapter, events: StreamEvent[] }> {
-    const made = await make()
+  async function fresh (t: Test, options?: MakeOptions): Promise<{ adapter: StreamAdapter, events: StreamEvent[], made: AdapterUnderTest }> {
+    const made = await make(options)
     await made.adapter.start?.()
     t.teardown(async () => {
       await made.adapter.close()
       await made.cleanup?.()
     })
-    return { adapter: made.adapter, events: record(made.adapter) }
+    return { adapter: made.adapter, events: record(made.adapter), made }
   }
 
   t.test('set creates then updates, get reads back, events carry rev and timestamp', async t => {
@@ -228,5 +257,117 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     await t.rejects(made.adapter.get('s', 'g', 'a'), { code: 'STREAMS_ERR_CLOSED' })
     await t.rejects(made.adapter.set('s', 'g', 'a', 1), { code: 'STREAMS_ERR_CLOSED' })
     await made.cleanup?.()
+  })
+
+  t.test('change log: every change and custom event with its revision, read in pages after an offset', async t => {
+    const { adapter, events } = await fresh(t)
+    await adapter.set('todo', 'inbox', 'a', { id: 'a' })
+    await adapter.set('todo', 'inbox', 'b', { id: 'b' })
+    await adapter.update('todo', 'inbox', 'a', [{ type: 'set', path: 'done', value: true }])
+    await adapter.publish('todo', 'inbox', null, { type: 'event', event: { type: 'typing', data: { user: 'ana' } } })
+    await adapter.publish('todo', 'inbox', 'a', { type: 'event', event: { type: 'seen', data: 1 } })
+    await adapter.publish('todo', 'inbox', 'm', { type: 'create', data: { id: 'm' } })
+    await adapter.delete('todo', 'inbox', 'b')
+    await adapter.set('todo', 'other', 'x', { id: 'x' })
+    await until(() => events.length === 8, 'eight events')
+    const inbox = events.filter(e => e.group === 'inbox').map(logged)
+
+    const page = await adapter.readChanges!('todo', 'inbox', 0, 100)
+    t.same(page.changes, inbox, 'the log holds what the feed delivered, custom events and published changes included')
+    t.same([page.rev, page.trimmed], [7, 0])
+    t.equal(page.epoch, (await adapter.snapshotGroup('todo', 'inbox')).epoch, 'snapshots carry the epoch of the log')
+    t.type(page.epoch, 'string')
+    t.same((await adapter.readChanges!('todo', 'inbox', 3, 2)).changes, inbox.slice(3, 5), 'after an offset, at most limit')
+    t.same((await readAll(adapter, 'todo', 'inbox', 0, 3)).changes, inbox, 'pages follow each other with no gap and no overlap')
+    t.same((await adapter.readChanges!('todo', 'inbox', 7, 10)).changes, [], 'nothing after the last revision')
+    t.same(await adapter.readChanges!('todo', 'inbox', 50, 10), { epoch: page.epoch, changes: [], rev: 7, trimmed: 0 }, 'an offset past the tail reads nothing')
+    t.same(await adapter.readChanges!('todo', 'never', 0, 10), { epoch: page.epoch, changes: [], rev: 0, trimmed: 0 }, 'a group never written')
+    t.same((await adapter.readChanges!('todo', 'other', 0, 10)).changes.map(c => c.rev), [1], 'each group has its own log')
+    for (const [after, limit] of [[-1, 10], [1.5, 10], [0, 0], [0, Number.NaN]]) {
+      await t.rejects(adapter.readChanges!('todo', 'inbox', after, limit), { code: 'STREAMS_ERR_INVALID_ARGUMENT' }, `after ${after}, limit ${limit} is refused`)
+    }
+  })
+
+  t.test('change log: a snapshot and the log after its rev give the group, with no gap and no overlap, while writes run', async t => {
+    const { adapter } = await fresh(t)
+    const writes: Array<Promise<unknown>> = []
+    for (let i = 0; i < 120; i++) {
+      const id = `k${i % 9}`
+      writes.push(i % 5 === 4 ? adapter.delete('s', 'busy', id) : i % 7 === 6 ? adapter.publish('s', 'busy', id, { type: 'event', event: { type: 'ping', data: i } }) : adapter.set('s', 'busy', id, { id, i }))
+      if (i === 60) await writes[30]
+    }
+    const snapshot = await adapter.snapshotGroup('s', 'busy')
+    await Promise.all(writes)
+    const { changes, last } = await readAll(adapter, 's', 'busy', snapshot.rev)
+    t.equal(last.epoch, snapshot.epoch)
+    t.same(changes.map(c => c.rev), Array.from({ length: last.rev - snapshot.rev }, (_, i) => snapshot.rev + 1 + i), 'the log continues right after the snapshot')
+    const state = new Map(snapshot.ids.map((id, index) => [id, snapshot.items[index]]))
+    for (const change of changes) {
+      if (change.event.type === 'delete') state.delete(change.id!)
+      else if (change.event.type !== 'event') state.set(change.id!, change.event.data)
+    }
+    const group = await adapter.snapshotGroup('s', 'busy')
+    t.same(new Map(group.ids.map((id, index) => [id, group.items[index]])), state, 'snapshot + log = the group')
+  })
+
+  t.test('change log: retention by count keeps the newest entries and reports what was trimmed', async t => {
+    const { adapter } = await fresh(t, { changeLog: { maxChanges: 5, maxAgeMs: WEEK_MS } })
+    for (let i = 1; i <= 300; i++) await adapter.set('s', 'g', `k${i % 4}`, { i })
+    const { changes, last } = await readAll(adapter, 's', 'g', 0, 50)
+    t.equal(last.rev, 300)
+    t.ok(last.trimmed > 0, `old entries were dropped (trimmed up to ${last.trimmed})`)
+    t.ok(changes.length >= 5 && last.rev - last.trimmed === changes.length, `at least the newest 5 are kept (${changes.length})`)
+    t.same(changes.map(c => c.rev), Array.from({ length: changes.length }, (_, i) => last.trimmed + 1 + i), 'what is kept has no gap')
+    t.same(changes.at(-1)?.event, { type: 'update', data: { i: 300 } })
+  })
+
+  t.test('change log: retention by age drops entries older than max_age_ms once the group is written again', async t => {
+    const maxAgeMs = 100
+    const { adapter } = await fresh(t, { changeLog: { maxChanges: 1000, maxAgeMs } })
+    await adapter.set('s', 'g', 'a', { id: 'a' })
+    await adapter.publish('s', 'g', null, { type: 'event', event: { type: 'old', data: null } })
+    const old = await adapter.set('s', 'g', 'b', { id: 'b' })
+    t.same((await adapter.readChanges!('s', 'g', 0, 10)).changes.length, 3)
+    await until(() => Date.now() > old.event!.timestamp + maxAgeMs + 20, 'the first entries to age')
+    const fresher = await adapter.set('s', 'g', 'c', { id: 'c' })
+    await until(async () => (await adapter.readChanges!('s', 'g', 0, 10)).trimmed === 3, 'the aged entries to go')
+    const page = await adapter.readChanges!('s', 'g', 0, 10)
+    t.same(page.changes, [logged(fresher.event!)], 'only the young entry is left')
+  })
+
+  t.test('change log: max_changes 0 turns it off', async t => {
+    const { adapter } = await fresh(t, { changeLog: { maxChanges: 0, maxAgeMs: WEEK_MS } })
+    await adapter.set('s', 'g', 'a', { id: 'a' })
+    await adapter.publish('s', 'g', null, { type: 'event', event: { type: 'e', data: null } })
+    const page = await adapter.readChanges!('s', 'g', 0, 10)
+    t.same([page.changes, page.rev, page.trimmed], [[], 2, 2], 'nothing kept, all of it reported trimmed')
+  })
+
+  t.test('restart: a durable store keeps its epoch, log and revisions; a memory store starts a new epoch', async t => {
+    const made = await make()
+    let adapter = made.adapter
+    t.teardown(async () => {
+      await adapter.close()
+      await made.cleanup?.()
+    })
+    await adapter.start?.()
+    await adapter.set('s', 'g', 'a', { id: 'a' })
+    await adapter.publish('s', 'g', 'a', { type: 'event', event: { type: 'seen', data: 1 } })
+    await adapter.delete('s', 'g', 'a')
+    const before = await adapter.readChanges!('s', 'g', 0, 10)
+    await adapter.close()
+    adapter = await made.restart()
+    await adapter.start?.()
+    const after = await adapter.readChanges!('s', 'g', 0, 10)
+    if (!made.durable) {
+      t.not(after.epoch, before.epoch, 'a new epoch: offsets from the last life are recognised as such')
+      return
+    }
+    t.same(after, before, 'same epoch, same log, same revision')
+    const next = await adapter.set('s', 'g', 'b', { id: 'b' })
+    t.equal(next.event!.rev, before.rev + 1, 'revisions go on from where they were')
+    t.ok(next.event!.timestamp > before.changes[2].timestamp, 'timestamps go on rising')
+    t.same((await adapter.readChanges!('s', 'g', before.rev, 10)).changes, [logged(next.event!)], 'the log goes on')
+    t.equal((await adapter.snapshotGroup('s', 'g')).epoch, before.epoch)
   })
 }

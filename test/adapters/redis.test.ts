@@ -5,6 +5,7 @@ import { RedisAdapter, escapeGlob, parseEnvelope } from '../../lib/adapters/redi
 import { normalizeRedisConfig } from '../../lib/adapters/redis-config.js'
 import type { StreamEvent } from '../../lib/adapters/adapter.js'
 import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
+import { until } from '../helpers/app.js'
 import { adapterContract } from './contract.js'
 
 /** A RedisAdapter from a config as a user writes it, checked the way the plugin checks it. */
@@ -54,7 +55,20 @@ t.beforeEach(async () => { await server.command('FLUSHALL') })
 // The shared contract, each adapter under its own key prefix on the shared server.
 let contractRun = 0
 t.test('contract', async (t) => {
-  adapterContract(t, async () => ({ adapter: createRedisAdapter({ redis_url: server.url, key_prefix: `contract${++contractRun}:` }) }))
+  adapterContract(t, async (options = {}) => {
+    const config = {
+      redis_url: server.url,
+      key_prefix: `contract${++contractRun}:`,
+      ...options.changeLog && { change_log: { max_changes: options.changeLog.maxChanges, max_age_ms: options.changeLog.maxAgeMs } }
+    }
+    const restart = async () => {
+      // Saved first: this Redis keeps its data across the restart, as a persistent one does.
+      await server.command('SAVE')
+      await server.restart()
+      return createRedisAdapter(config)
+    }
+    return { adapter: createRedisAdapter(config), restart, durable: true }
+  })
 })
 
 t.test('helpers', async (t) => {
@@ -444,4 +458,64 @@ t.test('fault: a frozen redis-server makes calls fail within the command timeout
     own.resume()
   }
   t.same(await adapter.get('s', 'g', 'x'), 1, 'works again once the server answers')
+})
+
+t.test('change log: two nodes on one Redis share one log per group, kept out of the engine keys', async (t) => {
+  const a = await open(t, { key_prefix: 'shared:' })
+  const b = await open(t, { key_prefix: 'shared:' })
+  const written: StreamEvent[] = []
+  for (let i = 0; i < 20; i++) {
+    const node = i % 2 === 0 ? a : b
+    written.push(i % 5 === 4
+      ? await node.publish('s', 'g', null, { type: 'event', event: { type: 'tick', data: i } })
+      : (await node.set('s', 'g', `k${i % 3}`, { i })).event!)
+  }
+  const fromA = await a.readChanges('s', 'g', 0, 100)
+  const fromB = await b.readChanges('s', 'g', 0, 100)
+  t.same(fromA, fromB, 'an offset means the same on every node')
+  t.same(fromA.changes.map(c => [c.rev, c.id, c.event]), written.map(e => [e.rev, e.id, e.event]), 'every change in revision order')
+  t.same((await b.readChanges('s', 'g', 10, 3)).changes.map(c => c.rev), [11, 12, 13])
+  const client = raw(t)
+  t.equal(await client.type('shared:stream-log:s:g'), 'stream', 'one Redis Stream per group')
+  t.same(await client.keys('shared:stream:*'), ['shared:stream:s:g'], 'engines scanning stream:* see only the items')
+})
+
+t.test('change log: a Redis that lost its data gets a new epoch, so old offsets are recognised', async (t) => {
+  const own = await startRedisServer()
+  t.teardown(() => own.close())
+  const adapter = createRedisAdapter({ redis_url: own.url, connect_timeout_ms: 2000 })
+  t.teardown(() => adapter.close())
+  await adapter.start()
+  await adapter.set('s', 'g', 'a', 1)
+  const first = await adapter.readChanges('s', 'g', 0, 10)
+
+  // A restart without persistence: everything is gone, the epoch key too.
+  await own.restart()
+  await until(async () => {
+    try {
+      await adapter.get('s', 'g', 'a')
+      return true
+    } catch { return false }
+  }, 'the adapter to reconnect')
+  const afterRestart = await adapter.readChanges('s', 'g', 0, 10)
+  t.not(afterRestart.epoch, first.epoch, 'a new epoch after the data was lost')
+  t.same([afterRestart.changes, afterRestart.rev], [[], 0])
+  const next = await adapter.set('s', 'g', 'b', 2)
+  t.equal((await adapter.snapshotGroup('s', 'g')).epoch, afterRestart.epoch, 'the new epoch is kept for later writes')
+  t.same((await adapter.readChanges('s', 'g', 0, 10)).changes.map(c => c.rev), [next.event!.rev])
+
+  // FLUSHALL: the same.
+  await own.command('FLUSHALL')
+  const afterFlush = await adapter.snapshotGroup('s', 'g')
+  t.ok(afterFlush.epoch !== afterRestart.epoch && afterFlush.epoch !== first.epoch, 'a new epoch after FLUSHALL')
+
+  // Only a group's meta key lost (its log survived): revisions would go back, so the epoch changes too.
+  await adapter.set('s', 'h', 'x', 1)
+  await adapter.set('s', 'h', 'x', 2)
+  const before = await adapter.readChanges('s', 'h', 0, 10)
+  await own.command('DEL', 'stream-meta:s:h')
+  const rewritten = await adapter.set('s', 'h', 'y', 3)
+  const page = await adapter.readChanges('s', 'h', 0, 10)
+  t.not(page.epoch, before.epoch, 'a new epoch when the log is ahead of the revision')
+  t.same(page.changes.map(c => [c.rev, c.id]), [[rewritten.event!.rev, 'y']], 'the log starts over with the new history')
 })

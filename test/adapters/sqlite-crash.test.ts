@@ -1,11 +1,13 @@
 // A server process writing continuously to a SQLite file (KvStore file_based) is killed with SIGKILL; the next
-// process on the same file finds every write acknowledged before the kill, with its value, in insertion order.
+// process on the same file finds every write acknowledged before the kill, with its value, in insertion order,
+// and the group's change log holds every acknowledged change, in order, with no gap.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
+import type { ChangeRecord } from '../../lib/adapters/adapter.js'
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/sqlite-writer.ts', import.meta.url))
 // The TypeScript loader tap itself runs tests with, resolved from here (no absolute path baked in).
@@ -63,7 +65,9 @@ async function writeThenKill (t: Test, file: string, run: number, ms: number): P
   return { acks, counter }
 }
 
-async function dump (file: string): Promise<{ log: Item[], counter: { hits: number } | null }> {
+interface Dump { log: Item[], counter: { hits: number } | null, changes: ChangeRecord[], trimmed: number, rev: number }
+
+async function dump (file: string): Promise<Dump> {
   const reader = start(['dump', file])
   const status = await reader.exited
   if (status !== 0) throw new Error(`dump exited with ${String(status)}: ${reader.stderr()}`)
@@ -84,7 +88,9 @@ t.test('every write acknowledged before a SIGKILL is in the file, in order, for 
     counter = Math.max(counter, result.counter)
   }
 
-  const { log, counter: storedCounter } = await dump(file)
+  const { log, counter: storedCounter, changes, trimmed, rev } = await dump(file)
+  const events = acked.filter(a => a.id.startsWith('event-'))
+  acked.splice(0, acked.length, ...acked.filter(a => !a.id.startsWith('event-')))
   const stored = new Map(log.map((item, index) => [item.id, { item, index }]))
   const missing = acked.filter(a => !stored.has(a.id))
   t.same(missing, [], `every acknowledged write is there (${acked.length} acknowledged, ${log.length} stored)`)
@@ -96,4 +102,19 @@ t.test('every write acknowledged before a SIGKILL is in the file, in order, for 
   t.ok(log.length - acked.length <= 2 * 4, `only writes in flight at a kill are there unacknowledged (${log.length - acked.length})`)
   t.ok(storedCounter !== null && storedCounter.hits >= counter && storedCounter.hits <= counter + 2,
     `the update counter holds at least the last acknowledged value (${storedCounter?.hits} vs ${counter})`)
+
+  t.equal(trimmed, 0, 'nothing trimmed from the log')
+  t.same(changes.map(c => c.rev), Array.from({ length: rev }, (_, i) => i + 1), `the log holds revisions 1..${rev} with no gap`)
+  // Writes by item id and value; custom events as event-r<run>-<n>, from their data.
+  const key = (c: ChangeRecord): string => c.event.type === 'event'
+    ? `event-r${(c.event.event.data as Item).run}-${(c.event.event.data as Item).n} ${(c.event.event.data as Item).n}`
+    : `${c.id} ${(c.event.data as Item).n}`
+  const logged = new Map(changes.map((c, index) => [key(c), index]))
+  const everything = [...acked, ...events]
+  const unlogged = everything.filter(a => !logged.has(`${a.id} ${a.n}`))
+  t.same(unlogged, [], `every acknowledged change and custom event is in the log (${acked.length} writes, ${events.length} events)`)
+  const logPositions = acked.map(a => logged.get(`${a.id} ${a.n}`) ?? -1)
+  t.ok(logPositions.every((p, i) => i === 0 || p > logPositions[i - 1]), 'in the order they were acknowledged')
+  t.ok(changes.every(c => c.event.type === 'create' || c.event.type === 'event'), 'each write is logged as a create, each send as an event')
+  t.ok(events.length > 5, `custom events were sent (${events.length})`)
 })

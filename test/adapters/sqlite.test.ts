@@ -1,28 +1,39 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
-import { createKvAdapter } from '../../lib/adapters/kv.js'
+import { fileURLToPath } from 'node:url'
+import t, { type Test } from 'tap'
+import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
+import { until } from '../helpers/app.js'
 
-adapterContract(t, async () => {
+adapterContract(t, async (options = {}) => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
-  return {
-    adapter: createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db') }),
-    cleanup: () => rm(dir, { recursive: true, force: true })
-  }
+  const make = () => createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db'), ...options })
+  return { adapter: make(), restart: async () => make(), durable: true, cleanup: () => rm(dir, { recursive: true, force: true }) }
 })
 
-t.test('a second adapter on the same file serves the same data, order, revisions and timestamps', async t => {
+/** A SQLite file in a temp dir (removed by the test's teardown) and a started adapter on it. */
+async function fileStore (t: Test): Promise<{ filePath: string, first: KvAdapter }> {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const filePath = join(dir, 'store.db')
   const first = createKvAdapter({ storeMethod: 'file_based', filePath })
   await first.start()
+  return { filePath, first }
+}
+
+t.test('a second adapter on the same file serves the same data, order, revisions and timestamps', async t => {
+  const { filePath, first } = await fileStore(t)
   for (const id of ['c', 'a', 'b']) await first.set('todo', 'inbox', id, { id })
   await first.set('todo', 'inbox', 'a', { id: 'a', v: 2 })
   await first.delete('todo', 'inbox', 'b')
   await first.set('todo', 'other:group', 'x', [1, 2])
+  // Quotes, SQL and replacement-pattern look-alikes, NUL and astral characters, in names and values alike.
+  const tricky = "it's '' $& $' $` $$ ? ); DROP TABLE items; -- \u0000 ü 😀"
+  await first.set(tricky, tricky, tricky, { text: tricky })
+  await first.publish(tricky, tricky, tricky, { type: 'event', event: { type: tricky, data: tricky } })
   const before = await first.snapshotGroup('todo', 'inbox')
   await first.close()
 
@@ -32,7 +43,12 @@ t.test('a second adapter on the same file serves the same data, order, revisions
   const { epoch: _epoch, ...after } = await second.snapshotGroup('todo', 'inbox')
   const { epoch: _before, ...kept } = before
   t.same(after, kept, 'items in order, same rev and timestamp')
-  t.same(await second.listAll(), { stream: [{ id: 'todo', groups: ['inbox', 'other:group'] }], count: 1 })
+  t.same(await second.listAll(), { stream: [{ id: tricky, groups: [tricky] }, { id: 'todo', groups: ['inbox', 'other:group'] }], count: 2 })
+  t.same(await second.get(tricky, tricky, tricky), { text: tricky }, 'any text survives the file')
+  t.same((await second.readChanges(tricky, tricky, 0, 10)).changes.map(c => [c.id, c.event]), [
+    [tricky, { type: 'create', data: { text: tricky } }],
+    [tricky, { type: 'event', event: { type: tricky, data: tricky } }]
+  ])
   const events: number[] = []
   second.subscribe(e => events.push(e.rev, e.timestamp))
   await second.set('todo', 'inbox', 'd', { id: 'd' })
@@ -47,4 +63,88 @@ t.test('a file that cannot be opened fails start with STREAMS_ERR_STORAGE', asyn
   const adapter = createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'a-file', 'store.db') })
   await t.rejects(adapter.start(), { code: 'STREAMS_ERR_STORAGE' })
   await adapter.close().catch(() => {})
+})
+
+t.test('a file SQLite can only open read-only fails at start, not at the first write', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  const filePath = join(dir, 'store.db')
+  const first = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await first.start()
+  await first.set('s', 'g', 'a', 1)
+  await first.close()
+  await chmod(filePath, 0o444)
+  // root ignores file modes: the immutable attribute makes the file read-only for root too.
+  const root = process.getuid?.() === 0
+  if (root) execFileSync('chattr', ['+i', filePath])
+  t.teardown(async () => {
+    if (root) execFileSync('chattr', ['-i', filePath])
+    await rm(dir, { recursive: true, force: true })
+  })
+  const adapter = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await t.rejects(adapter.start(), { code: 'STREAMS_ERR_STORAGE' })
+  await adapter.close()
+})
+
+t.test('an item row that cannot be read is skipped and counted; the store still starts', async t => {
+  const { filePath, first } = await fileStore(t)
+  for (const id of ['a', 'b', 'c']) await first.set('s', 'g', id, { id })
+  await first.close()
+  const { default: sqlite3 } = await import('sqlite3')
+  await new Promise<void>((resolve, reject) => {
+    const db = new sqlite3.Database(filePath)
+    db.run("UPDATE items SET value = '{not json' WHERE id = 'b'", (err) => db.close(() => err === null ? resolve() : reject(err)))
+  })
+  const warnings: Error[] = []
+  const onWarning = (warning: Error) => warnings.push(warning)
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const second = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await second.start()
+  t.teardown(() => second.close())
+  t.equal(second.skippedItems, 1)
+  t.same(await second.getGroup('s', 'g'), [{ id: 'a' }, { id: 'c' }], 'the readable items are served')
+  await until(() => warnings.some(w => (w as Error & { code?: string }).code === 'STREAMS_SKIPPED_ITEMS'), 'the warning')
+  const next = await second.set('s', 'g', 'd', { id: 'd' })
+  t.equal(next.event!.rev, 4, 'revisions go on')
+})
+
+t.test('a file written by the keyv-based store of 0.1 is imported: items, order, revisions and timestamps', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const filePath = join(dir, 'store.db')
+  // The rows as @keyv/sqlite wrote them: keyv's serializer doubles a leading ':' in strings.
+  const rows = [
+    ['fastifystreams:["i","todo","inbox","b"]', '{"value":{"v":{"id":"b","note":"::colon"},"o":0,"r":1,"t":1000}}'],
+    ['fastifystreams:["i","todo","inbox","a"]', '{"value":{"v":{"id":"a"},"o":2,"r":3,"t":1002}}'],
+    ['fastifystreams:["g","todo","inbox"]', '{"value":{"r":4,"t":1003}}'],
+    ['fastifystreams:["i","todo","other:group","x"]', '{"value":{"v":[1,2],"o":0,"r":1,"t":900}}']
+  ]
+  const { default: sqlite3 } = await import('sqlite3')
+  await new Promise<void>((resolve, reject) => {
+    const db = new sqlite3.Database(filePath)
+    db.serialize()
+    db.run('CREATE TABLE keyv(key VARCHAR(255) PRIMARY KEY, value TEXT )')
+    for (const row of rows) db.run('INSERT INTO keyv VALUES (?, ?)', row)
+    db.close((err) => err === null ? resolve() : reject(err))
+  })
+  const adapter = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await adapter.start()
+  t.teardown(() => adapter.close())
+  t.match(await adapter.snapshotGroup('todo', 'inbox'), { items: [{ id: 'b', note: ':colon' }, { id: 'a' }], ids: ['b', 'a'], rev: 4, timestamp: 1003 })
+  t.same(await adapter.listAll(), { stream: [{ id: 'todo', groups: ['inbox', 'other:group'] }], count: 1 })
+  t.match(await adapter.readChanges('todo', 'inbox', 0, 10), { changes: [], rev: 4, trimmed: 4 }, 'the log starts empty after the imported history')
+  const next = await adapter.set('todo', 'inbox', 'c', { id: 'c' })
+  t.equal(next.event!.rev, 5, 'revisions go on')
+  t.same(await adapter.getGroup('todo', 'inbox'), [{ id: 'b', note: ':colon' }, { id: 'a' }, { id: 'c' }])
+})
+
+t.test('without the sqlite3 package, a file store fails at start with STREAMS_ERR_MISSING_PACKAGE; memory needs none', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const fixture = fileURLToPath(new URL('../fixtures/without-sqlite3.ts', import.meta.url))
+  const output = execFileSync(process.execPath, [`--import=${import.meta.resolve('@tapjs/typescript/import')}`, fixture, join(dir, 'store.db')], {
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+    encoding: 'utf8'
+  })
+  t.equal(output.trim(), 'STREAMS_ERR_MISSING_PACKAGE 1')
 })

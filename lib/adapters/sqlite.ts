@@ -1,0 +1,340 @@
+// SqliteFile: the SQLite file behind KvStore `file_based`, on the `sqlite3` package (loaded only when a file
+// store is configured). It keeps the items, each group's revision and timestamp, the groups' change logs and
+// the store's epoch. KvAdapter keeps the in-memory index that serves reads and decides every change; this file
+// makes each change durable with its log row in one transaction, and serves the change log.
+//
+// Group commit: changes handed in while a commit runs wait, then all of them share the next transaction and
+// its one fsync (WAL with synchronous=FULL); each is acknowledged once that commit returned.
+import { randomBytes } from 'node:crypto'
+import { mkdir } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import type { Database, RunResult } from 'sqlite3'
+import type { ChangePage, ChangeRecord, StreamEventBody } from './adapter.js'
+import { MissingPackageError, StorageError } from '../errors.js'
+
+/** The schema this code writes, recorded in the file's `user_version`. */
+const SCHEMA_VERSION = 1
+/** Changes one transaction takes at most; the rest go into the next one. */
+const MAX_BATCH = 512
+/** Characters of values one transaction takes at most (its SQL text holds them): past it, the next one. */
+const MAX_BATCH_CHARS = 16 * 1024 * 1024
+/** Change-log rows one age sweep deletes at most; a sweep that hits it runs again with the next commit. */
+const SWEEP_ROWS = 1000
+/** The page size of a new file (SQLite's default is 4096). */
+const PAGE_SIZE = 1024
+/** The longest wait between two age sweeps of a store that is being written. */
+const MAX_SWEEP_INTERVAL_MS = 60_000
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (gid INTEGER PRIMARY KEY, stream TEXT NOT NULL, grp TEXT NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, UNIQUE (stream, grp));
+CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, PRIMARY KEY (gid, id));
+CREATE TABLE IF NOT EXISTS changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
+`
+
+// Each statement takes its rows written in as SQL literals (see values()), so a batch of any size is one
+// statement per table, and the whole transaction one call.
+const UPSERT_GROUPS = (rows: string) => `INSERT INTO groups (gid, stream, grp, rev, ts) VALUES ${rows}
+  ON CONFLICT (gid) DO UPDATE SET rev = excluded.rev, ts = excluded.ts`
+const UPSERT_ITEMS = (rows: string) => `INSERT INTO items (gid, id, value, ord) VALUES ${rows}
+  ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord`
+const DELETE_ITEMS = (rows: string) => `DELETE FROM items WHERE (gid, id) IN (VALUES ${rows})`
+const INSERT_CHANGES = (rows: string) => `INSERT INTO changes (gid, rev, ts, id, body) VALUES ${rows}`
+// (gid, last rev to drop): count retention, and the whole log of a group written while the log is off.
+const TRIM_CHANGES = (rows: string) => `DELETE FROM changes WHERE rowid IN
+  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
+// Rows are appended in timestamp order (one clock per process, carried over restarts), so the oldest rows
+// are the first ones: each sweep looks at a bounded prefix only.
+const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
+  (SELECT rowid FROM changes ORDER BY rowid LIMIT ${SWEEP_ROWS}) AND ts < ?`
+// One statement, so the page and the group's revision come from one read transaction.
+const READ_CHANGES = `SELECT g.rev AS grev, (SELECT MIN(rev) FROM changes WHERE gid = g.gid) AS first,
+  c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
+  FROM groups g LEFT JOIN (SELECT * FROM changes WHERE gid = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3) c
+  WHERE g.gid = ?1 ORDER BY c.rev`
+
+/** A value as an SQL literal: integers as they are, text quoted (quotes doubled), text holding NUL as UTF-8 hex. */
+function literal (value: string | number | null): string {
+  if (value === null) return 'NULL'
+  if (typeof value === 'number') return String(value)
+  // A NUL would end the SQL text handed to SQLite: such text goes as a blob cast back to text, NUL kept.
+  if (value.includes('\u0000')) return `CAST(X'${Buffer.from(value).toString('hex')}' AS TEXT)`
+  return `'${value.replaceAll("'", "''")}'`
+}
+
+/** `(a, b), (c, d)`: rows of values as SQL literals. */
+function values (rows: Array<Array<string | number | null>>): string {
+  return rows.map(row => `(${row.map(literal).join(', ')})`).join(', ')
+}
+
+/** One committed change of a group, as the file records it. */
+export interface FileChange {
+  gid: number
+  stream: string
+  group: string
+  rev: number
+  timestamp: number
+  /** The item written (its JSON text and place) or removed; absent for a published event. */
+  item?: { id: string, text: string, order: number } | { id: string, removed: true }
+  /** The log entry (the event body as JSON text); null when the log is off. */
+  log: { id: string | null, body: string } | null
+  /** Drop the group's log entries up to this revision in the same transaction. */
+  trimTo?: number
+}
+
+/** What the file held at start. */
+export interface FileContents {
+  epoch: string
+  groups: Array<{ gid: number, stream: string, group: string, rev: number, timestamp: number, firstLogged: number | null }>
+  items: Array<{ gid: number, id: string, text: string, order: number }>
+}
+
+interface Pending { change: FileChange, resolve: () => void, reject: (err: Error) => void }
+
+type Sqlite3 = typeof import('sqlite3')
+
+async function loadSqlite3 (): Promise<Sqlite3> {
+  try {
+    const module = await import('sqlite3') as Sqlite3 & { default?: Sqlite3 }
+    return module.default ?? module
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') throw new MissingPackageError('sqlite3', "store_method 'file_based'")
+    throw err
+  }
+}
+
+function open (sqlite3: Sqlite3, file: string, mode: number): Promise<Database> {
+  return new Promise((resolve, reject) => {
+    const db: Database = new sqlite3.Database(file, mode, (err) => err === null ? resolve(db) : reject(err))
+  })
+}
+
+function run (db: Database, sql: string, params: unknown[] = []): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    db.run(sql, params, function (this: RunResult, err: Error | null) { err === null ? resolve(this) : reject(err) })
+  })
+}
+
+function all<T> (db: Database, sql: string, params: unknown[] = []): Promise<T[]> {
+  return new Promise((resolve, reject) => {
+    db.all<T>(sql, params, (err, rows) => err === null ? resolve(rows) : reject(err))
+  })
+}
+
+function exec (db: Database, sql: string): Promise<void> {
+  return new Promise((resolve, reject) => { db.exec(sql, (err) => err === null ? resolve() : reject(err)) })
+}
+
+function closeDb (db: Database | null): Promise<void> {
+  return new Promise((resolve) => {
+    if (db === null) resolve()
+    else db.close(() => resolve())
+  })
+}
+
+export class SqliteFile {
+  private writer: Database | null = null
+  private reader: Database | null = null
+  private pending: Pending[] = []
+  private committing: Promise<void> | null = null
+  private scheduled = false
+  private nextSweep = 0
+  private readonly sweepIntervalMs: number
+
+  constructor (private readonly filePath: string, private readonly maxAgeMs: number) {
+    this.sweepIntervalMs = Math.min(maxAgeMs, MAX_SWEEP_INTERVAL_MS)
+  }
+
+  /** Opens (creating it and its folder if needed) and reads the file. Fails with STREAMS_ERR_STORAGE. */
+  async open (): Promise<FileContents> {
+    const sqlite3 = await loadSqlite3()
+    const file = resolve(this.filePath)
+    try {
+      await mkdir(dirname(file), { recursive: true })
+      this.writer = await open(sqlite3, file, sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE)
+      // One batch at a time, statements in the order given.
+      this.writer.serialize()
+      // Small pages for a new file: a commit of changes to n groups rewrites the tail leaf of n places of the
+      // log's (group, rev) index, so the bytes each commit writes and syncs scale with the page size.
+      await run(this.writer, `PRAGMA page_size=${PAGE_SIZE}`)
+      await run(this.writer, 'PRAGMA journal_mode=WAL')
+      // Every acknowledged commit is on disk (one fsync per commit, shared by the batch).
+      await run(this.writer, 'PRAGMA synchronous=FULL')
+      const [{ user_version: version }] = await all<{ user_version: number }>(this.writer, 'PRAGMA user_version')
+      if (version > SCHEMA_VERSION) throw new Error(`the file was written by a newer version (schema ${version})`)
+      // A write at every start: a file SQLite could only open read-only fails here, not at the first write.
+      await exec(this.writer, `BEGIN IMMEDIATE; ${SCHEMA}`)
+      try {
+        if (version === 0) await this.importKeyvRows(this.writer)
+        await exec(this.writer, `PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`)
+      } catch (err) {
+        await run(this.writer, 'ROLLBACK').catch(() => {})
+        throw err
+      }
+      await run(this.writer, 'INSERT OR IGNORE INTO store_meta (key, value) VALUES (?, ?)', ['epoch', randomBytes(8).toString('hex')])
+      const [{ value: epoch }] = await all<{ value: string }>(this.writer, 'SELECT value FROM store_meta WHERE key = ?', ['epoch'])
+      const groups = await all<{ gid: number, stream: string, grp: string, rev: number, ts: number, first: number | null }>(this.writer,
+        'SELECT gid, stream, grp, rev, ts, (SELECT MIN(rev) FROM changes c WHERE c.gid = g.gid) AS first FROM groups g')
+      const items = await all<{ gid: number, id: string, value: string, ord: number }>(this.writer, 'SELECT gid, id, value, ord FROM items ORDER BY gid, ord')
+      // Reads of the log go through their own connection: it sees committed transactions only.
+      this.reader = await open(sqlite3, file, sqlite3.OPEN_READONLY)
+      return {
+        epoch,
+        groups: groups.map(g => ({ gid: g.gid, stream: g.stream, group: g.grp, rev: g.rev, timestamp: g.ts, firstLogged: g.first })),
+        items: items.map(i => ({ gid: i.gid, id: i.id, text: i.value, order: i.ord }))
+      }
+    } catch (err) {
+      await this.close()
+      throw new StorageError(`cannot open ${this.filePath}: ${(err as Error).message}`)
+    }
+  }
+
+  /**
+   * Imports a file written by the earlier keyv-based store (table `keyv`, one row per item and per group that
+   * saw a delete), inside the opening transaction; its table is left as it was. Change logs start empty.
+   */
+  private async importKeyvRows (db: Database): Promise<void> {
+    const [{ found }] = await all<{ found: number }>(db, "SELECT count(*) AS found FROM sqlite_master WHERE type = 'table' AND name = 'keyv'")
+    if (found === 0) return
+    const rows = await all<{ key: string, value: string }>(db, "SELECT key, value FROM keyv WHERE key LIKE 'fastifystreams:%'")
+    const groups = new Map<string, [number, string, string, number, number]>()
+    const items: Array<[number, string, string, number]> = []
+    if (rows.length === 0) return
+    for (const row of rows) {
+      const [kind, stream, group, id] = JSON.parse(row.key.slice('fastifystreams:'.length)) as string[]
+      // keyv's serializer put ':' before strings starting with ':'; its records are { value, expires }.
+      const { value: record } = JSON.parse(row.value, (_key, value: unknown) => typeof value === 'string' && value.startsWith(':') ? value.slice(1) : value) as { value: { v?: unknown, o?: number, r: number, t: number } }
+      const name = JSON.stringify([stream, group])
+      const meta = groups.get(name) ?? [groups.size + 1, stream, group, 0, 0]
+      meta[3] = Math.max(meta[3], record.r)
+      meta[4] = Math.max(meta[4], record.t)
+      groups.set(name, meta)
+      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o ?? 0])
+    }
+    await exec(db, UPSERT_GROUPS(values([...groups.values()])))
+    if (items.length > 0) await exec(db, UPSERT_ITEMS(values(items)))
+  }
+
+  /** Resolves once `change` is committed (with the changes that shared its transaction). */
+  commit (change: FileChange): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ change, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /**
+   * Starts a commit once the current one is done. setImmediate, not a microtask: the writers woken by the
+   * last commit hand in their next changes first, so they share one transaction.
+   */
+  private schedule (): void {
+    if (this.scheduled || this.committing !== null) return
+    this.scheduled = true
+    setImmediate(() => {
+      this.scheduled = false
+      if (this.pending.length === 0) return
+      this.committing = this.commitBatch(this.pending.splice(0, this.batchSize())).finally(() => {
+        this.committing = null
+        if (this.pending.length > 0) this.schedule()
+      })
+    })
+  }
+
+  /** How many pending changes the next transaction takes: at least one, within both caps. */
+  private batchSize (): number {
+    let chars = 0
+    let size = 0
+    while (size < this.pending.length && size < MAX_BATCH) {
+      const { item, log } = this.pending[size].change
+      chars += (item !== undefined && 'text' in item ? item.text.length : 0) + (log?.body.length ?? 0)
+      if (size > 0 && chars > MAX_BATCH_CHARS) break
+      size++
+    }
+    return size
+  }
+
+  private async commitBatch (batch: Pending[]): Promise<void> {
+    const db = this.writer
+    try {
+      if (db === null) throw new Error('the file is closed')
+      await this.transaction(db, batch.map(p => p.change))
+    } catch (err) {
+      const error = new StorageError((err as Error).message)
+      for (const p of batch) p.reject(error)
+      return
+    }
+    for (const p of batch) p.resolve()
+  }
+
+  private async transaction (db: Database, changes: FileChange[]): Promise<void> {
+    type Row = Array<string | number | null>
+    const groups: Row[] = []
+    const upserts: Row[] = []
+    const removals: Row[] = []
+    const logged: Row[] = []
+    const trims: Row[] = []
+    for (const c of changes) {
+      groups.push([c.gid, c.stream, c.group, c.rev, c.timestamp])
+      if (c.item !== undefined) {
+        if ('removed' in c.item) removals.push([c.gid, c.item.id])
+        else upserts.push([c.gid, c.item.id, c.item.text, c.item.order])
+      }
+      if (c.log !== null) logged.push([c.gid, c.rev, c.timestamp, c.log.id, c.log.body])
+      if (c.trimTo !== undefined) trims.push([c.gid, c.trimTo])
+    }
+    const statements = [UPSERT_GROUPS(values(groups))]
+    if (upserts.length > 0) statements.push(UPSERT_ITEMS(values(upserts)))
+    if (removals.length > 0) statements.push(DELETE_ITEMS(values(removals)))
+    if (logged.length > 0) statements.push(INSERT_CHANGES(values(logged)))
+    if (trims.length > 0) statements.push(TRIM_CHANGES(values(trims)))
+    const now = Date.now()
+    const sweep = now >= this.nextSweep
+    try {
+      // One call for the whole transaction: each statement run on its own would cost a trip through the event
+      // loop, and commits wait on them. The age sweep, rare, runs apart (its row count decides the next one).
+      if (!sweep) {
+        await exec(db, `BEGIN; ${statements.join('; ')}; COMMIT;`)
+        return
+      }
+      await exec(db, `BEGIN; ${statements.join('; ')};`)
+      const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
+      this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+      await run(db, 'COMMIT')
+    } catch (err) {
+      await run(db, 'ROLLBACK').catch(() => {})
+      throw err
+    }
+  }
+
+  /** The group's committed log after `after`, with its committed revision; `gid` null: a group never written. */
+  async readChanges (gid: number | null, after: number, limit: number): Promise<Omit<ChangePage, 'epoch'>> {
+    if (this.reader === null) throw new StorageError('the file is closed')
+    if (gid === null) return { changes: [], rev: 0, trimmed: 0 }
+    let rows: Array<{ grev: number, first: number | null, rev: number | null, ts: number, id: string | null, body: string }>
+    try {
+      rows = await all(this.reader, READ_CHANGES, [gid, after, limit])
+    } catch (err) {
+      throw new StorageError((err as Error).message)
+    }
+    // No row: the group's first write is not committed yet.
+    if (rows.length === 0) return { changes: [], rev: 0, trimmed: 0 }
+    const { grev, first } = rows[0]
+    const changes: ChangeRecord[] = []
+    for (const row of rows) {
+      if (row.rev !== null) changes.push({ id: row.id, rev: row.rev, timestamp: row.ts, event: JSON.parse(row.body) as StreamEventBody })
+    }
+    return { changes, rev: grev, trimmed: first === null ? grev : first - 1 }
+  }
+
+  /** Waits for handed-in changes to commit, then closes the file. */
+  async close (): Promise<void> {
+    while (this.committing !== null || this.pending.length > 0 || this.scheduled) {
+      await (this.committing ?? new Promise(resolve => setImmediate(resolve)))
+    }
+    const writer = this.writer
+    const reader = this.reader
+    this.writer = null
+    this.reader = null
+    await Promise.all([closeDb(reader), closeDb(writer)])
+  }
+}
