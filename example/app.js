@@ -12,9 +12,10 @@
 //     GET    /api/me                    → { user }
 //     GET    /api/todos/:user           → the list (app.streams.getGroup)
 //     POST   /api/todos/:user           { title }           → 201 the new item
-//     PATCH  /api/todos/:user/:id       { title?, done? }   → the updated item
+//     PATCH  /api/todos/:user/:id       { title?, done? }   → the updated item (one atomic merge)
 //     DELETE /api/todos/:user/:id       → 204
-//   Page: /app/?token=ana-token (static files from example/public; bundle.js is built by esbuild).
+//   Pages: /app/?token=ana-token (the stock browser client), /app/react.html?token=ana-token (the React client);
+//     static files from example/public, their bundles built by esbuild (npm run build:example).
 import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
@@ -26,7 +27,9 @@ export const DEFAULT_TOKENS = Object.freeze({ 'ana-token': 'ana', 'bob-token': '
 const publicDir = join(dirname(fileURLToPath(import.meta.url)), 'public')
 const STATIC_FILES = {
   'index.html': 'text/html; charset=utf-8',
-  'bundle.js': 'text/javascript; charset=utf-8'
+  'bundle.js': 'text/javascript; charset=utf-8',
+  'react.html': 'text/html; charset=utf-8',
+  'react.js': 'text/javascript; charset=utf-8'
 }
 
 /** The token offered as `Authorization, <token>` in Sec-WebSocket-Protocol, or the `authToken` query parameter. */
@@ -124,10 +127,15 @@ export default async function todoExample (app, opts = {}) {
     preHandler: ownListOnly
   }, async (request, reply) => {
     const { user, id } = request.params
-    const current = await app.streams.get(STREAM, user, id)
-    if (current === null || current === undefined) return reply.code(404).send({ error: 'Not Found', message: `no item ${id}` })
-    const item = { ...current, ...request.body, id }
-    await app.streams.set(STREAM, user, id, item)
+    // Only an existing item is patched; the write itself is one atomic merge, so two PATCHes of different
+    // fields never undo each other.
+    if (await app.streams.get(STREAM, user, id) === null) return reply.code(404).send({ error: 'Not Found', message: `no item ${id}` })
+    const { old_value: before, new_value: item } = await app.streams.update(STREAM, user, id, [{ type: 'merge', value: request.body }])
+    if (before === null) {
+      // Deleted between the check and the merge: the merge made a partial item, take it back.
+      await app.streams.delete(STREAM, user, id)
+      return reply.code(404).send({ error: 'Not Found', message: `no item ${id}` })
+    }
     return item
   })
 
@@ -154,7 +162,7 @@ export default async function todoExample (app, opts = {}) {
       return reply.type(STATIC_FILES[file]).header('cache-control', 'no-cache').send(body)
     } catch (err) {
       if (err.code !== 'ENOENT') throw err
-      const hint = file === 'bundle.js' ? ' (build it: npm run build:example)' : ''
+      const hint = file.endsWith('.js') ? ' (build it: npm run build:example)' : ''
       return reply.code(404).send({ error: 'Not Found', message: `${file} is missing${hint}` })
     }
   }

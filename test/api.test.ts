@@ -59,7 +59,7 @@ t.test('data calls and their results', async t => {
     { type: 'merge', path: ['deep', 'er'], value: { x: 1 } },
     { type: 'set', path: 'gone', value: 1 },
     { type: 'remove', path: 'gone' }
-  ]), { old_value: null, new_value: { n: 7, tags: ['a', 'b'], deep: { er: { x: 1 } }, id: 'n' } }, 'every op type')
+  ]), { old_value: null, new_value: { n: 7, tags: 'ab', deep: { er: { x: 1 } }, id: 'n' } }, 'every op type')
 })
 
 t.test('update: per-op errors are reported, the other ops apply; prototype paths are refused', async t => {
@@ -68,14 +68,16 @@ t.test('update: per-op errors are reported, the other ops apply; prototype paths
   const s = app.streams
   await s.set('s', 'g', 'a', { n: 1, text: 'x' })
   const result = await s.update('s', 'g', 'a', [
-    { type: 'increment', path: 'n', by: 'x' as never },
+    { type: 'append', path: 'n', value: 1 },
     { type: 'increment', path: 'text', by: 1 },
     { type: 'set', path: 'ok', value: true },
-    { type: 'nope' } as never,
+    { type: 'merge', path: ['x', ''], value: {} },
     { type: 'increment', path: 'n', by: 4 }
   ])
   t.same(result.new_value, { n: 5, text: 'x', id: 'a', ok: true }, 'the good ops applied')
-  t.same(result.errors?.map(error => [error.op_index, error.code]), [[0, 'increment.by.not_number'], [1, 'increment.not_number'], [3, 'op.unknown_type']])
+  t.same(result.errors?.map(error => [error.op_index, error.code]), [[0, 'append.type_mismatch'], [1, 'increment.not_number'], [3, 'merge.path.empty_segment']])
+  await t.rejects(s.update('s', 'g', 'a', [{ type: 'set', path: 'ok', value: false }, { type: 'increment', path: 'n', by: 'x' as never }]),
+    { code: 'STREAMS_ERR_INVALID_ARGUMENT' }, 'a malformed op refuses the whole update, as in the engine')
   t.ok(result.errors?.every(error => typeof error.message === 'string'))
   t.same(await s.get('s', 'g', 'a'), result.new_value, 'stored as returned')
 
@@ -251,7 +253,7 @@ t.test('function paths: every alias takes the engine input and gives the direct 
     t.same(await s.call(path), await s.listAll(), `${path} without input`)
   }
   for (const [index, path] of FUNCTION_PATHS.update.entries()) {
-    const result = await s.call(path, { stream_name: 'fn', group_id: 'u', item_id: 'c', ops: [{ type: 'increment', path: 'n', by: 1 }, { type: 'increment', path: 'n', by: 'x' }] }) as { new_value: unknown, errors: Array<{ op_index: number }> }
+    const result = await s.call(path, { stream_name: 'fn', group_id: 'u', item_id: 'c', ops: [{ type: 'increment', path: 'n', by: 1 }, { type: 'append', path: 'n', value: 'x' }] }) as { new_value: unknown, errors: Array<{ op_index: number }> }
     t.same(result.new_value, { n: index + 1, id: 'c' }, `${path} applies`)
     t.same(result.errors.map(error => error.op_index), [1], `${path} reports the per-op error`)
   }

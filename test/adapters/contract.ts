@@ -162,7 +162,7 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
       { type: 'set', path: 'constructor', value: 1 },
       { type: 'remove', path: 'left' },
       { type: 'merge', value: 'not an object' } as never,
-      { type: 'nope' } as never
+      { type: 'append', path: 'done', value: 'x' }
     ])
     t.same(second.new_value, { count: 5, title: 'hello!', tags: ['x'], done: false, meta: { author: { name: 'ana' } } })
     t.same(second.errors?.map(e => [e.op_index, e.code]), [
@@ -170,8 +170,10 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
       [2, 'merge.path.proto_polluted'],
       [3, 'set.path.proto_polluted'],
       [5, 'merge.value.not_an_object'],
-      [6, 'op.unknown_type']
+      [6, 'append.type_mismatch']
     ])
+    await t.rejects(adapter.update('s', 'g', 'u', [{ type: 'set', path: 'n', value: 1 }, { type: 'nope' } as never]),
+      { code: 'STREAMS_ERR_INVALID_ARGUMENT' }, 'a malformed op refuses the whole update')
     t.equal(({} as Record<string, unknown>).polluted, undefined, 'no prototype was polluted')
     t.same(await adapter.get('s', 'g', 'u'), second.new_value, 'the result is stored')
     const replaced = await adapter.update('s', 'g', 'u', [{ type: 'set', path: '', value: { fresh: true } }], value => ({ ...(value as object), id: 'u' }))

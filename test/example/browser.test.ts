@@ -1,55 +1,25 @@
 // The example page in a real headless Chromium: the stock browser client, bundled by esbuild, against the
-// plugin and example/app.js on a real port. Also writes docs/screenshot.png (linked from the README).
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+// plugin and example/app.js on a real port. Its screenshot goes to a temp file (npm run screenshot refreshes
+// docs/screenshot.png).
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
-import { build } from 'esbuild'
-import Fastify, { type FastifyPluginAsync } from 'fastify'
-import { chromium, type BrowserContext, type Page } from 'playwright-core'
+import { join } from 'node:path'
+import type { Page } from 'playwright-core'
 import t from 'tap'
 import streams from '../../lib/index.js'
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+import { buildBundles, CHROMIUM_PATH, openChromium, startExample } from '../../example/harness.mjs'
 
 // A missing browser is a failure, never a skip: .ci/run installs it.
-if (!existsSync(CHROMIUM)) t.fail(`${CHROMIUM} is missing (apt-get install -y chromium)`)
+if (!existsSync(CHROMIUM_PATH)) t.fail(`${CHROMIUM_PATH} is missing (apt-get install -y chromium)`)
 else await main()
 
 async function main (): Promise<void> {
-  // The page's bundle, exactly as `npm run build:example` makes it.
-  await build({
-    entryPoints: [join(root, 'example/src/app.mjs')],
-    bundle: true,
-    format: 'iife',
-    platform: 'browser',
-    target: 'es2020',
-    outfile: join(root, 'example/public/bundle.js'),
-    logLevel: 'error'
-  })
-
-  const app = Fastify({ forceCloseConnections: true })
-  await app.register(streams, { auth_function: 'example.auth' })
-  const example = await import(pathToFileURL(join(root, 'example/app.js')).href) as { default: FastifyPluginAsync }
-  await app.register(example.default)
-  await app.listen({ port: 0, host: '127.0.0.1' })
+  await buildBundles() // exactly as `npm run build:example` makes them
+  const { app, base } = await startExample(streams)
   t.teardown(() => app.close())
-  const address = app.server.address()
-  const base = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`
-
-  const profile = mkdtempSync(join(tmpdir(), 'streams-chromium-'))
-  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 760, height: 470 },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  context.setDefaultTimeout(10_000)
-  t.teardown(async () => {
-    await context.close()
-    rmSync(profile, { recursive: true, force: true })
-  })
+  const chromium = await openChromium()
+  const context = chromium.context
+  t.teardown(chromium.close)
 
   const pageErrors: string[] = []
   async function open (query: string): Promise<Page> {
@@ -134,8 +104,11 @@ async function main (): Promise<void> {
     await item(ana, 'Buy oat milk').locator('input[type="checkbox"]').check()
     await ana.locator('#list li.done', { hasText: 'Buy oat milk' }).waitFor()
     t.match(await app.streams.get('todo', 'ana', (list.find(entry => entry.title === 'Buy oat milk') ?? { id: '' }).id), { done: true })
-    mkdirSync(join(root, 'docs'), { recursive: true })
-    await ana.screenshot({ path: join(root, 'docs/screenshot.png') })
+    const shots = mkdtempSync(join(tmpdir(), 'streams-screenshot-'))
+    t.teardown(() => rmSync(shots, { recursive: true, force: true }))
+    const shot = join(shots, 'screenshot.png')
+    await ana.screenshot({ path: shot })
+    t.same([...readFileSync(shot).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG screenshot, outside the working tree')
   })
 
   t.test('a user without access sees the list refused', async t => {
