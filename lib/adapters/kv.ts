@@ -369,7 +369,7 @@ export class KvAdapter implements StreamAdapter {
     this.checkOpen()
     const state = this.group(stream, group)
     return this.serial(state, async () => {
-      const { value, errors } = applyUpdateOps(state.items.get(id), ops)
+      const { value, errors } = applyUpdateOps(state.items.get(id), ops, state.items.has(id))
       const next = encode(prepare === undefined ? value : prepare(value))
       const { old, event } = await this.write(state, stream, group, id, next)
       const result = { old_value: old, new_value: structuredClone(next.value) }

@@ -741,7 +741,7 @@ export class RedisAdapter implements StreamAdapter {
       let current = await this.run((redis) => redis.hget(this.groupKey(stream, group), id)) as string | null
       for (let attempt = 1; attempt <= MAX_UPDATE_ATTEMPTS; attempt++) {
         const old = decode(current, `item "${id}" of ${stream}/${group}`)
-        const { value, errors } = applyUpdateOps(old, ops)
+        const { value, errors } = applyUpdateOps(old, ops, current !== null)
         const next = prepare ? prepare(value) : value
         const text = encode(next, 'the updated value')
         const reply = await this.script(SCRIPTS.write, [

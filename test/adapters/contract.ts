@@ -183,6 +183,13 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     t.same(events.map(e => [e.event.type, e.rev]), [['create', 1], ['update', 2], ['update', 3]])
   })
 
+  t.test('a stored JSON null is a value: a later set or update is an update, not a create', async t => {
+    const { adapter } = await fresh(t)
+    t.equal((await adapter.set('s', 'g', 'n', null)).event?.event.type, 'create')
+    t.equal((await adapter.set('s', 'g', 'n', null)).event?.event.type, 'update')
+    t.equal((await adapter.update('s', 'g', 'n', [{ type: 'set', path: '', value: 1 }])).event?.event.type, 'update')
+  })
+
   t.test('concurrent updates of one item all land', async t => {
     const { adapter } = await fresh(t)
     await Promise.all(Array.from({ length: 100 }, () => adapter.update('s', 'g', 'counter', [{ type: 'increment', path: 'n', by: 1 }])))
