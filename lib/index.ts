@@ -11,6 +11,7 @@ import { createStreamsApi, type StreamsApi } from './api.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
 import { Hub } from './hub.js'
+import { registerFeeds } from './http/feeds.js'
 import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
@@ -154,6 +155,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     },
     forget: (connection) => { connections.delete(connection) }
   }
+
+  if (options.feeds !== null) registerFeeds(app, { adapter, options, log, authenticate: async (request) => await authenticate(authInput(request)), authorizeJoin: host.authorizeJoin })
 
   function dropConnections (code = CLOSE_GOING_AWAY): void {
     for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')

@@ -16,6 +16,11 @@ export const DEFAULT_FILE_PATH = './data/streams_store.db'
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
 export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
+export const DEFAULT_FEEDS_PATH = '/v1/groups'
+export const DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS = 30_000
+export const DEFAULT_FEEDS_SSE_MAX_DURATION_MS = 60_000
+export const DEFAULT_FEEDS_MAX_LIVE_READERS = 10_000
+export const DEFAULT_FEEDS_MAX_PAGE_CHANGES = 1000
 
 export const KV_ADAPTER_CLASSES = ['modules::streams::adapters::KvStore', 'modules::stream::adapters::KvStore', 'kv']
 export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
@@ -67,9 +72,36 @@ export interface StreamsOptions {
   max_buffered_bytes?: number
   maxInvalidFrames?: number
   max_invalid_frames?: number
+  /** Group feeds over the Durable Streams read protocol (see docs/feeds.md): `true` or their settings. */
+  feeds?: boolean | FeedsOptions
   /** Used by the standalone server only; accepted here so one config serves both. */
   port?: number
   host?: string
+}
+
+export interface FeedsOptions {
+  path?: string
+  long_poll_timeout_ms?: number
+  longPollTimeoutMs?: number
+  sse_max_duration_ms?: number
+  sseMaxDurationMs?: number
+  max_live_readers?: number
+  maxLiveReaders?: number
+  max_page_changes?: number
+  maxPageChanges?: number
+}
+
+export interface FeedsConfig {
+  /** Feeds are served at `{path}/{stream}/{group}`. */
+  path: string
+  /** How long a long-poll read waits for a change before answering 204. */
+  longPollTimeoutMs: number
+  /** An SSE response is ended after this long; the reader reconnects from its offset. */
+  sseMaxDurationMs: number
+  /** Long-polls and SSE responses open at once; one more is refused with 503. */
+  maxLiveReaders: number
+  /** Changes in one response at most (and the ceiling of the `limit` query parameter). */
+  maxPageChanges: number
 }
 
 export interface NormalizedOptions {
@@ -84,6 +116,8 @@ export interface NormalizedOptions {
   maxSubscriptionsPerSocket: number
   maxBufferedBytes: number
   maxInvalidFrames: number
+  /** null when feeds are off. */
+  feeds: FeedsConfig | null
   port: number
   host: string
 }
@@ -199,7 +233,26 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
-  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host']
+  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'port', 'host']
+
+const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveReaders', 'maxPageChanges']
+
+/** Checks and defaults the `feeds` option: off (absent, false), on with defaults (true) or on with settings. */
+function normalizeFeeds (value: unknown): FeedsConfig | null {
+  if (value === undefined || value === false) return null
+  if (value !== true && (value === null || typeof value !== 'object' || Array.isArray(value))) throw new InvalidOptionError('feeds', 'expected true, false or an object')
+  const raw = value === true ? {} : fold(value as Raw, 'feeds.')
+  checkKeys(raw, FEEDS_KEYS, 'feeds.')
+  const path = nonEmptyString(raw, 'path', DEFAULT_FEEDS_PATH, 'feeds.')
+  if (!/^\/[^?#:*]*[^/?#:*]$/.test(path)) throw new InvalidOptionError('feeds.path', 'expected a path starting with "/", not ending with "/", without ?, #, : or *')
+  return {
+    path,
+    longPollTimeoutMs: positiveInt(raw, 'longPollTimeoutMs', DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS, 'feeds.'),
+    sseMaxDurationMs: positiveInt(raw, 'sseMaxDurationMs', DEFAULT_FEEDS_SSE_MAX_DURATION_MS, 'feeds.'),
+    maxLiveReaders: positiveInt(raw, 'maxLiveReaders', DEFAULT_FEEDS_MAX_LIVE_READERS, 'feeds.'),
+    maxPageChanges: positiveInt(raw, 'maxPageChanges', DEFAULT_FEEDS_MAX_PAGE_CHANGES, 'feeds.')
+  }
+}
 
 /** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key. */
 export function normalizeOptions (input: unknown): NormalizedOptions {
@@ -240,6 +293,7 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     maxSubscriptionsPerSocket: positiveInt(raw, 'maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
     maxBufferedBytes: positiveInt(raw, 'maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
     maxInvalidFrames: positiveInt(raw, 'maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
+    feeds: normalizeFeeds(raw.feeds),
     port,
     host: nonEmptyString(raw, 'host', DEFAULT_HOST)
   }
