@@ -1,0 +1,84 @@
+// Feed readers for the feed tests: the official Durable Streams client feeding the official MaterializedState,
+// recording what each reader got so a test can check it got every change once, in order.
+import { stream, type LiveMode, type StreamResponse } from '@durable-streams/client'
+import { MaterializedState } from '@durable-streams/state'
+
+export interface FeedMessage {
+  type?: string
+  key?: string
+  value?: unknown
+  old_value?: unknown
+  event?: { type: string, data: unknown }
+  headers: { operation?: string, control?: string, timestamp?: string, offset?: string }
+}
+
+/**
+ * One reader of one group feed. `start()` reads from its last offset (-1 at first) with the given live mode;
+ * `stop()` drops the connection as a network failure would; `start()` again resumes. A snapshot-start message
+ * resets the state (a reader that restarts from -1 after a 410 rebuilds it).
+ */
+export class FeedReader {
+  state = new MaterializedState()
+  offset = '-1'
+  /** Change and event messages since the last snapshot-start (its inserts included), in arrival order. */
+  readonly messages: FeedMessage[] = []
+  /** Every Stream-Next-Offset the reader was handed, in order. */
+  readonly offsets: string[] = []
+  /** Status codes of terminal errors (410 …). */
+  readonly failures: number[] = []
+  snapshots = 0
+  private session: StreamResponse | null = null
+  private running: Promise<void> | null = null
+
+  constructor (readonly url: string, readonly live: LiveMode, readonly headers: Record<string, string> = {}) {}
+
+  async start (): Promise<void> {
+    let response: StreamResponse
+    try {
+      response = await stream({ url: this.url, offset: this.offset, live: this.live, headers: this.headers, backoffOptions: { initialDelay: 20, maxDelay: 200, multiplier: 2, maxRetries: 50 } })
+    } catch (err) {
+      this.failures.push((err as { status?: number }).status ?? 0)
+      return
+    }
+    this.session = response
+    response.subscribeJson<FeedMessage>((batch) => {
+      if (this.session !== response) return
+      for (const message of batch.items) this.take(message)
+      if (this.offsets[this.offsets.length - 1] !== batch.offset) this.offsets.push(batch.offset)
+      this.offset = batch.offset
+    })
+    this.running = response.closed.catch((err: { status?: number }) => { this.failures.push(err.status ?? 0) })
+  }
+
+  private take (message: FeedMessage): void {
+    if (message.headers.control === 'snapshot-start') {
+      this.state = new MaterializedState()
+      this.messages.length = 0
+      this.snapshots++
+    }
+    // Control and custom-event messages go through apply too: it must take them without changing items.
+    this.state.apply(message as Parameters<MaterializedState['apply']>[0])
+    if (message.headers.control === undefined) this.messages.push(message)
+  }
+
+  async stop (): Promise<void> {
+    const session = this.session
+    this.session = null
+    session?.cancel()
+    await this.running
+  }
+
+  /** The group as MaterializedState has it: item values keyed by id. */
+  items (type: string): Map<string, unknown> {
+    return this.state.getType(type) as Map<string, unknown>
+  }
+
+  events (): FeedMessage[] {
+    return this.messages.filter(message => message.headers.operation === 'event')
+  }
+}
+
+/** getGroup's answer as a map by id (items carry their id). */
+export function byId (items: unknown[]): Map<string, unknown> {
+  return new Map(items.map(item => [(item as { id: string }).id, item]))
+}
