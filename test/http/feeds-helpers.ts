@@ -27,6 +27,10 @@ export class FeedReader {
   /** Status codes of terminal errors (410 …). */
   readonly failures: number[] = []
   snapshots = 0
+  /** The offset the last snapshot ended at; the messages after it are the log from there. */
+  snapshotOffset: string | null = null
+  /** Change and event messages after the last snapshot-end, in arrival order. */
+  readonly tail: FeedMessage[] = []
   private session: StreamResponse | null = null
   private running: Promise<void> | null = null
 
@@ -54,7 +58,13 @@ export class FeedReader {
     if (message.headers.control === 'snapshot-start') {
       this.state = new MaterializedState()
       this.messages.length = 0
+      this.tail.length = 0
+      this.snapshotOffset = null
       this.snapshots++
+    } else if (message.headers.control === 'snapshot-end') {
+      this.snapshotOffset = message.headers.offset ?? null
+    } else if (this.snapshotOffset !== null) {
+      this.tail.push(message)
     }
     // Control and custom-event messages go through apply too: it must take them without changing items.
     this.state.apply(message as Parameters<MaterializedState['apply']>[0])
@@ -81,4 +91,26 @@ export class FeedReader {
 /** getGroup's answer as a map by id (items carry their id). */
 export function byId (items: unknown[]): Map<string, unknown> {
   return new Map(items.map(item => [(item as { id: string }).id, item]))
+}
+
+/** A log entry as the feed must deliver it: [operation, key, value or event]. */
+export function expected (record: { id: string | null, event: { type: string, data?: unknown, event?: unknown } }): unknown[] {
+  const operation = ({ create: 'insert', update: 'update', delete: 'delete' } as Record<string, string>)[record.event.type] ?? 'event'
+  const payload = operation === 'event' ? record.event.event : operation === 'delete' ? null : record.event.data
+  return [operation, record.id ?? undefined, payload]
+}
+
+/** A received message in the same form as `expected`. */
+export function received (message: FeedMessage): unknown[] {
+  return [message.headers.operation, message.key, message.headers.operation === 'event' ? message.event : message.value]
+}
+
+/** The revision an offset stands for (tests know the layout; readers must not rely on it). */
+export function revOf (offset: string): number {
+  return Number(offset.split('_')[0])
+}
+
+/** Whether each offset sorts strictly after the one before it. */
+export function strictlyIncreasing (offsets: string[]): boolean {
+  return offsets.every((offset, i) => i === 0 || offset > offsets[i - 1])
 }
