@@ -27,21 +27,29 @@ export class FeedReader {
   /** Status codes of terminal errors (410 …). */
   readonly failures: number[] = []
   snapshots = 0
+  /** Sessions ended by a cut connection and started again from the last offset. */
+  resumed = 0
   /** The offset the last snapshot ended at; the messages after it are the log from there. */
   snapshotOffset: string | null = null
   /** Change and event messages after the last snapshot-end, in arrival order. */
   readonly tail: FeedMessage[] = []
   private session: StreamResponse | null = null
   private running: Promise<void> | null = null
+  private wanted = false
 
   constructor (readonly url: string, readonly live: LiveMode, readonly headers: Record<string, string> = {}) {}
 
   async start (): Promise<void> {
+    this.wanted = true
     let response: StreamResponse
     try {
-      response = await stream({ url: this.url, offset: this.offset, live: this.live, headers: this.headers, backoffOptions: { initialDelay: 20, maxDelay: 200, multiplier: 2, maxRetries: 50 } })
+      response = await stream({ url: this.url, offset: this.offset, live: this.live, headers: this.headers, backoffOptions: { initialDelay: 20, maxDelay: 250, multiplier: 2 } })
     } catch (err) {
       this.failures.push((err as { status?: number }).status ?? 0)
+      return
+    }
+    if (!this.wanted) {
+      response.cancel()
       return
     }
     this.session = response
@@ -51,7 +59,18 @@ export class FeedReader {
       if (this.offsets[this.offsets.length - 1] !== batch.offset) this.offsets.push(batch.offset)
       this.offset = batch.offset
     })
-    this.running = response.closed.catch((err: { status?: number }) => { this.failures.push(err.status ?? 0) })
+    this.running = response.closed.catch(async (err: { status?: number }) => {
+      if (this.session !== response) return
+      // A connection cut mid-response (a killed server) ends the client's session: like an app would, start
+      // again from the last offset. An HTTP refusal (410 …) is recorded and ends the reader.
+      if (err.status === undefined) {
+        this.resumed++
+        await new Promise(resolve => setTimeout(resolve, 50))
+        if (this.wanted && this.session === response) await this.start()
+      } else {
+        this.failures.push(err.status)
+      }
+    })
   }
 
   private take (message: FeedMessage): void {
@@ -72,6 +91,7 @@ export class FeedReader {
   }
 
   async stop (): Promise<void> {
+    this.wanted = false
     const session = this.session
     this.session = null
     session?.cancel()
