@@ -62,3 +62,4 @@ for (const [i, reader] of readers.entries()) {
     t.ok(strictlyIncreasing(reader.offsets), 'offsets strictly increase')
   })
 }
+await Promise.all(readers.map(async reader => await reader.stop()))
