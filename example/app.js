@@ -15,6 +15,7 @@
 //     PATCH  /api/todos/:user/:id       { title?, done? }   → the updated item
 //     DELETE /api/todos/:user/:id       → 204
 //   Page: /app/?token=ana-token (static files from example/public; bundle.js is built by esbuild).
+//   Feed page: /app/feed.html?token=ana-token (needs `feeds: true`; the token as `authToken` on the feed URL).
 import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
@@ -26,7 +27,10 @@ export const DEFAULT_TOKENS = Object.freeze({ 'ana-token': 'ana', 'bob-token': '
 const publicDir = join(dirname(fileURLToPath(import.meta.url)), 'public')
 const STATIC_FILES = {
   'index.html': 'text/html; charset=utf-8',
-  'bundle.js': 'text/javascript; charset=utf-8'
+  'bundle.js': 'text/javascript; charset=utf-8',
+  // The same list through its group feed (the plugin's `feeds` option; see config.yaml).
+  'feed.html': 'text/html; charset=utf-8',
+  'feed.js': 'text/javascript; charset=utf-8'
 }
 
 /** The token offered as `Authorization, <token>` in Sec-WebSocket-Protocol, or the `authToken` query parameter. */
