@@ -244,25 +244,25 @@ async function fanout (kind, { clients, rate, seconds }) {
   return { kind, clients, rate, seconds, cpuUsPerDelivery: (cpuMs * 1000) / (published * clients) }
 }
 
+/** Runs a scenario for feeds then sockets, printing each result; answers both. */
+async function both (scenario, sizes) {
+  const results = []
+  for (const kind of ['feeds', 'sockets']) {
+    const result = await scenario(kind, sizes)
+    console.log(JSON.stringify(result))
+    results.push(result)
+  }
+  return results
+}
+
 async function run () {
   const sizes = Object.fromEntries(Object.entries(args).filter(([key]) => key !== 'scenario').map(([key, value]) => [key, Number(value)]))
-  const results = []
   if (args.scenario === 'all' || args.scenario === 'storm') {
-    for (const kind of ['feeds', 'sockets']) {
-      const result = await storm(kind, sizes)
-      console.log(JSON.stringify(result))
-      results.push(result)
-    }
-    const [feeds, sockets] = results.slice(-2)
+    const [feeds, sockets] = await both(storm, sizes)
     console.log(`storm: feeds read ${(sockets.bytes / feeds.bytes).toFixed(1)}× fewer bytes than sockets; p99 catch-up ${feeds.p99Ms.toFixed(0)} ms vs ${sockets.p99Ms.toFixed(0)} ms`)
   }
   if (args.scenario === 'all' || args.scenario === 'fanout') {
-    for (const kind of ['feeds', 'sockets']) {
-      const result = await fanout(kind, sizes)
-      console.log(JSON.stringify(result))
-      results.push(result)
-    }
-    const [feeds, sockets] = results.slice(-2)
+    const [feeds, sockets] = await both(fanout, sizes)
     console.log(`fan-out: SSE ${feeds.cpuUsPerDelivery.toFixed(2)} µs vs socket ${sockets.cpuUsPerDelivery.toFixed(2)} µs CPU per delivery (${(feeds.cpuUsPerDelivery / sockets.cpuUsPerDelivery).toFixed(2)}×)`)
   }
 }

@@ -2,6 +2,7 @@
 // recording what each reader got so a test can check it got every change once, in order.
 import { stream, type LiveMode, type StreamResponse } from '@durable-streams/client'
 import { MaterializedState } from '@durable-streams/state'
+import type { StreamsApi } from '../../lib/index.js'
 
 export interface FeedMessage {
   type?: string
@@ -133,4 +134,23 @@ export function revOf (offset: string): number {
 /** Whether each offset sorts strictly after the one before it. */
 export function strictlyIncreasing (offsets: string[]): boolean {
   return offsets.every((offset, i) => i === 0 || offset > offsets[i - 1])
+}
+
+/** A seeded pseudo-random generator in [0, 1), so a failing run can be replayed. */
+export function seededRandom (seed: number): () => number {
+  let state = seed
+  return () => {
+    state = (state * 1103515245 + 12345) % 2 ** 31
+    return state / 2 ** 31
+  }
+}
+
+/** One random write to `todo/<group>` among 15 items: set, update, delete or a custom event `tick`, all carrying n. */
+export async function randomWrite (streams: StreamsApi, group: string, random: () => number, n: number): Promise<void> {
+  const id = `i${Math.floor(random() * 15)}`
+  const roll = random()
+  if (roll < 0.5) await streams.set('todo', group, id, { id, n })
+  else if (roll < 0.7) await streams.update('todo', group, id, [{ type: 'set', path: 'n', value: n }, { type: 'set', path: 'id', value: id }])
+  else if (roll < 0.85) await streams.delete('todo', group, id)
+  else await streams.send('todo', group, { type: 'tick', data: { n } }, random() < 0.5 ? id : null)
 }

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { createKvAdapter, type StreamEvent } from '../../lib/index.js'
 import { serve, until } from '../helpers/app.js'
-import { byId, expected, FeedReader, received, revOf, strictlyIncreasing } from './feeds-helpers.js'
+import { byId, expected, FeedReader, randomWrite, received, revOf, seededRandom, strictlyIncreasing } from './feeds-helpers.js'
 
 const adapter = createKvAdapter({ kind: 'kv', storeMethod: 'in_memory' })
 const committed: StreamEvent[] = []
@@ -15,13 +15,10 @@ t.teardown(async () => {
 })
 const feed = `${url.replace('ws:', 'http:')}v1/groups/todo/live`
 
-// A seeded generator, so a failure can be replayed.
-let seed = Number(process.env.FEEDS_SEED ?? Date.now() % 100_000)
+// Seeded, so a failure can be replayed.
+const seed = Number(process.env.FEEDS_SEED ?? Date.now() % 100_000)
 t.comment(`FEEDS_SEED=${seed}`)
-const random = () => {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31
-  return seed / 2 ** 31
-}
+const random = seededRandom(seed)
 
 await app.streams.set('todo', 'live', 'seed', { id: 'seed', n: 0 })
 const readers = Array.from({ length: 6 }, (_, i) => new FeedReader(feed, i % 2 === 0 ? 'sse' : 'long-poll'))
@@ -29,12 +26,7 @@ await Promise.all(readers.map(async reader => await reader.start()))
 const away = new Set<FeedReader>()
 
 for (let n = 1; n <= 300; n++) {
-  const id = `i${Math.floor(random() * 20)}`
-  const roll = random()
-  if (roll < 0.5) await app.streams.set('todo', 'live', id, { id, n })
-  else if (roll < 0.7) await app.streams.update('todo', 'live', id, [{ type: 'set', path: 'n', value: n }, { type: 'set', path: 'id', value: id }])
-  else if (roll < 0.85) await app.streams.delete('todo', 'live', id)
-  else await app.streams.send('todo', 'live', { type: 'tick', data: { n } }, random() < 0.5 ? id : null)
+  await randomWrite(app.streams, 'live', random, n)
   if (random() < 0.1) {
     const reader = readers[Math.floor(random() * readers.length)]
     if (away.has(reader)) {
