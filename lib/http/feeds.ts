@@ -67,10 +67,45 @@ interface FeedRead {
   limit: number
 }
 
+/**
+ * `text` as one HTTP/1.1 chunk (size line, bytes, CRLF). SSE writes go to the socket as such, built once per event
+ * for every reader, instead of through ServerResponse's per-write framing.
+ */
+function httpChunk (text: string): Buffer {
+  const length = Buffer.byteLength(text)
+  const head = `${length.toString(16)}\r\n`
+  const chunk = Buffer.allocUnsafe(head.length + length + 2)
+  chunk.write(head, 0, 'latin1')
+  chunk.write(text, head.length, 'utf8')
+  chunk.write('\r\n', head.length + length, 'latin1')
+  return chunk
+}
+
+/**
+ * A committed event as every reader of its group shares it: the SSE bytes (data and control events) are made
+ * once per epoch and cursor, which nearly all readers of a group have in common.
+ */
+class SharedEvent {
+  private frames: Map<string, Buffer> | null = null
+  constructor (readonly event: StreamEvent) {}
+
+  sse (token: string, cursor: string): Buffer {
+    const key = `${token} ${cursor}`
+    this.frames ??= new Map()
+    let frame = this.frames.get(key)
+    if (frame === undefined) {
+      const message = JSON.stringify(changeMessage(this.event.stream, this.event))
+      frame = httpChunk(`event: data\ndata: [${message}]\n\n${sseControl(encodeOffset(token, this.event.rev), cursor, true)}`)
+      this.frames.set(key, frame)
+    }
+    return frame
+  }
+}
+
 /** A reader waiting on a group's events: a long-poll or an SSE response. */
 interface LiveReader {
-  /** A committed event of the reader's group; `frame` serialises its message once for every reader. */
-  offer: (event: StreamEvent, message: () => string) => void
+  /** A committed event of the reader's group. */
+  offer: (shared: SharedEvent) => void
   /** The event feed may have missed events: read the log again. */
   resync: () => void
   /** The app is closing: answer now. */
@@ -196,9 +231,8 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
   const stopFeed = adapter.subscribe((event) => {
     const room = rooms.get(roomKey(event.stream, event.group))
     if (room === undefined) return
-    let message: string | undefined
-    const serialise = () => (message ??= JSON.stringify(changeMessage(event.stream, event)))
-    for (const reader of room) reader.offer(event, serialise)
+    const shared = new SharedEvent(event)
+    for (const reader of room) reader.offer(shared)
   })
   const stopResync = adapter.onResync?.(() => { for (const reader of live) reader.resync() })
 
@@ -262,7 +296,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     let timedOut = false
     let wake: (() => void) | null = null
     const rouse = () => { woken = true; wake?.() }
-    const reader: LiveReader = { offer: (event) => { if (event.rev > after) rouse() }, resync: rouse, close: rouse }
+    const reader: LiveReader = { offer: ({ event }) => { if (event.rev > after) rouse() }, resync: rouse, close: rouse }
     enter(key, reader, reply)
     const timer = setTimeout(() => { timedOut = true; rouse() }, config.longPollTimeoutMs).unref()
     reply.raw.once('close', rouse)
@@ -306,12 +340,15 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
       if (destroy) res.destroy()
       else res.end()
     }
-    const write = (data: string, rev: number, upToDate: boolean) => {
+    const send = (chunk: Buffer, rev: number) => {
       sent = rev
-      res.write(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate))
+      const socket = res.socket
+      if (socket === null || ended) return
+      socket.write(chunk)
       // A reader that stopped reading: drop it (it resumes from its offset) rather than buffer without bound.
-      if (res.writableLength > options.maxBufferedBytes) end(true)
+      if (socket.writableLength > options.maxBufferedBytes) end(true)
     }
+    const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
     const pageData = (page: ChangePage) => `event: data\ndata: [${page.changes.map(record => JSON.stringify(changeMessage(read.stream, record))).join(',')}]\n\n`
 
     /** Reads the log after what was sent until nothing is left; events arriving meanwhile make it go round again. */
@@ -345,9 +382,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     }
 
     const reader: LiveReader = {
-      offer: (event, message) => {
+      offer: (shared) => {
+        const { event } = shared
         if (catching) dirty = true
-        else if (event.rev === sent + 1) write(`event: data\ndata: [${message()}]\n\n`, event.rev, true)
+        else if (event.rev === sent + 1) send(shared.sse(token, read.cursor), event.rev)
         else if (event.rev > sent) catchUp().catch(() => {})
       },
       resync: () => { catchUp().catch(() => {}) },
@@ -387,15 +425,18 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
       ...BASE_HEADERS,
       'content-type': 'text/event-stream',
       'cache-control': NO_STORE,
-      'x-accel-buffering': 'no'
+      'x-accel-buffering': 'no',
+      // Chunked, whatever the client's HTTP version: the writes below frame their own chunks.
+      'transfer-encoding': 'chunked'
     })
+    res.flushHeaders()
     // The protocol's periodic close, so CDNs can collapse readers; the reader reconnects from its offset.
     const timer = setTimeout(() => end(), config.sseMaxDurationMs).unref()
     res.on('close', () => {
       clearTimeout(timer)
       end()
     })
-    res.write(first)
+    send(httpChunk(first), sent)
     catching = false
     if (dirty) await catchUp()
   }
