@@ -51,6 +51,7 @@ t.test('offset -1 answers a snapshot in group order whose next offset is the tai
 
   const tail = await fetch(`${base}/todo/ana?offset=${next}`)
   t.same(await body(tail), [], 'nothing after the snapshot yet')
+  t.match(tail.headers.get('cache-control'), /^public/, 'without an auth function an offset read may be cached')
   t.equal(tail.headers.get('stream-next-offset'), next)
   t.equal(tail.headers.get('stream-up-to-date'), 'true')
 
@@ -290,6 +291,12 @@ t.test('auth and join triggers: 401 and 403 look the same for every group and mo
   t.same(Object.keys(joins[1]).sort(), ['context', 'group_id', 'id', 'stream_name', 'subscription_id'])
   t.match(joins[1], { stream_name: 'todo', group_id: 'ana', id: null, context: { user: 'ana' } })
   t.not(joins[0].subscription_id, joins[1].subscription_id, 'one subscription id per request')
+
+  // auth_failure 'anonymous': a refused auth reads with context null, and the join trigger decides.
+  const anonymousApp = await feedApp({ auth_function: async () => { throw new Error('no') }, auth_failure: 'anonymous' })
+  anonymousApp.app.streams.registerFunction({ function_path: 'test.join', handler: async (input: any) => input.context === null ? {} : { unauthorized: true } })
+  anonymousApp.app.streams.registerTrigger({ trigger_type: 'streams:join', function_path: 'test.join' })
+  t.equal((await fetch(`${anonymousApp.base}/todo/ana`)).status, 200, 'anonymous reader let in by the join trigger')
 
   // With SSE through the official client, the token as a header.
   const reader = new FeedReader(`${base}/todo/ana`, 'sse', { authorization: 'Bearer ana' })
