@@ -193,8 +193,17 @@ function parseRead (request: FastifyRequest, config: FeedsConfig, maxNameLength:
   return { stream, group, offset, offsetText, live: live ?? null, cursor: nextCursor(single(query, 'cursor')), limit }
 }
 
+/** What the feeds lend the socket path. */
+export interface Feeds {
+  /** The offset a feed reader holds after `event` (the socket envelope's `offset`), once the store's epoch is known. */
+  offsetOf: (event: StreamEvent) => string | undefined
+}
+
+/** The group read at start to learn the store's epoch (a read: nothing is written). */
+const EPOCH_PROBE = ['fastify-streams', 'epoch'] as const
+
 /** Registers the feed routes and their hooks. Call only when `options.feeds` is set. */
-export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
+export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   const { adapter, options, log } = host
   const config = options.feeds as FeedsConfig
   if (typeof adapter.readChanges !== 'function') throw new InvalidAdapterError('feeds need an adapter with readChanges (a change log)')
@@ -205,6 +214,9 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
   const rooms = new Map<string, Set<LiveReader>>()
   const live = new Set<LiveReader>()
   let closing = false
+  // The store's epoch as offsets carry it, refreshed by every read (a Redis that lost its data makes a new one).
+  let knownEpoch: string | null = null
+  const learn = (epoch: string): string => (knownEpoch = epochToken(epoch))
 
   function enter (key: string, reader: LiveReader, reply: FastifyReply): void {
     if (closing || live.size >= config.maxLiveReaders) {
@@ -240,13 +252,21 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
   async function changesAfter (read: FeedRead, token: string, after: number): Promise<ChangePage> {
     const page = await readChanges(read.stream, read.group, after, read.limit)
     // Another epoch, trimmed, or past the tail (the store lost what it had told): only a new snapshot helps.
-    if (epochToken(page.epoch) !== token || after < page.trimmed || after > page.rev) throw new OffsetGoneError()
+    if (learn(page.epoch) !== token || after < page.trimmed || after > page.rev) throw new OffsetGoneError()
     return page
   }
 
   /** The group's tail: its epoch and last revision. */
-  async function tail (read: FeedRead): Promise<ChangePage> {
-    return await readChanges(read.stream, read.group, Number.MAX_SAFE_INTEGER, 1)
+  async function tail (read: Pick<FeedRead, 'stream' | 'group'>): Promise<ChangePage> {
+    const page = await readChanges(read.stream, read.group, Number.MAX_SAFE_INTEGER, 1)
+    learn(page.epoch)
+    return page
+  }
+
+  /** The snapshot for offset -1 and the epoch token its offsets take. */
+  async function snapshotOf (read: FeedRead): Promise<{ snapshot: GroupSnapshot, token: string }> {
+    const snapshot = await adapter.snapshotGroup(read.stream, read.group)
+    return { snapshot, token: snapshot.epoch === undefined ? learn((await tail(read)).epoch) : learn(snapshot.epoch) }
   }
 
   /** Authenticates, checks the request, runs the join triggers: 401, 400, 403 look the same for every group. */
@@ -397,14 +417,14 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     let first: string
     try {
       if (read.offset === '-1') {
-        const snapshot = await adapter.snapshotGroup(read.stream, read.group)
-        token = epochToken(snapshot.epoch ?? (await tail(read)).epoch)
+        const { snapshot, token: snapshotToken } = await snapshotOf(read)
+        token = snapshotToken
         sent = snapshot.rev
         first = `event: data\ndata: [${snapshotMessages(read.stream, snapshot, encodeOffset(token, sent)).join(',')}]\n\n` +
           sseControl(encodeOffset(token, sent), read.cursor, true)
       } else if (read.offset === 'now') {
         const page = await tail(read)
-        token = epochToken(page.epoch)
+        token = learn(page.epoch)
         sent = page.rev
         first = sseControl(encodeOffset(token, sent), read.cursor, true)
       } else {
@@ -451,14 +471,13 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
       const read = await admit(request, reply)
       if (read.live === 'sse') return await serveSse(reply, read)
       if (read.offset === '-1') {
-        const snapshot = await adapter.snapshotGroup(read.stream, read.group)
-        const token = epochToken(snapshot.epoch ?? (await tail(read)).epoch)
+        const { snapshot, token } = await snapshotOf(read)
         const next = encodeOffset(token, snapshot.rev)
         return sendJson(reply, read, snapshotMessages(read.stream, snapshot, next), next, true, NO_STORE)
       }
       if (read.offset === 'now') {
         const page = await tail(read)
-        const token = epochToken(page.epoch)
+        const token = learn(page.epoch)
         if (read.live === 'long-poll') return await longPoll(reply, read, token, page.rev)
         return sendJson(reply, read, [], encodeOffset(token, page.rev), true, NO_STORE)
       }
@@ -474,7 +493,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     handler: async (request, reply) => {
       const read = await admit(request, reply)
       const page = await tail(read)
-      return reply.header('content-type', JSON_TYPE).header('stream-next-offset', encodeOffset(epochToken(page.epoch), page.rev)).send()
+      return reply.header('content-type', JSON_TYPE).header('stream-next-offset', encodeOffset(learn(page.epoch), page.rev)).send()
     }
   })
 
@@ -493,6 +512,9 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     }
   })
 
+  app.addHook('onReady', async () => {
+    await tail({ stream: EPOCH_PROBE[0], group: EPOCH_PROBE[1] })
+  })
   app.addHook('preClose', async () => {
     closing = true
     for (const reader of [...live]) reader.close()
@@ -501,4 +523,6 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): void {
     stopFeed()
     stopResync?.()
   })
+
+  return { offsetOf: (event) => knownEpoch === null ? undefined : encodeOffset(knownEpoch, event.rev) }
 }
