@@ -17,7 +17,6 @@ export const ConflictError = createError<[string]>('STREAMS_ERR_CONFLICT', 'Conc
 export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is closed', 503)
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
 // Group feeds (lib/http/feeds.ts): what a refused feed request answers, as `{ code, message }`.
-export const UnauthorizedError = createError('STREAMS_ERR_UNAUTHORIZED', 'Authentication failed', 401)
 export const ForbiddenError = createError('STREAMS_ERR_FORBIDDEN', 'Not allowed to read this group', 403)
 export const FeedRequestError = createError<[string]>('STREAMS_ERR_FEED_REQUEST', 'Invalid feed request: %s', 400)
 export const OffsetGoneError = createError('STREAMS_ERR_OFFSET_GONE', 'The offset is no longer in the log (trimmed, or from another epoch of the store): read again from offset -1', 410)

@@ -1,7 +1,7 @@
 // fastify-streams: the plugin entry. Options are checked first; then the adapter is built and started, the
 // `streams` decorator added, the WebSocket route served, and everything opened here closed with the app.
 import { ServerResponse } from 'node:http'
-import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
@@ -156,7 +156,23 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     forget: (connection) => { connections.delete(connection) }
   }
 
-  if (options.feeds !== null) registerFeeds(app, { adapter, options, log, authenticate: async (request) => await authenticate(authInput(request)), authorizeJoin: host.authorizeJoin })
+  /** Sets the request's auth context, or answers 401 (the upgrade's check, shared with the feeds). */
+  async function authPreValidation (request: AuthedRequest, reply: FastifyReply): Promise<unknown> {
+    try {
+      // No auth function, no auth input: reading the peer address would keep it on every idle socket.
+      request[CONTEXT] = options.authFunction === null ? null : await authenticate(authInput(request))
+    } catch (err) {
+      if (options.authFailure === 'anonymous') {
+        log.debug({ err }, 'fastify-streams: auth failed, connecting anonymously')
+        request[CONTEXT] = null
+        return
+      }
+      log.debug({ err }, 'fastify-streams: auth failed')
+      return reply.code(401).send({ code: 'STREAMS_ERR_UNAUTHORIZED', message: 'Authentication failed' })
+    }
+  }
+
+  if (options.feeds !== null) registerFeeds(app, { adapter, options, log, auth: { preValidation: authPreValidation, contextOf: (request: AuthedRequest) => request[CONTEXT] ?? null }, authorizeJoin: host.authorizeJoin })
 
   function dropConnections (code = CLOSE_GOING_AWAY): void {
     for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')
@@ -190,20 +206,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   app.route({
     method: 'GET',
     url: options.path,
-    preValidation: async (request: AuthedRequest, reply) => {
-      try {
-        // No auth function, no auth input: reading the peer address would keep it on every idle socket.
-        request[CONTEXT] = options.authFunction === null ? null : await authenticate(authInput(request))
-      } catch (err) {
-        if (options.authFailure === 'anonymous') {
-          log.debug({ err }, 'fastify-streams: auth failed, connecting anonymously')
-          request[CONTEXT] = null
-          return
-        }
-        log.debug({ err }, 'fastify-streams: auth failed')
-        return reply.code(401).send({ code: 'STREAMS_ERR_UNAUTHORIZED', message: 'Authentication failed' })
-      }
-    },
+    preValidation: authPreValidation,
     handler: async (_request, reply) => reply.code(404).send({ code: 'STREAMS_ERR_NOT_WEBSOCKET', message: 'Connect with a WebSocket' }),
     wsHandler: (socket: WebSocket, request: AuthedRequest) => {
       if (closed) {

@@ -7,7 +7,7 @@ import type { ServerResponse } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChangePage, ChangeRecord, GroupSnapshot, StreamAdapter, StreamEvent } from '../adapters/adapter.js'
 import {
-  FeedBusyError, FeedMethodError, FeedRequestError, ForbiddenError, InvalidAdapterError, OffsetGoneError, UnauthorizedError
+  FeedBusyError, FeedMethodError, FeedRequestError, ForbiddenError, InvalidAdapterError, OffsetGoneError
 } from '../errors.js'
 import { roomKey } from '../hub.js'
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
@@ -19,8 +19,14 @@ export interface FeedsHost {
   adapter: StreamAdapter
   options: NormalizedOptions
   log: FastifyBaseLogger
-  /** The auth function's context for the request; throws when the auth function refuses it. */
-  authenticate: (request: FastifyRequest) => Promise<unknown>
+  /**
+   * The socket's auth, shared: `preValidation` runs the auth function on the request and answers 401 itself
+   * (or lets an anonymous reader through, as `auth_failure` says); `contextOf` gives the context it set.
+   */
+  auth: {
+    preValidation: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
+    contextOf: (request: FastifyRequest) => unknown
+  }
   /** Runs the join triggers; false when one refused. */
   authorizeJoin: (sub: Subscription, context: unknown) => Promise<boolean>
 }
@@ -269,23 +275,14 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     return { snapshot, token: snapshot.epoch === undefined ? learn((await tail(read)).epoch) : learn(snapshot.epoch) }
   }
 
-  /** Authenticates, checks the request, runs the join triggers: 401, 400, 403 look the same for every group. */
-  async function admit (request: FastifyRequest, reply: FastifyReply): Promise<FeedRead> {
-    reply.headers(BASE_HEADERS).header('cache-control', NO_STORE)
-    let context: unknown = null
-    if (options.authFunction !== null) {
-      try {
-        context = await host.authenticate(request)
-      } catch (err) {
-        if (options.authFailure !== 'anonymous') {
-          log.debug({ err }, 'fastify-streams: feed auth failed')
-          throw new UnauthorizedError()
-        }
-      }
-    }
+  /**
+   * After the auth (401, in preValidation): checks the request (400), runs the join triggers (403). None of them
+   * reads the group, so the answers are the same for every group.
+   */
+  async function admit (request: FastifyRequest): Promise<FeedRead> {
     const read = parseRead(request, config, options.maxNameLength)
     const sub: Subscription = { subscriptionId: randomUUID(), streamName: read.stream, groupId: read.group, id: null }
-    if (!(await host.authorizeJoin(sub, context))) throw new ForbiddenError()
+    if (!(await host.authorizeJoin(sub, host.auth.contextOf(request)))) throw new ForbiddenError()
     if (closing) throw new FeedBusyError()
     return read
   }
@@ -462,13 +459,17 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   }
 
   const route = `${config.path}/:stream/:group`
+  // Before the auth, so a 401 carries them too.
+  const headersFirst = async (_request: FastifyRequest, reply: FastifyReply) => { reply.headers(BASE_HEADERS).header('cache-control', NO_STORE) }
 
   app.route({
     method: 'GET',
     url: route,
     exposeHeadRoute: false,
+    onRequest: headersFirst,
+    preValidation: host.auth.preValidation,
     handler: async (request, reply) => {
-      const read = await admit(request, reply)
+      const read = await admit(request)
       if (read.live === 'sse') return await serveSse(reply, read)
       if (read.offset === '-1') {
         const { snapshot, token } = await snapshotOf(read)
@@ -490,8 +491,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   app.route({
     method: 'HEAD',
     url: route,
+    onRequest: headersFirst,
+    preValidation: host.auth.preValidation,
     handler: async (request, reply) => {
-      const read = await admit(request, reply)
+      const read = await admit(request)
       const page = await tail(read)
       return reply.header('content-type', JSON_TYPE).header('stream-next-offset', encodeOffset(learn(page.epoch), page.rev)).send()
     }
@@ -506,8 +509,9 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   app.route({
     method: ['POST', 'PUT', 'PATCH', 'DELETE'],
     url: route,
+    onRequest: headersFirst,
     handler: async (_request, reply) => {
-      reply.headers(BASE_HEADERS).header('allow', 'GET, HEAD, OPTIONS')
+      reply.header('allow', 'GET, HEAD, OPTIONS')
       throw new FeedMethodError()
     }
   })
