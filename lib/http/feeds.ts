@@ -9,9 +9,8 @@ import type { ChangePage, ChangeRecord, GroupSnapshot, StreamAdapter, StreamEven
 import {
   FeedBusyError, FeedMethodError, FeedRequestError, ForbiddenError, InvalidAdapterError, OffsetGoneError
 } from '../errors.js'
-import { roomKey } from '../hub.js'
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
-import { nameProblem, type Subscription } from '../protocol.js'
+import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
@@ -118,6 +117,11 @@ interface LiveReader {
   close: () => void
 }
 
+/** The live readers of one group share a room. */
+function roomKey (stream: string, group: string): string {
+  return `${stream}\u0000${group}`
+}
+
 /** The cursor for a live response: the current interval, or past the one the reader echoed (no cache loops). */
 function nextCursor (echoed: string | undefined): string {
   const interval = Math.floor((Date.now() - CURSOR_EPOCH_MS) / CURSOR_INTERVAL_MS)
@@ -177,9 +181,10 @@ function single (query: Record<string, unknown>, key: string): string | undefine
 }
 
 function parseRead (request: FastifyRequest, config: FeedsConfig, maxNameLength: number): FeedRead {
-  const { stream, group } = request.params as { stream: string, group: string }
-  const problem = nameProblem('stream', stream, maxNameLength) ?? nameProblem('group', group, maxNameLength)
-  if (problem !== null) throw new FeedRequestError(problem)
+  const params = request.params as { stream: string, group: string }
+  // The names the socket accepts (400, STREAMS_ERR_INVALID_NAME otherwise).
+  const stream = checkName('stream', params.stream, maxNameLength)
+  const group = checkName('group', params.group, maxNameLength)
   // Unknown parameters are ignored: an auth token may come as one (EventSource cannot set headers).
   const query = (request.query ?? {}) as Record<string, unknown>
   const offsetText = single(query, 'offset') ?? '-1'

@@ -176,7 +176,8 @@ t.test('bad input gets a clean coded refusal', async t => {
     ['/todo/ana?live=forever', 400, 'STREAMS_ERR_FEED_REQUEST'],
     ['/todo/ana?limit=0', 400, 'STREAMS_ERR_FEED_REQUEST'],
     ['/todo/ana?limit=-5', 400, 'STREAMS_ERR_FEED_REQUEST'],
-    ['/bad:stream/ana', 400, 'STREAMS_ERR_FEED_REQUEST']
+    ['/bad:stream/ana', 400, 'STREAMS_ERR_INVALID_NAME'],
+    ['/todo/__proto__', 400, 'STREAMS_ERR_INVALID_NAME']
   ]
   for (const [path, status, code] of cases) {
     const response = await fetch(base + path)
