@@ -128,7 +128,8 @@ export class Hub {
   }
 
   /** Sends one committed event to every socket subscribed to it (or queues it where a sync is being read). */
-  dispatch (event: StreamEvent): void {
+  /** `offset`: the group feed's offset after the event (with feeds on), an extra envelope field. */
+  dispatch (event: StreamEvent, offset?: string): void {
     const key = roomKey(event.stream, event.group)
     const room = this.rooms.get(key)
     if (room === undefined) return
@@ -137,7 +138,7 @@ export class Hub {
     for (const [member, membership] of room.members) {
       const held = member.hold !== null && member.hold.room === key
       if (!held && !owes(membership, event.id)) continue
-      frame ??= textFrame(eventEnvelope(event))
+      frame ??= textFrame(eventEnvelope(event, offset))
       if (held) member.hold!.events.push({ event, frame })
       else member.send(frame)
     }

@@ -11,7 +11,7 @@ import { createStreamsApi, type StreamsApi } from './api.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
 import { Hub } from './hub.js'
-import { registerFeeds } from './http/feeds.js'
+import { registerFeeds, type Feeds } from './http/feeds.js'
 import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
@@ -110,7 +110,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   let closed = false
   const api = createStreamsApi({ adapter, registry, options, log, isClosed: () => closed })
 
-  const stopFeed = adapter.subscribe((event) => hub.dispatch(event))
+  let feeds: Feeds | null = null
+  const stopFeed = adapter.subscribe((event) => hub.dispatch(event, feeds?.offsetOf(event)))
   const stopResync = adapter.onResync?.(() => { for (const connection of connections) connection.resync() })
 
   async function authenticate (input: AuthInput): Promise<unknown> {
@@ -172,7 +173,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     }
   }
 
-  if (options.feeds !== null) registerFeeds(app, { adapter, options, log, auth: { preValidation: authPreValidation, contextOf: (request: AuthedRequest) => request[CONTEXT] ?? null }, authorizeJoin: host.authorizeJoin })
+  if (options.feeds !== null) feeds = registerFeeds(app, { adapter, options, log, auth: { preValidation: authPreValidation, contextOf: (request: AuthedRequest) => request[CONTEXT] ?? null }, authorizeJoin: host.authorizeJoin })
 
   function dropConnections (code = CLOSE_GOING_AWAY): void {
     for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')
