@@ -16,6 +16,7 @@
 //     DELETE /api/todos/:user/:id       → 204
 //   Pages: /app/?token=ana-token (the stock browser client), /app/react.html?token=ana-token (the React client);
 //     static files from example/public, their bundles built by esbuild (npm run build:example).
+//   Feed page: /app/feed.html?token=ana-token (needs `feeds: true`; the token as `authToken` on the feed URL).
 import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
@@ -29,7 +30,10 @@ const STATIC_FILES = {
   'index.html': 'text/html; charset=utf-8',
   'bundle.js': 'text/javascript; charset=utf-8',
   'react.html': 'text/html; charset=utf-8',
-  'react.js': 'text/javascript; charset=utf-8'
+  'react.js': 'text/javascript; charset=utf-8',
+  // The same list through its group feed (the plugin's `feeds` option; see config.yaml).
+  'feed.html': 'text/html; charset=utf-8',
+  'feed.js': 'text/javascript; charset=utf-8'
 }
 
 /** The token offered as `Authorization, <token>` in Sec-WebSocket-Protocol, or the `authToken` query parameter. */

@@ -1,6 +1,6 @@
 // What the example's scripts and its browser tests share: how the pages' bundles are built, how the example
 // app is started on a free port, and how headless Chromium is opened.
-//   node example/harness.mjs        builds example/public/bundle.js and react.js (npm run build:example)
+//   node example/harness.mjs        builds example/public/bundle.js, react.js and feed.js (npm run build:example)
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -18,10 +18,10 @@ export const CHROMIUM_ARGS = Object.freeze([
   '--disable-component-update', '--disable-sync'
 ])
 
-/** Both pages' bundles into example/public: bundle.js (the stock browser client), react.js (the React client). */
+/** The pages' bundles into example/public: bundle.js (the stock browser client), react.js (the React client), feed.js (the group feed). */
 export async function buildBundles () {
   await build({
-    entryPoints: { bundle: join(EXAMPLE_DIR, 'src/app.mjs'), react: join(EXAMPLE_DIR, 'src/react.jsx') },
+    entryPoints: { bundle: join(EXAMPLE_DIR, 'src/app.mjs'), react: join(EXAMPLE_DIR, 'src/react.jsx'), feed: join(EXAMPLE_DIR, 'src/feed.mjs') },
     outdir: join(EXAMPLE_DIR, 'public'),
     bundle: true,
     format: 'iife',

@@ -31,3 +31,9 @@ export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CO
 export const InvalidOverrideResultError = createError<[string, string]>('STREAMS_ERR_INVALID_OVERRIDE_RESULT', 'The override at "%s" returned %s', 500, TypeError)
 export const WsInternalsError = createError<[string]>('STREAMS_ERR_WS_INTERNALS', 'Unsupported ws or Node version: %s (see the ws range in package.json)', 500)
 export const MissingPackageError = createError<[string, string]>('STREAMS_ERR_MISSING_PACKAGE', 'The package "%s" is needed for %s: install it with npm install', 500)
+// Group feeds (lib/http/feeds.ts): what a refused feed request answers, as `{ code, message }`.
+export const ForbiddenError = createError('STREAMS_ERR_FORBIDDEN', 'Not allowed to read this group', 403)
+export const FeedRequestError = createError<[string]>('STREAMS_ERR_FEED_REQUEST', 'Invalid feed request: %s', 400)
+export const OffsetGoneError = createError('STREAMS_ERR_OFFSET_GONE', 'The offset is no longer in the log (trimmed, or from another epoch of the store): read again from offset -1', 410)
+export const FeedMethodError = createError('STREAMS_ERR_METHOD_NOT_ALLOWED', 'Feeds are read-only (GET, HEAD)', 405)
+export const FeedBusyError = createError('STREAMS_ERR_FEED_BUSY', 'Too many live feed readers, retry later', 503)

@@ -151,7 +151,8 @@ export class Hub {
   }
 
   /** Sends one committed event to every socket subscribed to it (or holds it where a sync is being read). */
-  dispatch (event: StreamEvent): void {
+  /** `offset`: the group feed's offset after the event (with feeds on), an extra envelope field. */
+  dispatch (event: StreamEvent, offset?: string): void {
     const key = roomKey(event.stream, event.group)
     const room = this.rooms.get(key)
     if (room === undefined) return
@@ -160,7 +161,7 @@ export class Hub {
     for (const [member, membership] of room.members) {
       const held = room.holds?.get(member)
       if (held === undefined && !owes(membership, event.id)) continue
-      frame ??= textFrame(eventEnvelope(event))
+      frame ??= textFrame(eventEnvelope(event, offset))
       if (held !== undefined) held.push({ event, frame })
       else member.send(frame)
     }

@@ -10,6 +10,7 @@ import { createSocketAuth } from './auth.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { Hub } from './hub.js'
+import { registerFeeds, type Feeds } from './http/feeds.js'
 import { normalizeOptions, type StreamsOptions } from './options.js'
 import { Registry } from './registry.js'
 import { Triggers } from './triggers.js'
@@ -64,7 +65,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   const { api, syncState } = createStreamsApi({ adapter, registry, triggers, options, isClosed: () => closed })
   const auth = createSocketAuth({ app, registry, options, log })
 
-  const stopFeed = adapter.subscribe((event) => hub.dispatch(event))
+  let feeds: Feeds | null = null
+  const stopFeed = adapter.subscribe((event) => hub.dispatch(event, feeds?.offsetOf(event)))
   const stopResync = adapter.onResync?.(() => { for (const connection of connections) connection.resync() })
 
   const host: ConnectionHost = {
@@ -76,6 +78,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     syncState,
     forget: (connection) => { connections.delete(connection) }
   }
+
+  if (options.feeds !== null) feeds = registerFeeds(app, { adapter, options, log, auth, authorizeJoin: (sub, context) => triggers.authorizeJoin(sub, context) })
 
   function dropConnections (code = CLOSE_GOING_AWAY): void {
     for (const connection of [...connections]) connection.close(code, code === CLOSE_GOING_AWAY ? 'server closing' : 'dropped')

@@ -17,6 +17,11 @@ export const DEFAULT_MAX_NAME_LENGTH = 256
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET = 256
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 export const DEFAULT_MAX_INVALID_FRAMES = 16
+export const DEFAULT_FEEDS_PATH = '/v1/groups'
+export const DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS = 30_000
+export const DEFAULT_FEEDS_SSE_MAX_DURATION_MS = 60_000
+export const DEFAULT_FEEDS_MAX_LIVE_READERS = 10_000
+export const DEFAULT_FEEDS_MAX_PAGE_CHANGES = 1000
 
 /** The methods every adapter object must have (the StreamAdapter contract's required methods). */
 export const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
@@ -68,10 +73,37 @@ export interface StreamsOptions {
   max_buffered_bytes?: number
   maxInvalidFrames?: number
   max_invalid_frames?: number
+  /** Group feeds over the Durable Streams read protocol: off unless given (`true` for the defaults). */
+  feeds?: boolean | FeedsOptions
   /** Ignored by the plugin (the app listens where it is told): the standalone command's port, accepted so one iii config block serves both. */
   port?: unknown
   /** Ignored by the plugin: the standalone command's host, accepted so one iii config block serves both. */
   host?: unknown
+}
+
+export interface FeedsOptions {
+  path?: string
+  long_poll_timeout_ms?: number
+  longPollTimeoutMs?: number
+  sse_max_duration_ms?: number
+  sseMaxDurationMs?: number
+  max_live_readers?: number
+  maxLiveReaders?: number
+  max_page_changes?: number
+  maxPageChanges?: number
+}
+
+export interface FeedsConfig {
+  /** Feeds are served at `{path}/{stream}/{group}`. */
+  path: string
+  /** How long a long-poll read waits for a change before answering 204. */
+  longPollTimeoutMs: number
+  /** An SSE response is ended after this long; the reader reconnects from its offset. */
+  sseMaxDurationMs: number
+  /** Long-polls and SSE responses open at once; one more is refused with 503. */
+  maxLiveReaders: number
+  /** Changes in one response at most (and the ceiling of the `limit` query parameter). */
+  maxPageChanges: number
 }
 
 export interface NormalizedOptions {
@@ -86,6 +118,8 @@ export interface NormalizedOptions {
   maxSubscriptionsPerSocket: number
   maxBufferedBytes: number
   maxInvalidFrames: number
+  /** null when feeds are off. */
+  feeds: FeedsConfig | null
 }
 
 function isAdapterInstance (value: unknown): value is StreamAdapter {
@@ -127,7 +161,27 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
-  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host']
+  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'port', 'host']
+
+const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveReaders', 'maxPageChanges']
+
+/** Checks and defaults the `feeds` option: off (absent, false), on with defaults (true) or on with settings. */
+function normalizeFeeds (raw: OptionReader): FeedsConfig | null {
+  const value = raw.get('feeds')
+  if (value === undefined || value === false) return null
+  if (value !== true && !isPlainObject(value)) return raw.fail('feeds', 'expected true, false or an object')
+  const feeds = value === true ? new OptionReader(undefined, raw.label('feeds')) : raw.section('feeds')
+  feeds.allowKeys(FEEDS_KEYS)
+  const path = feeds.nonEmptyString('path', DEFAULT_FEEDS_PATH)
+  if (!/^\/[^?#:*]*[^/?#:*]$/.test(path)) feeds.fail('path', 'expected a path starting with "/", not ending with "/", without ?, #, : or *')
+  return {
+    path,
+    longPollTimeoutMs: feeds.positiveInt('longPollTimeoutMs', DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS),
+    sseMaxDurationMs: feeds.positiveInt('sseMaxDurationMs', DEFAULT_FEEDS_SSE_MAX_DURATION_MS),
+    maxLiveReaders: feeds.positiveInt('maxLiveReaders', DEFAULT_FEEDS_MAX_LIVE_READERS),
+    maxPageChanges: feeds.positiveInt('maxPageChanges', DEFAULT_FEEDS_MAX_PAGE_CHANGES)
+  }
+}
 
 /** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key as spelled. */
 export function normalizeOptions (input: unknown): NormalizedOptions {
@@ -160,7 +214,8 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     maxNameLength: raw.positiveInt('maxNameLength', DEFAULT_MAX_NAME_LENGTH),
     maxSubscriptionsPerSocket: raw.positiveInt('maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
     maxBufferedBytes: raw.positiveInt('maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
-    maxInvalidFrames: raw.positiveInt('maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES)
+    maxInvalidFrames: raw.positiveInt('maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
+    feeds: normalizeFeeds(raw)
   }
 }
 

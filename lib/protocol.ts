@@ -1,6 +1,6 @@
 // The wire protocol: client frames in (parsed and checked), server envelopes out (serialised once).
 // Envelope field order is the engine's: type, timestamp, streamName, groupId, id, event; `rev` is ours
-// and the stock clients ignore it.
+// and the stock clients ignore it, as they ignore `offset` (the group feed's offset after the event, with feeds on).
 import type { StreamEvent } from './adapters/adapter.js'
 import { InvalidNameError } from './errors.js'
 
@@ -75,8 +75,9 @@ function head (timestamp: number, stream: string, group: string, id: string | nu
 }
 
 /** The one serialisation of a change or custom event, shared by every socket that receives it. */
-export function eventEnvelope (event: StreamEvent): string {
-  return `${head(event.timestamp, event.stream, event.group, event.id)},"event":${JSON.stringify(event.event)},"rev":${event.rev}}`
+export function eventEnvelope (event: StreamEvent, offset?: string): string {
+  const tail = offset === undefined ? '' : `,"offset":"${offset}"`
+  return `${head(event.timestamp, event.stream, event.group, event.id)},"event":${JSON.stringify(event.event)},"rev":${event.rev}${tail}}`
 }
 
 /** The reply to a join: the group's items (array) or the item's value (or null). */

@@ -1,0 +1,537 @@
+// Group feeds: every group is readable as a Durable Streams JSON stream (the protocol's read path: GET, HEAD,
+// catch-up, long-poll, SSE), in the State Protocol's message shapes, from the adapter's change log.
+// Offset -1 answers a snapshot of the group whose next offset is its revision; any other offset answers the log
+// after it. Live readers wake from the adapter's event feed, never by polling. Design notes: docs/feeds.md.
+import { randomUUID } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { ChangePage, ChangeRecord, GroupSnapshot, StreamAdapter, StreamEvent } from '../adapters/adapter.js'
+import {
+  FeedBusyError, FeedMethodError, FeedRequestError, ForbiddenError, InvalidAdapterError, OffsetGoneError
+} from '../errors.js'
+import type { FeedsConfig, NormalizedOptions } from '../options.js'
+import { checkName, type Subscription } from '../protocol.js'
+import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
+
+/** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
+export interface FeedsHost {
+  adapter: StreamAdapter
+  options: NormalizedOptions
+  log: FastifyBaseLogger
+  /**
+   * The socket's auth, shared: `preValidation` runs the auth function on the request and answers 401 itself
+   * (or lets an anonymous reader through, as `auth_failure` says); `contextOf` gives the context it set.
+   */
+  auth: {
+    preValidation: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
+    contextOf: (request: FastifyRequest) => unknown
+  }
+  /** Runs the join triggers; false when one refused. */
+  authorizeJoin: (sub: Subscription, context: unknown) => Promise<boolean>
+}
+
+/** The message type a custom event (`send`) takes in a feed; MaterializedState ignores it. */
+export const FEED_EVENT_OPERATION = 'event'
+/** Seconds a reader refused for lack of room is told to wait (Retry-After). */
+export const FEED_BUSY_RETRY_AFTER_S = 5
+
+// Cursors as the protocol describes them: 20-second intervals counted from 2024-10-09T00:00:00Z.
+const CURSOR_EPOCH_MS = Date.UTC(2024, 9, 9)
+const CURSOR_INTERVAL_MS = 20_000
+const CURSOR_MAX_JITTER_INTERVALS = 180
+
+const NO_STORE = 'no-store'
+const PRIVATE_NO_STORE = 'private, no-store'
+const PUBLIC_CACHE = 'public, max-age=60, stale-while-revalidate=300'
+const JSON_TYPE = 'application/json'
+
+// On every feed response, errors included: the protocol's browser security headers and CORS.
+const BASE_HEADERS = {
+  'x-content-type-options': 'nosniff',
+  'cross-origin-resource-policy': 'cross-origin',
+  'access-control-allow-origin': '*',
+  'access-control-expose-headers': 'Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, ETag, Retry-After'
+}
+const PREFLIGHT_HEADERS = {
+  ...BASE_HEADERS,
+  'access-control-allow-methods': 'GET, HEAD, OPTIONS',
+  'access-control-allow-headers': 'Authorization, If-None-Match, Content-Type',
+  'access-control-max-age': '86400'
+}
+
+type StartOffset = '-1' | 'now' | ParsedOffset
+
+interface FeedRead {
+  stream: string
+  group: string
+  offset: StartOffset
+  /** The offset as the reader sent it (for the ETag). */
+  offsetText: string
+  live: 'long-poll' | 'sse' | null
+  cursor: string
+  limit: number
+}
+
+/**
+ * `text` as one HTTP/1.1 chunk (size line, bytes, CRLF). SSE writes go to the socket as such, built once per event
+ * for every reader, instead of through ServerResponse's per-write framing.
+ */
+function httpChunk (text: string): Buffer {
+  const length = Buffer.byteLength(text)
+  const head = `${length.toString(16)}\r\n`
+  const chunk = Buffer.allocUnsafe(head.length + length + 2)
+  chunk.write(head, 0, 'latin1')
+  chunk.write(text, head.length, 'utf8')
+  chunk.write('\r\n', head.length + length, 'latin1')
+  return chunk
+}
+
+/**
+ * A committed event as every reader of its group shares it: the SSE bytes (data and control events) are made
+ * once per epoch and cursor, which nearly all readers of a group have in common.
+ */
+class SharedEvent {
+  private frames: Map<string, Buffer> | null = null
+  constructor (readonly event: StreamEvent) {}
+
+  sse (token: string, cursor: string): Buffer {
+    const key = `${token} ${cursor}`
+    this.frames ??= new Map()
+    let frame = this.frames.get(key)
+    if (frame === undefined) {
+      const message = JSON.stringify(changeMessage(this.event.stream, this.event))
+      frame = httpChunk(`event: data\ndata: [${message}]\n\n${sseControl(encodeOffset(token, this.event.rev), cursor, true)}`)
+      this.frames.set(key, frame)
+    }
+    return frame
+  }
+}
+
+/** A reader waiting on a group's events: a long-poll or an SSE response. */
+interface LiveReader {
+  /** A committed event of the reader's group. */
+  offer: (shared: SharedEvent) => void
+  /** The event feed may have missed events: read the log again. */
+  resync: () => void
+  /** The app is closing: answer now. */
+  close: () => void
+}
+
+/** The live readers of one group share a room. */
+function roomKey (stream: string, group: string): string {
+  return `${stream}\u0000${group}`
+}
+
+/** The cursor for a live response: the current interval, or past the one the reader echoed (no cache loops). */
+function nextCursor (echoed: string | undefined): string {
+  const interval = Math.floor((Date.now() - CURSOR_EPOCH_MS) / CURSOR_INTERVAL_MS)
+  const previous = echoed !== undefined && /^\d{1,15}$/.test(echoed) ? Number(echoed) : -1
+  if (previous < interval) return String(interval)
+  return String(previous + 1 + Math.floor(Math.random() * CURSOR_MAX_JITTER_INTERVALS))
+}
+
+function iso (timestamp: number): string {
+  return new Date(timestamp).toISOString()
+}
+
+/** One log entry as a State Protocol message; custom events are the documented `event` extension. */
+export function changeMessage (stream: string, record: Pick<ChangeRecord, 'id' | 'timestamp' | 'event'>): Record<string, unknown> {
+  const headers = { operation: '', timestamp: iso(record.timestamp) }
+  const body = record.event
+  switch (body.type) {
+    case 'create':
+      headers.operation = 'insert'
+      return { type: stream, key: record.id, value: body.data, headers }
+    case 'update':
+      headers.operation = 'update'
+      return { type: stream, key: record.id, value: body.data, headers }
+    case 'delete':
+      headers.operation = 'delete'
+      return { type: stream, key: record.id, value: null, old_value: body.data, headers }
+    default:
+      headers.operation = FEED_EVENT_OPERATION
+      return record.id === null ? { type: stream, event: body.event, headers } : { type: stream, key: record.id, event: body.event, headers }
+  }
+}
+
+/** A snapshot as messages: snapshot-start, one insert per item in group order, snapshot-end. */
+function snapshotMessages (stream: string, snapshot: GroupSnapshot & { timestamps?: number[] }, next: string): string[] {
+  const control = (name: string) => JSON.stringify({ headers: { control: name, offset: next } })
+  const messages = [control('snapshot-start')]
+  for (let i = 0; i < snapshot.items.length; i++) {
+    // Each item's own last-change timestamp, where the store reports it.
+    const timestamp = snapshot.timestamps?.[i]
+    const headers = timestamp === undefined ? { operation: 'insert' } : { operation: 'insert', timestamp: iso(timestamp) }
+    messages.push(JSON.stringify({ type: stream, key: snapshot.ids[i], value: snapshot.items[i], headers }))
+  }
+  messages.push(control('snapshot-end'))
+  return messages
+}
+
+function sseControl (next: string, cursor: string, upToDate: boolean): string {
+  return `event: control\ndata: {"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}\n\n`
+}
+
+/** One query parameter's value; a parameter given twice is refused (its meaning would be a guess). */
+function single (query: Record<string, unknown>, key: string): string | undefined {
+  const value = query[key]
+  if (value === undefined) return undefined
+  if (typeof value !== 'string') throw new FeedRequestError(`${key} given more than once`)
+  return value
+}
+
+function parseRead (request: FastifyRequest, config: FeedsConfig, maxNameLength: number): FeedRead {
+  const params = request.params as { stream: string, group: string }
+  // The names the socket accepts (400, STREAMS_ERR_INVALID_NAME otherwise).
+  const stream = checkName('stream', params.stream, maxNameLength)
+  const group = checkName('group', params.group, maxNameLength)
+  // Unknown parameters are ignored: an auth token may come as one (EventSource cannot set headers).
+  const query = (request.query ?? {}) as Record<string, unknown>
+  const offsetText = single(query, 'offset') ?? '-1'
+  let offset: StartOffset
+  if (offsetText === '-1' || offsetText === 'now') offset = offsetText
+  else {
+    const parsed = parseOffset(offsetText)
+    if (parsed === null) throw new FeedRequestError('malformed offset')
+    offset = parsed
+  }
+  const live = single(query, 'live')
+  if (live !== undefined && live !== 'long-poll' && live !== 'sse') throw new FeedRequestError('live must be long-poll or sse')
+  // `limit` (our extension) caps the changes in one response; anything above the configured page is that page.
+  const limitText = single(query, 'limit')
+  if (limitText !== undefined && !/^[1-9]\d*$/.test(limitText)) throw new FeedRequestError('limit must be a positive integer')
+  const limit = limitText === undefined ? config.maxPageChanges : Math.min(Number(limitText), config.maxPageChanges)
+  return { stream, group, offset, offsetText, live: live ?? null, cursor: nextCursor(single(query, 'cursor')), limit }
+}
+
+/** What the feeds lend the socket path. */
+export interface Feeds {
+  /** The offset a feed reader holds after `event` (the socket envelope's `offset`), once the store's epoch is known. */
+  offsetOf: (event: StreamEvent) => string | undefined
+}
+
+/** The group read at start to learn the store's epoch (a read: nothing is written). */
+const EPOCH_PROBE = ['fastify-streams', 'epoch'] as const
+
+/** Registers the feed routes and their hooks. Call only when `options.feeds` is set. */
+export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
+  const { adapter, options, log } = host
+  const config = options.feeds as FeedsConfig
+  if (typeof adapter.readChanges !== 'function') throw new InvalidAdapterError('feeds need an adapter with readChanges (a change log)')
+  const readChanges = adapter.readChanges.bind(adapter)
+  // Without an auth function every reader gets the same answer for a URL, so offset reads may be cached.
+  const cacheControl = options.authFunction === null ? PUBLIC_CACHE : PRIVATE_NO_STORE
+
+  const rooms = new Map<string, Set<LiveReader>>()
+  const live = new Set<LiveReader>()
+  let closing = false
+  // The store's epoch as offsets carry it, refreshed by every read (a Redis that lost its data makes a new one).
+  let knownEpoch: string | null = null
+  const learn = (epoch: string): string => (knownEpoch = epochToken(epoch))
+
+  function enter (key: string, reader: LiveReader, reply: FastifyReply): void {
+    if (closing || live.size >= config.maxLiveReaders) {
+      reply.header('retry-after', String(FEED_BUSY_RETRY_AFTER_S))
+      throw new FeedBusyError()
+    }
+    let room = rooms.get(key)
+    if (room === undefined) {
+      room = new Set()
+      rooms.set(key, room)
+    }
+    room.add(reader)
+    live.add(reader)
+  }
+
+  function leave (key: string, reader: LiveReader): void {
+    live.delete(reader)
+    const room = rooms.get(key)
+    if (room === undefined) return
+    room.delete(reader)
+    if (room.size === 0) rooms.delete(key)
+  }
+
+  const stopFeed = adapter.subscribe((event) => {
+    const room = rooms.get(roomKey(event.stream, event.group))
+    if (room === undefined) return
+    const shared = new SharedEvent(event)
+    for (const reader of room) reader.offer(shared)
+  })
+  const stopResync = adapter.onResync?.(() => { for (const reader of live) reader.resync() })
+
+  /** The group's log after `after`, or 410 when the log cannot say what came after it. */
+  async function changesAfter (read: FeedRead, token: string, after: number): Promise<ChangePage> {
+    const page = await readChanges(read.stream, read.group, after, read.limit)
+    // Another epoch, trimmed, or past the tail (the store lost what it had told): only a new snapshot helps.
+    if (learn(page.epoch) !== token || after < page.trimmed || after > page.rev) throw new OffsetGoneError()
+    return page
+  }
+
+  /** The group's tail: its epoch and last revision. */
+  async function tail (read: Pick<FeedRead, 'stream' | 'group'>): Promise<ChangePage> {
+    const page = await readChanges(read.stream, read.group, Number.MAX_SAFE_INTEGER, 1)
+    learn(page.epoch)
+    return page
+  }
+
+  /** The snapshot for offset -1 and the epoch token its offsets take. */
+  async function snapshotOf (read: FeedRead): Promise<{ snapshot: GroupSnapshot, token: string }> {
+    const snapshot = await adapter.snapshotGroup(read.stream, read.group)
+    return { snapshot, token: snapshot.epoch === undefined ? learn((await tail(read)).epoch) : learn(snapshot.epoch) }
+  }
+
+  /**
+   * After the auth (401, in preValidation): checks the request (400), runs the join triggers (403). None of them
+   * reads the group, so the answers are the same for every group.
+   */
+  async function admit (request: FastifyRequest): Promise<FeedRead> {
+    const read = parseRead(request, config, options.maxNameLength)
+    const sub: Subscription = { subscriptionId: randomUUID(), streamName: read.stream, groupId: read.group, id: null }
+    if (!(await host.authorizeJoin(sub, host.auth.contextOf(request)))) throw new ForbiddenError()
+    if (closing) throw new FeedBusyError()
+    return read
+  }
+
+  function sendJson (reply: FastifyReply, read: FeedRead, messages: string[], next: string, upToDate: boolean, cache: string): FastifyReply {
+    reply.header('content-type', JSON_TYPE).header('stream-next-offset', next).header('cache-control', cache)
+    if (upToDate) reply.header('stream-up-to-date', 'true')
+    if (read.live !== null) reply.header('stream-cursor', read.cursor)
+    if (read.offset !== 'now') {
+      const etag = `"${read.offsetText}:${next}"`
+      reply.header('etag', etag)
+      const match = reply.request.headers['if-none-match']
+      if (match !== undefined && match.split(',').some(tag => tag.trim() === etag)) return reply.code(304).send()
+    }
+    return reply.code(200).send(`[${messages.join(',')}]`)
+  }
+
+  function sendPage (reply: FastifyReply, read: FeedRead, token: string, after: number, page: ChangePage): FastifyReply {
+    const last = page.changes.length === 0 ? after : page.changes[page.changes.length - 1].rev
+    const messages = page.changes.map(record => JSON.stringify(changeMessage(read.stream, record)))
+    return sendJson(reply, read, messages, encodeOffset(token, last), last >= page.rev, cacheControl)
+  }
+
+  /** A long-poll with nothing to answer yet: waits for an event of the group, then reads the log again. */
+  async function longPoll (reply: FastifyReply, read: FeedRead, token: string, after: number): Promise<FastifyReply | undefined> {
+    const key = roomKey(read.stream, read.group)
+    let woken = false
+    let timedOut = false
+    let wake: (() => void) | null = null
+    const rouse = () => { woken = true; wake?.() }
+    const reader: LiveReader = { offer: ({ event }) => { if (event.rev > after) rouse() }, resync: rouse, close: rouse }
+    enter(key, reader, reply)
+    const timer = setTimeout(() => { timedOut = true; rouse() }, config.longPollTimeoutMs).unref()
+    reply.raw.once('close', rouse)
+    try {
+      while (true) {
+        woken = false
+        const page = await changesAfter(read, token, after)
+        if (page.changes.length > 0) return sendPage(reply, read, token, after, page)
+        if (!woken) await new Promise<void>(resolve => { wake = resolve })
+        wake = null
+        if (reply.raw.destroyed) {
+          reply.hijack()
+          return
+        }
+        if (closing || timedOut) {
+          return reply.code(204).header('stream-next-offset', encodeOffset(token, after)).header('stream-up-to-date', 'true')
+            .header('stream-cursor', read.cursor).send()
+        }
+      }
+    } finally {
+      clearTimeout(timer)
+      reply.raw.off('close', rouse)
+      leave(key, reader)
+    }
+  }
+
+  /** An SSE response: the first page (or snapshot), then every change as it commits, until the time cap. */
+  async function serveSse (reply: FastifyReply, read: FeedRead): Promise<void> {
+    const key = roomKey(read.stream, read.group)
+    const res: ServerResponse = reply.raw
+    let token = ''
+    let sent = 0
+    let catching = true // until the first page is out, events only mark the reader dirty
+    let dirty = false
+    let ended = false
+
+    const end = (destroy = false) => {
+      if (ended) return
+      ended = true
+      leave(key, reader)
+      if (destroy) res.destroy()
+      else res.end()
+    }
+    const send = (chunk: Buffer, rev: number) => {
+      sent = rev
+      const socket = res.socket
+      if (socket === null || ended) return
+      socket.write(chunk)
+      // A reader that stopped reading: drop it (it resumes from its offset) rather than buffer without bound.
+      if (socket.writableLength > options.maxBufferedBytes) end(true)
+    }
+    const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
+    const pageData = (page: ChangePage) => `event: data\ndata: [${page.changes.map(record => JSON.stringify(changeMessage(read.stream, record))).join(',')}]\n\n`
+
+    /** Reads the log after what was sent until nothing is left; events arriving meanwhile make it go round again. */
+    const drain = async () => {
+      try {
+        for (;;) {
+          dirty = false
+          const page = await changesAfter(read, token, sent)
+          if (ended) return
+          if (page.changes.length > 0) {
+            const last = page.changes[page.changes.length - 1].rev
+            write(pageData(page), last, last >= page.rev)
+            if (last < page.rev) dirty = true
+          }
+          if (!dirty || ended) return
+        }
+      } catch (err) {
+        // 410 or a store failure: end; the reader's reconnect gets the answer as a status.
+        if (!(err instanceof OffsetGoneError)) log.warn({ err }, 'fastify-streams: feed read failed')
+        end()
+      }
+    }
+    const catchUp = async () => {
+      if (catching) {
+        dirty = true
+        return
+      }
+      catching = true
+      await drain()
+      catching = false
+    }
+
+    const reader: LiveReader = {
+      offer: (shared) => {
+        const { event } = shared
+        if (catching) dirty = true
+        else if (event.rev === sent + 1) send(shared.sse(token, read.cursor), event.rev)
+        else if (event.rev > sent) catchUp().catch(() => {})
+      },
+      resync: () => { catchUp().catch(() => {}) },
+      close: () => end()
+    }
+
+    // Joined before the first read, so nothing committed after it is missed; refusals still answer a status.
+    enter(key, reader, reply)
+    let first: string
+    try {
+      if (read.offset === '-1') {
+        const { snapshot, token: snapshotToken } = await snapshotOf(read)
+        token = snapshotToken
+        sent = snapshot.rev
+        first = `event: data\ndata: [${snapshotMessages(read.stream, snapshot, encodeOffset(token, sent)).join(',')}]\n\n` +
+          sseControl(encodeOffset(token, sent), read.cursor, true)
+      } else if (read.offset === 'now') {
+        const page = await tail(read)
+        token = learn(page.epoch)
+        sent = page.rev
+        first = sseControl(encodeOffset(token, sent), read.cursor, true)
+      } else {
+        token = read.offset.epoch
+        const page = await changesAfter(read, token, read.offset.rev)
+        const last = page.changes.length === 0 ? read.offset.rev : page.changes[page.changes.length - 1].rev
+        sent = last
+        dirty = last < page.rev
+        first = (page.changes.length > 0 ? pageData(page) : '') + sseControl(encodeOffset(token, last), read.cursor, last >= page.rev)
+      }
+    } catch (err) {
+      leave(key, reader)
+      throw err
+    }
+
+    reply.hijack()
+    res.writeHead(200, {
+      ...BASE_HEADERS,
+      'content-type': 'text/event-stream',
+      'cache-control': NO_STORE,
+      'x-accel-buffering': 'no',
+      // Chunked, whatever the client's HTTP version: the writes below frame their own chunks.
+      'transfer-encoding': 'chunked'
+    })
+    res.flushHeaders()
+    // The protocol's periodic close, so CDNs can collapse readers; the reader reconnects from its offset.
+    const timer = setTimeout(() => end(), config.sseMaxDurationMs).unref()
+    res.on('close', () => {
+      clearTimeout(timer)
+      end()
+    })
+    send(httpChunk(first), sent)
+    catching = false
+    if (dirty) await catchUp()
+  }
+
+  const route = `${config.path}/:stream/:group`
+  // Before the auth, so a 401 carries them too.
+  const headersFirst = async (_request: FastifyRequest, reply: FastifyReply) => { reply.headers(BASE_HEADERS).header('cache-control', NO_STORE) }
+
+  app.route({
+    method: 'GET',
+    url: route,
+    exposeHeadRoute: false,
+    onRequest: headersFirst,
+    preValidation: host.auth.preValidation,
+    handler: async (request, reply) => {
+      const read = await admit(request)
+      if (read.live === 'sse') return await serveSse(reply, read)
+      if (read.offset === '-1') {
+        const { snapshot, token } = await snapshotOf(read)
+        const next = encodeOffset(token, snapshot.rev)
+        return sendJson(reply, read, snapshotMessages(read.stream, snapshot, next), next, true, NO_STORE)
+      }
+      if (read.offset === 'now') {
+        const page = await tail(read)
+        const token = learn(page.epoch)
+        if (read.live === 'long-poll') return await longPoll(reply, read, token, page.rev)
+        return sendJson(reply, read, [], encodeOffset(token, page.rev), true, NO_STORE)
+      }
+      const { epoch: token, rev: after } = read.offset
+      if (read.live === 'long-poll') return await longPoll(reply, read, token, after)
+      return sendPage(reply, read, token, after, await changesAfter(read, token, after))
+    }
+  })
+
+  app.route({
+    method: 'HEAD',
+    url: route,
+    onRequest: headersFirst,
+    preValidation: host.auth.preValidation,
+    handler: async (request, reply) => {
+      const read = await admit(request)
+      const page = await tail(read)
+      return reply.header('content-type', JSON_TYPE).header('stream-next-offset', encodeOffset(learn(page.epoch), page.rev)).send()
+    }
+  })
+
+  app.route({
+    method: 'OPTIONS',
+    url: route,
+    handler: async (_request, reply) => reply.code(204).headers(PREFLIGHT_HEADERS).send()
+  })
+
+  app.route({
+    method: ['POST', 'PUT', 'PATCH', 'DELETE'],
+    url: route,
+    onRequest: headersFirst,
+    handler: async (_request, reply) => {
+      reply.header('allow', 'GET, HEAD, OPTIONS')
+      throw new FeedMethodError()
+    }
+  })
+
+  app.addHook('onReady', async () => {
+    await tail({ stream: EPOCH_PROBE[0], group: EPOCH_PROBE[1] })
+  })
+  app.addHook('preClose', async () => {
+    closing = true
+    for (const reader of [...live]) reader.close()
+  })
+  app.addHook('onClose', async () => {
+    stopFeed()
+    stopResync?.()
+  })
+
+  return { offsetOf: (event) => knownEpoch === null ? undefined : encodeOffset(knownEpoch, event.rev) }
+}
