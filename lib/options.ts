@@ -16,6 +16,18 @@ export const DEFAULT_FILE_PATH = './data/streams_store.db'
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
 export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
+// Limits and protection (README "Limits and protection").
+export const DEFAULT_MAX_CONNECTIONS = 10_000
+export const DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
+/** File descriptors kept free of stream sockets, so the app's HTTP routes and the backend still get some. */
+export const FD_RESERVE = 256
+export const DEFAULT_AUTH_TIMEOUT_MS = 10_000
+export const DEFAULT_MAX_FRAME_RATE = 100
+export const DEFAULT_FRAME_BURST = 512
+export const DEFAULT_PING_INTERVAL_MS = 25_000
+export const DEFAULT_MAX_VALUE_DEPTH = 64
+export const DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+export const DEFAULT_MAX_UPDATE_OPS = 1000
 
 export const KV_ADAPTER_CLASSES = ['modules::streams::adapters::KvStore', 'modules::stream::adapters::KvStore', 'kv']
 export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
@@ -67,6 +79,35 @@ export interface StreamsOptions {
   max_buffered_bytes?: number
   maxInvalidFrames?: number
   max_invalid_frames?: number
+  maxConnections?: number
+  max_connections?: number
+  maxConnectionsPerIp?: number
+  max_connections_per_ip?: number
+  /** Exact origins (`https://app.example`) or `'*'`; by default only the request's own host. */
+  allowedOrigins?: string[] | '*'
+  allowed_origins?: string[] | '*'
+  authTimeoutMs?: number
+  auth_timeout_ms?: number
+  maxFrameRate?: number
+  max_frame_rate?: number
+  frameBurst?: number
+  frame_burst?: number
+  /** 0 turns the heartbeat off. */
+  pingIntervalMs?: number
+  ping_interval_ms?: number
+  maxValueDepth?: number
+  max_value_depth?: number
+  maxValueBytes?: number
+  max_value_bytes?: number
+  maxUpdateOps?: number
+  max_update_ops?: number
+  healthPath?: string
+  health_path?: string
+  metricsPath?: string
+  metrics_path?: string
+  /** A prom-client Registry to put the metrics on (instead of, or as well as, `metrics_path`). */
+  metricsRegistry?: unknown
+  metrics_registry?: unknown
   /** Used by the standalone server only; accepted here so one config serves both. */
   port?: number
   host?: string
@@ -84,8 +125,30 @@ export interface NormalizedOptions {
   maxSubscriptionsPerSocket: number
   maxBufferedBytes: number
   maxInvalidFrames: number
+  limits: LimitOptions
+  operations: OperationOptions
   port: number
   host: string
+}
+
+export interface LimitOptions {
+  maxConnections: number
+  maxConnectionsPerIp: number
+  /** null: same origin as the request's Host. */
+  allowedOrigins: string[] | '*' | null
+  authTimeoutMs: number
+  maxFrameRate: number
+  frameBurst: number
+  pingIntervalMs: number
+  maxValueDepth: number
+  maxValueBytes: number
+  maxUpdateOps: number
+}
+
+export interface OperationOptions {
+  healthPath: string | null
+  metricsPath: string | null
+  metricsRegistry: unknown
 }
 
 type Raw = Record<string, unknown>
@@ -116,6 +179,58 @@ function positiveInt (raw: Raw, key: string, fallback: number, where = ''): numb
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new InvalidOptionError(`${where}${key}`, 'expected a positive integer')
   return value
+}
+
+function nonNegativeInt (raw: Raw, key: string, fallback: number): number {
+  const value = raw[key]
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new InvalidOptionError(key, 'expected an integer ≥ 0')
+  return value
+}
+
+function optionalPath (raw: Raw, key: string): string | null {
+  const value = raw[key]
+  if (value === undefined || value === null) return null
+  if (typeof value !== 'string' || !value.startsWith('/')) throw new InvalidOptionError(key, 'expected a path starting with "/"')
+  return value
+}
+
+/** The limits that protect the server from its clients (README "Limits and protection"). */
+function limitOptions (raw: Raw): LimitOptions {
+  const origins = raw.allowedOrigins
+  let allowedOrigins: LimitOptions['allowedOrigins'] = null
+  if (origins === '*') allowedOrigins = '*'
+  else if (origins !== undefined) {
+    if (!Array.isArray(origins) || origins.some(origin => typeof origin !== 'string' || !/^[a-z][a-z0-9+.-]*:\/\/[^/?#]+$/i.test(origin))) {
+      throw new InvalidOptionError('allowed_origins', "expected '*' or an array of origins (scheme://host[:port])")
+    }
+    allowedOrigins = origins.map(origin => origin.toLowerCase())
+  }
+  return {
+    maxConnections: positiveInt(raw, 'maxConnections', DEFAULT_MAX_CONNECTIONS),
+    maxConnectionsPerIp: positiveInt(raw, 'maxConnectionsPerIp', DEFAULT_MAX_CONNECTIONS_PER_IP),
+    allowedOrigins,
+    authTimeoutMs: positiveInt(raw, 'authTimeoutMs', DEFAULT_AUTH_TIMEOUT_MS),
+    maxFrameRate: positiveInt(raw, 'maxFrameRate', DEFAULT_MAX_FRAME_RATE),
+    frameBurst: positiveInt(raw, 'frameBurst', DEFAULT_FRAME_BURST),
+    pingIntervalMs: nonNegativeInt(raw, 'pingIntervalMs', DEFAULT_PING_INTERVAL_MS),
+    maxValueDepth: positiveInt(raw, 'maxValueDepth', DEFAULT_MAX_VALUE_DEPTH),
+    maxValueBytes: positiveInt(raw, 'maxValueBytes', DEFAULT_MAX_VALUE_BYTES),
+    maxUpdateOps: positiveInt(raw, 'maxUpdateOps', DEFAULT_MAX_UPDATE_OPS)
+  }
+}
+
+/** Health and metrics routes, both off by default, each on a path of its own. */
+function operationOptions (raw: Raw, streamPath: string): OperationOptions {
+  const registry = raw.metricsRegistry ?? null
+  if (registry !== null && typeof (registry as { registerMetric?: unknown }).registerMetric !== 'function') {
+    throw new InvalidOptionError('metrics_registry', 'expected a prom-client Registry')
+  }
+  const healthPath = optionalPath(raw, 'healthPath')
+  const metricsPath = optionalPath(raw, 'metricsPath')
+  if (healthPath === streamPath) throw new InvalidOptionError('health_path', 'must differ from path')
+  if (metricsPath !== null && (metricsPath === streamPath || metricsPath === healthPath)) throw new InvalidOptionError('metrics_path', 'must differ from path and health_path')
+  return { healthPath, metricsPath, metricsRegistry: registry }
 }
 
 function oneOf<T extends string> (raw: Raw, key: string, choices: readonly T[], fallback: T, label = key): T {
@@ -157,6 +272,9 @@ function redisConfig (config: Raw): RedisConfig {
   }
   const keyPrefix = config.keyPrefix ?? ''
   if (typeof keyPrefix !== 'string') throw new InvalidOptionError('adapter.config.key_prefix', 'expected a string')
+  // Keys are `{prefix}stream:…`: a prefix holding "stream:" would make the adapter with the prefix before it
+  // (`{prefix}` up to there) list this adapter's groups as its own.
+  if (keyPrefix.includes('stream:')) throw new InvalidOptionError('adapter.config.key_prefix', 'must not contain "stream:"')
   return {
     kind: 'redis',
     redisUrl,
@@ -199,7 +317,9 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
-  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host']
+  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host',
+  'maxConnections', 'maxConnectionsPerIp', 'allowedOrigins', 'authTimeoutMs', 'maxFrameRate', 'frameBurst', 'pingIntervalMs',
+  'maxValueDepth', 'maxValueBytes', 'maxUpdateOps', 'healthPath', 'metricsPath', 'metricsRegistry']
 
 /** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key. */
 export function normalizeOptions (input: unknown): NormalizedOptions {
@@ -240,6 +360,8 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     maxSubscriptionsPerSocket: positiveInt(raw, 'maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
     maxBufferedBytes: positiveInt(raw, 'maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
     maxInvalidFrames: positiveInt(raw, 'maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
+    limits: limitOptions(raw),
+    operations: operationOptions(raw, path),
     port,
     host: nonEmptyString(raw, 'host', DEFAULT_HOST)
   }
