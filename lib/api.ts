@@ -7,6 +7,7 @@ import { checkName, type Subscription } from './protocol.js'
 import { Registry, type FunctionRegistration, type Registered, type TriggerRegistration } from './registry.js'
 import type { Triggers } from './triggers.js'
 import { isPlainObject, type UpdateOp } from './update-ops.js'
+import { checkValue } from './values.js'
 
 export interface CustomEvent { type: string, data?: unknown }
 
@@ -99,12 +100,22 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
     if (host.isClosed()) throw new ClosedError()
   }
 
-  /** Object values lacking `id` get `id: item_id`: the stock clients merge group state by `data.id`. */
+  /**
+   * Object values lacking `id` get `id: item_id`: the stock clients merge group state by `data.id`.
+   * Every value about to be stored passes the depth and size limits here.
+   */
   function prepare (id: string) {
     return (value: unknown): unknown => {
+      checkValue('the value', value, options.limits)
       if (!options.injectId || !isPlainObject(value) || Object.hasOwn(value, 'id')) return value
       return { ...value, id }
     }
+  }
+
+  function checkOps (ops: unknown): asserts ops is UpdateOp[] {
+    if (!Array.isArray(ops)) throw new InvalidArgumentError('ops must be an array of update operations')
+    if (ops.length > options.limits.maxUpdateOps) throw new InvalidArgumentError(`more than ${options.limits.maxUpdateOps} update operations`)
+    for (const op of ops) if (isPlainObject(op)) checkValue('an update operation\'s value', op.value ?? null, options.limits)
   }
 
   /** The function registered to take over `call` for `stream` (any spelling of the call), or null. */
@@ -196,7 +207,7 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
     async update (stream, group, id, ops) {
       open()
       name('stream', stream); name('group', group); name('item', id)
-      if (!Array.isArray(ops)) throw new InvalidArgumentError('ops must be an array of update operations')
+      checkOps(ops)
       const override = overrideOf('update', stream)
       if (override !== null) {
         const result = await callOverride('update', override, { stream_name: stream, group_id: group, item_id: id, ops })
@@ -213,6 +224,7 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
       name('stream', stream); name('group', group)
       if (id !== null) name('item', id)
       if (!isPlainObject(event) || typeof event.type !== 'string' || event.type === '') throw new InvalidArgumentError('event must be { type: string, data }')
+      checkValue('the event data', event.data ?? null, options.limits)
       triggers.fireChange(await adapter.publish(stream, group, id, { type: 'event', event: { type: event.type, data: event.data ?? null } }))
     },
 

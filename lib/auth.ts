@@ -3,6 +3,7 @@
 // said once at start-up when the configured path names nothing and logged (rate-limited) for each 401.
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions } from './options.js'
+import type { HandshakeGuard } from './limits.js'
 import type { Registry } from './registry.js'
 
 /** At most one warning per this many ms about refused sockets; the others are counted in the next one. */
@@ -39,6 +40,8 @@ interface AuthHost {
   registry: Registry
   options: NormalizedOptions
   log: FastifyBaseLogger
+  /** Bounds the auth function's time and counts refusals. */
+  guard: Pick<HandshakeGuard, 'within' | 'settle' | 'refuse'>
 }
 
 /** Why a socket was refused, in our own words: a coded error's message, or the auth function's error message. */
@@ -53,7 +56,7 @@ export interface SocketAuth {
   checkConfigured(): void
 }
 
-export function createSocketAuth ({ app, registry, options, log }: AuthHost): SocketAuth {
+export function createSocketAuth ({ app, registry, options, log, guard }: AuthHost): SocketAuth {
   const auth = options.authFunction
   let refusedSinceLog = 0
   let lastLog = -Infinity
@@ -97,8 +100,10 @@ export function createSocketAuth ({ app, registry, options, log }: AuthHost): So
         return
       }
       try {
-        (request as AuthedRequest)[CONTEXT] = await authenticate(request)
+        (request as AuthedRequest)[CONTEXT] = await guard.within(authenticate(request), request)
       } catch (err) {
+        const settled = guard.settle(err, request, reply)
+        if (settled !== null) return settled
         const reason = err instanceof Refusal ? err.message : String(err)
         if (options.authFailure === 'anonymous') {
           log.debug({ reason }, 'fastify-streams: auth failed, connecting anonymously')
@@ -106,7 +111,7 @@ export function createSocketAuth ({ app, registry, options, log }: AuthHost): So
           return
         }
         logRefusal(reason)
-        return reply.code(401).send({ code: 'STREAMS_ERR_UNAUTHORIZED', message: 'Authentication failed' })
+        return guard.refuse(reply, { status: 401, code: 'STREAMS_ERR_UNAUTHORIZED', reason: 'auth', message: 'Authentication failed' })
       }
     },
 

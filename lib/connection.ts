@@ -3,6 +3,8 @@
 import type { WebSocket, RawData } from 'ws'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Hub, Member, SyncState } from './hub.js'
+import { TokenBucket } from './limits.js'
+import type { StreamsMetrics } from './metrics.js'
 import type { NormalizedOptions } from './options.js'
 import { errorEnvelope, parseClientFrame, textFrame, unauthorizedEnvelope, type Subscription } from './protocol.js'
 import type { Triggers } from './triggers.js'
@@ -24,6 +26,7 @@ export interface ConnectionHost {
   outbox: Outbox
   options: NormalizedOptions
   log: FastifyBaseLogger
+  metrics: StreamsMetrics
   /** Reads the state a join's sync carries (through the app's overrides when it has some). */
   syncState(sub: Subscription): Promise<SyncState>
   triggers: Pick<Triggers, 'authorizeJoin' | 'runLeave'>
@@ -31,6 +34,8 @@ export interface ConnectionHost {
 }
 
 const SETTLED: Promise<void> = Promise.resolve()
+
+let lastConnectionId = 0
 
 export class Connection implements Member, Flushable {
   /** Frames owed to this socket in the current turn (one, or several), written in one go by flush(). */
@@ -42,8 +47,14 @@ export class Connection implements Member, Flushable {
   private pending = 0
   private invalidFrames = 0
   private closed = false
+  /** For logs: which socket a line is about. */
+  readonly id = ++lastConnectionId
+  private readonly frameBudget: TokenBucket
+  /** When the sync being read started (see synced). */
+  private syncStarted = 0
 
   constructor (private readonly socket: WebSocket, readonly context: unknown, private readonly host: ConnectionHost) {
+    this.frameBudget = new TokenBucket(host.options.limits.maxFrameRate, host.options.limits.frameBurst)
     socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
     socket.on('close', () => this.onClose())
     socket.on('error', (err) => host.log.debug({ err }, 'fastify-streams: socket error'))
@@ -73,16 +84,23 @@ export class Connection implements Member, Flushable {
 
   flush (): void {
     const frames = this.outbox
+    const bytes = this.outboxBytes
     this.outbox = null
     this.outboxBytes = 0
     if (this.closed || frames === null || this.socket.readyState !== this.socket.OPEN) return
     if (this.socket.bufferedAmount > this.host.options.maxBufferedBytes) {
-      this.host.log.warn({ buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
+      this.host.log.warn({ socket: this.id, buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
+      this.host.metrics.slowConsumerClosed(CLOSE_SLOW_CONSUMER)
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
       return
     }
+    this.host.metrics.framesOut(Buffer.isBuffer(frames) ? 1 : frames.length, bytes)
     // Complete text frames (browsers hand binary ones over as Blobs the client cannot parse), written as is.
     writeFrames(this.socket, frames)
+  }
+
+  get subscriptionCount (): number {
+    return this.subscriptions.size
   }
 
   close (code: number, reason: string): void {
@@ -91,12 +109,20 @@ export class Connection implements Member, Flushable {
   }
 
   private refuse (reason: string, code: number): void {
-    this.host.log.debug({ reason }, 'fastify-streams: refused a client frame')
+    this.host.log.debug({ socket: this.id, reason }, 'fastify-streams: refused a client frame')
+    this.host.metrics.refused('invalid_frame')
     if (code === CLOSE_TOO_BIG || ++this.invalidFrames > this.host.options.maxInvalidFrames) this.close(code, reason)
   }
 
   private onFrame (data: RawData, isBinary: boolean): void {
     if (this.closed) return
+    this.host.metrics.frameIn()
+    // Checked before the frame is even parsed: one socket must not starve the others of the event loop.
+    if (!this.frameBudget.take()) {
+      this.host.log.debug({ socket: this.id, reason: 'frame_rate' }, 'fastify-streams: closing a socket over its frame rate')
+      this.host.metrics.refused('frame_rate')
+      return this.close(CLOSE_POLICY, 'frame rate limit')
+    }
     const raw = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
     // The app may have registered @fastify/websocket with a larger limit than ours.
     if (raw.length > this.host.options.maxPayload) return this.refuse('frame over maxPayload', CLOSE_TOO_BIG)
@@ -106,7 +132,10 @@ export class Connection implements Member, Flushable {
     const { type, sub } = parsed.message
     // A leave naming what no subscription can be named has nothing to leave.
     if (parsed.kind === 'refused-name' && type === 'leave') return
-    if (this.pending >= MAX_PENDING_FRAMES) return this.close(CLOSE_POLICY, 'too many pending frames')
+    if (this.pending >= MAX_PENDING_FRAMES) {
+      this.host.metrics.slowConsumerClosed(CLOSE_POLICY)
+      return this.close(CLOSE_POLICY, 'too many pending frames')
+    }
     if (parsed.kind === 'refused-name') {
       // Told in its turn, in the subscription's room, instead of left waiting forever.
       const reason = parsed.reason
@@ -131,10 +160,12 @@ export class Connection implements Member, Flushable {
     if (this.closed) return
     const replaced = this.subscriptions.get(sub.subscriptionId)
     if (replaced === undefined && this.subscriptions.size >= this.host.options.maxSubscriptionsPerSocket) {
+      this.refuseJoin(sub, 'subscriptions')
       this.sendText(errorEnvelope(sub, Date.now(), 'STREAMS_ERR_TOO_MANY_SUBSCRIPTIONS', `at most ${this.host.options.maxSubscriptionsPerSocket} subscriptions per connection`))
       return
     }
     if (!await this.host.triggers.authorizeJoin(sub, this.context)) {
+      this.refuseJoin(sub, 'join_trigger')
       this.sendText(unauthorizedEnvelope(sub, Date.now()))
       return
     }
@@ -142,11 +173,24 @@ export class Connection implements Member, Flushable {
     if (replaced !== undefined) this.host.hub.remove(this, replaced)
     this.subscriptions.set(sub.subscriptionId, sub)
     try {
+      this.syncStarted = performance.now()
       await this.host.hub.join(this, sub, () => this.host.syncState(sub))
     } catch (err) {
       this.subscriptions.delete(sub.subscriptionId)
       this.syncFailed(sub, err)
+      return
     }
+    this.host.metrics.joined()
+    this.host.log.debug({ socket: this.id, stream: sub.streamName, group: sub.groupId, id: sub.id }, 'fastify-streams: join')
+  }
+
+  private refuseJoin (sub: Subscription, reason: 'subscriptions' | 'join_trigger'): void {
+    this.host.metrics.refused(reason)
+    this.host.log.debug({ socket: this.id, reason, stream: sub.streamName, group: sub.groupId, id: sub.id }, 'fastify-streams: join refused')
+  }
+
+  synced (bytes: number): void {
+    this.host.metrics.synced(bytes, (performance.now() - this.syncStarted) / 1000)
   }
 
   /** The client is told with an error event; the log gets the cause. */
@@ -163,30 +207,34 @@ export class Connection implements Member, Flushable {
       for (const sub of this.subscriptions.values()) {
         if (this.closed) return
         // A failed re-sync keeps the subscription: the next reconnect of the backend re-syncs it again.
+        this.syncStarted = performance.now()
         await this.host.hub.sync(this, sub, () => this.host.syncState(sub)).catch((err: unknown) => this.syncFailed(sub, err))
       }
     })
   }
 
   private async leave (sub: Subscription): Promise<void> {
+    // Unlike the engine (which runs the leave triggers for every leave message), a leave acts only on a
+    // subscription this socket holds: otherwise one socket could run the triggers for any id, at any rate.
     const existing = this.subscriptions.get(sub.subscriptionId)
-    if (existing !== undefined) {
-      this.subscriptions.delete(sub.subscriptionId)
-      this.host.hub.remove(this, existing)
-    }
-    // The engine runs leave triggers for every leave message, even for an id it never accepted.
-    await this.host.triggers.runLeave(existing ?? sub, this.context)
+    if (existing === undefined) return
+    this.subscriptions.delete(sub.subscriptionId)
+    this.host.hub.remove(this, existing)
+    this.host.metrics.left(1)
+    await this.host.triggers.runLeave(existing, this.context)
   }
 
   private onClose (): void {
     if (this.closed) return
     this.closed = true
     this.host.forget(this)
+    this.host.log.debug({ socket: this.id }, 'fastify-streams: disconnect')
     // After any join still in flight: every subscription left open gets its leave, once.
     this.enqueue(async () => {
       const open = [...this.subscriptions.values()]
       this.subscriptions.clear()
       for (const sub of open) this.host.hub.remove(this, sub)
+      this.host.metrics.left(open.length)
       for (const sub of open) await this.host.triggers.runLeave(sub, this.context)
     })
   }

@@ -26,6 +26,7 @@ export const InvalidAdapterError = createError<[string]>('STREAMS_ERR_INVALID_AD
 export const BackendUnavailableError = createError<[string]>('STREAMS_ERR_BACKEND_UNAVAILABLE', 'Storage backend unavailable: %s', 503)
 export const StorageError = createError<[string]>('STREAMS_ERR_STORAGE', 'Storage write failed: %s', 500)
 export const ConflictError = createError<[string]>('STREAMS_ERR_CONFLICT', 'Concurrent update did not settle: %s', 409)
+export const AuthTimeoutError = createError<[number]>('STREAMS_ERR_AUTH_TIMEOUT', 'The auth function did not answer within %d ms', 503)
 export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is closed', 503)
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
 export const InvalidOverrideResultError = createError<[string, string]>('STREAMS_ERR_INVALID_OVERRIDE_RESULT', 'The override at "%s" returned %s', 500, TypeError)

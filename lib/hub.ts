@@ -9,6 +9,8 @@ import { eventEnvelope, syncEnvelope, textFrame, type Subscription } from './pro
 export interface Member {
   /** Queues one complete WebSocket frame (see textFrame) for the socket. */
   send(frame: Buffer): void
+  /** Told the size of each sync frame sent to it (for metrics). */
+  synced?(bytes: number): void
 }
 
 interface Membership {
@@ -42,8 +44,9 @@ export const SYNC_CACHE_BYTES = 32 * 1024 * 1024
 
 interface CachedSync { rev: number, timestamp: number, frame: Buffer }
 
+/** The stream's length first: no separator a name could also hold, so distinct (stream, group) pairs never meet. */
 function roomKey (stream: string, group: string): string {
-  return `${stream}\u0000${group}`
+  return `${stream.length}:${stream}${group}`
 }
 
 function owes (membership: Membership, eventId: string | null): boolean {
@@ -179,7 +182,11 @@ export class Hub {
     for (const { event, frame } of held) {
       if (event.timestamp <= timestamp && owesWithout(membership, sub, event.id)) member.send(frame)
     }
-    if (synced !== null) member.send(this.syncFrame(synced.key, sub, synced.state))
+    if (synced !== null) {
+      const frame = this.syncFrame(synced.key, sub, synced.state)
+      member.send(frame)
+      member.synced?.(frame.length)
+    }
     for (const { event, frame } of held) {
       if (event.timestamp <= timestamp) continue
       if ((synced !== null && matches(sub, event.id)) || owesWithout(membership, sub, event.id)) member.send(frame)

@@ -9,8 +9,12 @@ import { createStreamsApi, type StreamsApi } from './api.js'
 import { createSocketAuth } from './auth.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError } from './errors.js'
+import { adapterName, BackendMonitor, healthRoute, metricsRoute } from './health.js'
+import { Heartbeat } from './heartbeat.js'
 import { Hub } from './hub.js'
 import { registerFeeds, type Feeds } from './http/feeds.js'
+import { capPayload, HandshakeGuard } from './limits.js'
+import { metricsFor } from './metrics.js'
 import { normalizeOptions, type StreamsOptions } from './options.js'
 import { Registry } from './registry.js'
 import { Triggers } from './triggers.js'
@@ -47,11 +51,11 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   const options = normalizeOptions(rawOptions)
   checkWsInternals(socketClassOf(app))
 
-  const { adapter, owned } = await buildAdapter(options.adapter)
+  const { adapter: rawAdapter, owned } = await buildAdapter(options.adapter)
   try {
-    await adapter.start?.()
+    await rawAdapter.start?.()
   } catch (err) {
-    if (owned) await adapter.close().catch(() => {})
+    if (owned) await rawAdapter.close().catch(() => {})
     throw err
   }
 
@@ -62,18 +66,30 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   const outbox = new Outbox()
   const connections = new Set<Connection>()
   let closed = false
+  const metrics = await metricsFor(options.operations, {
+    sockets: () => connections.size,
+    subscriptions: () => { let count = 0; for (const connection of connections) count += connection.subscriptionCount; return count }
+  })
+  const monitor = new BackendMonitor(adapterName(options.adapter), log, metrics)
+  const adapter = monitor.wrap(rawAdapter)
   const { api, syncState } = createStreamsApi({ adapter, registry, triggers, options, isClosed: () => closed })
-  const auth = createSocketAuth({ app, registry, options, log })
+  const guard = new HandshakeGuard(options.limits, log, metrics)
+  const auth = createSocketAuth({ app, registry, options, log, guard })
+  const heartbeat = new Heartbeat(options.limits.pingIntervalMs, (id) => log.debug({ socket: id }, 'fastify-streams: closing a socket that missed its pong'))
 
   let feeds: Feeds | null = null
   const stopFeed = adapter.subscribe((event) => hub.dispatch(event, feeds?.offsetOf(event)))
-  const stopResync = adapter.onResync?.(() => { for (const connection of connections) connection.resync() })
+  const stopResync = adapter.onResync?.(() => {
+    monitor.reconnected()
+    for (const connection of connections) connection.resync()
+  })
 
   const host: ConnectionHost = {
     hub,
     outbox,
     options,
     log,
+    metrics,
     triggers,
     syncState,
     forget: (connection) => { connections.delete(connection) }
@@ -112,9 +128,14 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     })
   }
 
+  const { healthPath, metricsPath } = options.operations
+  if (healthPath !== null) healthRoute(app, healthPath, monitor, adapter, () => connections.size, () => closed)
+  if (metricsPath !== null) metricsRoute(app, metricsPath, metrics)
+
   app.route({
     method: 'GET',
     url: options.path,
+    onRequest: guard.onRequest,
     preValidation: auth.preValidation,
     handler: async (_request, reply) => reply.code(404).send({ code: 'STREAMS_ERR_NOT_WEBSOCKET', message: 'Connect with a WebSocket' }),
     wsHandler: (socket: WebSocket, request) => {
@@ -123,7 +144,11 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
         return
       }
       releaseUpgrade(socket, upgradeListener)
-      connections.add(new Connection(socket, auth.contextOf(request), host))
+      capPayload(socket, options.maxPayload)
+      const connection = new Connection(socket, auth.contextOf(request), host)
+      connections.add(connection)
+      heartbeat.watch(socket, connection.id)
+      log.debug({ socket: connection.id }, 'fastify-streams: connect')
     }
   })
 
@@ -133,9 +158,10 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     dropConnections(CLOSE_GOING_AWAY)
   })
   app.addHook('onClose', async () => {
+    heartbeat.stop()
     stopFeed()
     stopResync?.()
-    if (owned) await adapter.close()
+    if (owned) await rawAdapter.close()
   })
 }
 

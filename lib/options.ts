@@ -17,6 +17,18 @@ export const DEFAULT_MAX_NAME_LENGTH = 256
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET = 256
 export const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 export const DEFAULT_MAX_INVALID_FRAMES = 16
+// Limits and protection (README "Limits and protection").
+export const DEFAULT_MAX_CONNECTIONS = 10_000
+export const DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
+/** File descriptors kept free of stream sockets, so the app's HTTP routes and the backend still get some. */
+export const FD_RESERVE = 256
+export const DEFAULT_AUTH_TIMEOUT_MS = 10_000
+export const DEFAULT_MAX_FRAME_RATE = 100
+export const DEFAULT_FRAME_BURST = 512
+export const DEFAULT_PING_INTERVAL_MS = 25_000
+export const DEFAULT_MAX_VALUE_DEPTH = 64
+export const DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+export const DEFAULT_MAX_UPDATE_OPS = 1000
 export const DEFAULT_FEEDS_PATH = '/v1/groups'
 export const DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS = 30_000
 export const DEFAULT_FEEDS_SSE_MAX_DURATION_MS = 60_000
@@ -73,6 +85,35 @@ export interface StreamsOptions {
   max_buffered_bytes?: number
   maxInvalidFrames?: number
   max_invalid_frames?: number
+  maxConnections?: number
+  max_connections?: number
+  maxConnectionsPerIp?: number
+  max_connections_per_ip?: number
+  /** Exact origins (`https://app.example`) or `'*'`; by default only the request's own host. */
+  allowedOrigins?: string[] | '*'
+  allowed_origins?: string[] | '*'
+  authTimeoutMs?: number
+  auth_timeout_ms?: number
+  maxFrameRate?: number
+  max_frame_rate?: number
+  frameBurst?: number
+  frame_burst?: number
+  /** 0 turns the heartbeat off. */
+  pingIntervalMs?: number
+  ping_interval_ms?: number
+  maxValueDepth?: number
+  max_value_depth?: number
+  maxValueBytes?: number
+  max_value_bytes?: number
+  maxUpdateOps?: number
+  max_update_ops?: number
+  healthPath?: string
+  health_path?: string
+  metricsPath?: string
+  metrics_path?: string
+  /** A prom-client Registry to put the metrics on (instead of, or as well as, `metrics_path`). */
+  metricsRegistry?: unknown
+  metrics_registry?: unknown
   /** Group feeds over the Durable Streams read protocol: off unless given (`true` for the defaults). */
   feeds?: boolean | FeedsOptions
   /** Ignored by the plugin (the app listens where it is told): the standalone command's port, accepted so one iii config block serves both. */
@@ -120,6 +161,28 @@ export interface NormalizedOptions {
   maxInvalidFrames: number
   /** null when feeds are off. */
   feeds: FeedsConfig | null
+  limits: LimitOptions
+  operations: OperationOptions
+}
+
+export interface LimitOptions {
+  maxConnections: number
+  maxConnectionsPerIp: number
+  /** null: same origin as the request's Host. */
+  allowedOrigins: string[] | '*' | null
+  authTimeoutMs: number
+  maxFrameRate: number
+  frameBurst: number
+  pingIntervalMs: number
+  maxValueDepth: number
+  maxValueBytes: number
+  maxUpdateOps: number
+}
+
+export interface OperationOptions {
+  healthPath: string | null
+  metricsPath: string | null
+  metricsRegistry: unknown
 }
 
 function isAdapterInstance (value: unknown): value is StreamAdapter {
@@ -161,7 +224,55 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
 }
 
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
-  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'port', 'host']
+  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'port', 'host',
+  'maxConnections', 'maxConnectionsPerIp', 'allowedOrigins', 'authTimeoutMs', 'maxFrameRate', 'frameBurst', 'pingIntervalMs',
+  'maxValueDepth', 'maxValueBytes', 'maxUpdateOps', 'healthPath', 'metricsPath', 'metricsRegistry']
+
+/** The limits that protect the server from its clients (README "Limits and protection"). */
+function limitOptions (raw: OptionReader): LimitOptions {
+  const origins = raw.get('allowedOrigins')
+  let allowedOrigins: LimitOptions['allowedOrigins'] = null
+  if (origins === '*') allowedOrigins = '*'
+  else if (origins !== undefined) {
+    if (!Array.isArray(origins) || origins.some(origin => typeof origin !== 'string' || !/^[a-z][a-z0-9+.-]*:\/\/[^/?#]+$/i.test(origin))) {
+      raw.fail('allowedOrigins', "expected '*' or an array of origins (scheme://host[:port])")
+    }
+    allowedOrigins = (origins as string[]).map(origin => origin.toLowerCase())
+  }
+  return {
+    maxConnections: raw.positiveInt('maxConnections', DEFAULT_MAX_CONNECTIONS),
+    maxConnectionsPerIp: raw.positiveInt('maxConnectionsPerIp', DEFAULT_MAX_CONNECTIONS_PER_IP),
+    allowedOrigins,
+    authTimeoutMs: raw.positiveInt('authTimeoutMs', DEFAULT_AUTH_TIMEOUT_MS),
+    maxFrameRate: raw.positiveInt('maxFrameRate', DEFAULT_MAX_FRAME_RATE),
+    frameBurst: raw.positiveInt('frameBurst', DEFAULT_FRAME_BURST),
+    pingIntervalMs: raw.integer('pingIntervalMs', DEFAULT_PING_INTERVAL_MS, 0),
+    maxValueDepth: raw.positiveInt('maxValueDepth', DEFAULT_MAX_VALUE_DEPTH),
+    maxValueBytes: raw.positiveInt('maxValueBytes', DEFAULT_MAX_VALUE_BYTES),
+    maxUpdateOps: raw.positiveInt('maxUpdateOps', DEFAULT_MAX_UPDATE_OPS)
+  }
+}
+
+/** A route path option: absent (off) or a path starting with "/". */
+function optionalPath (raw: OptionReader, key: string): string | null {
+  const value = raw.get(key)
+  if (value === undefined || value === null) return null
+  if (typeof value !== 'string' || !value.startsWith('/')) return raw.fail(key, 'expected a path starting with "/"')
+  return value
+}
+
+/** Health and metrics routes, both off by default, each on a path of its own. */
+function operationOptions (raw: OptionReader, streamPath: string): OperationOptions {
+  const registry = raw.get('metricsRegistry') ?? null
+  if (registry !== null && typeof (registry as { registerMetric?: unknown }).registerMetric !== 'function') {
+    raw.fail('metricsRegistry', 'expected a prom-client Registry')
+  }
+  const healthPath = optionalPath(raw, 'healthPath')
+  const metricsPath = optionalPath(raw, 'metricsPath')
+  if (healthPath === streamPath) raw.fail('healthPath', 'must differ from path')
+  if (metricsPath !== null && (metricsPath === streamPath || metricsPath === healthPath)) raw.fail('metricsPath', 'must differ from path and health_path')
+  return { healthPath, metricsPath, metricsRegistry: registry }
+}
 
 const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveReaders', 'maxPageChanges']
 
@@ -215,7 +326,9 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     maxSubscriptionsPerSocket: raw.positiveInt('maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
     maxBufferedBytes: raw.positiveInt('maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
     maxInvalidFrames: raw.positiveInt('maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
-    feeds: normalizeFeeds(raw)
+    feeds: normalizeFeeds(raw),
+    limits: limitOptions(raw),
+    operations: operationOptions(raw, path)
   }
 }
 

@@ -26,12 +26,21 @@ export type ParseResult =
 
 const FORBIDDEN_NAMES = new Set(['__proto__', 'constructor', 'prototype'])
 
+/**
+ * A lone surrogate has no UTF-8 form: Redis, SQLite and the wire would each store it as U+FFFD, so two names
+ * differing only there would become one.
+ */
+export function isWellFormed (value: string): boolean {
+  return (value as string & { isWellFormed(): boolean }).isWellFormed()
+}
+
 /** Why `value` is not a usable stream, group or item name, or null when it is. */
 function nameProblem (kind: 'stream' | 'group' | 'item', value: unknown, maxLength: number): string | null {
   if (typeof value !== 'string') return `${kind} name must be a string`
   if (value.length === 0) return `${kind} name must not be empty`
   if (value.length > maxLength) return `${kind} name longer than ${maxLength} characters`
   if (FORBIDDEN_NAMES.has(value)) return `${kind} name "${value}" is reserved`
+  if (!isWellFormed(value)) return `${kind} name holds a lone surrogate (ill-formed UTF-16)`
   // Stream names end at the first ':' in the shared Redis key layout `stream:{stream}:{group}`.
   if (kind === 'stream' && value.includes(':')) return 'stream name must not contain ":"'
   return null
@@ -60,7 +69,7 @@ export function parseClientFrame (raw: string, maxNameLength: number): ParseResu
   if (type !== 'join' && type !== 'leave') return { kind: 'invalid', reason: 'unknown message type' }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) return { kind: 'invalid', reason: 'data must be an object' }
   const { subscriptionId, streamName, groupId, id } = data as Record<string, unknown>
-  if (typeof subscriptionId !== 'string' || subscriptionId === '' || subscriptionId.length > maxNameLength) return { kind: 'invalid', reason: 'bad subscriptionId' }
+  if (typeof subscriptionId !== 'string' || subscriptionId === '' || subscriptionId.length > maxNameLength || !isWellFormed(subscriptionId)) return { kind: 'invalid', reason: 'bad subscriptionId' }
   const problem = nameProblem('stream', streamName, maxNameLength) ??
     nameProblem('group', groupId, maxNameLength) ??
     (id === undefined || id === null ? null : nameProblem('item', id, maxNameLength))

@@ -25,7 +25,8 @@ if (cfg.adapter === 'sqlite') {
 }
 
 const app = Fastify({ logger: false })
-await app.register(streams, { adapter, ...(cfg.path ? { path: cfg.path } : {}) })
+// The load generator opens up to 10 000 sockets from one address: above the default connection limits.
+await app.register(streams, { adapter, max_connections: 100_000, max_connections_per_ip: 100_000, ...(cfg.path ? { path: cfg.path } : {}) })
 
 let errors = 0
 let firstError = null

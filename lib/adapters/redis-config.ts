@@ -55,10 +55,14 @@ export function normalizeRedisConfig (raw: unknown, where = ''): RedisConfig {
     config.fail('client', 'expected an ioredis client')
   }
   if (client?.options?.keyPrefix) config.fail('client', 'an ioredis keyPrefix is not supported (it does not apply to the channel); use key_prefix')
+  const keyPrefix = config.string('keyPrefix', DEFAULT_KEY_PREFIX)
+  // Keys are `{prefix}stream:…`: a prefix holding "stream:" would make the adapter with the prefix before it
+  // (`{prefix}` up to there) list this adapter's groups as its own.
+  if (keyPrefix.includes('stream:')) config.fail('keyPrefix', 'must not contain "stream:"')
   return {
     redisUrl,
     client: client as Redis | undefined,
-    keyPrefix: config.string('keyPrefix', DEFAULT_KEY_PREFIX),
+    keyPrefix,
     connectTimeoutMs: config.positiveInt('connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS),
     commandTimeoutMs: config.positiveInt('commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS),
     changeLog: readChangeLog(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
