@@ -5,20 +5,23 @@ import { ClosedError, InvalidArgumentError } from './errors.js'
 import type { NormalizedOptions } from './options.js'
 import { checkName } from './protocol.js'
 import { Registry, type FunctionRegistration, type Registered, type TriggerRegistration } from './registry.js'
+import type { DataFunctionInput, DataFunctionOverridePath } from './types.js'
 import { isPlainObject, type UpdateOp } from './update-ops.js'
 
 export interface CustomEvent { type: string, data?: unknown }
 
 export interface StreamsApi {
-  get(stream: string, group: string, id: string): Promise<unknown>
+  /** The item's value, or null; `T` is what the app stored there (not checked at run time). */
+  get<T = unknown>(stream: string, group: string, id: string): Promise<T | null>
   set(stream: string, group: string, id: string, data: unknown): Promise<SetResult>
   delete(stream: string, group: string, id: string): Promise<DeleteResult>
-  getGroup(stream: string, group: string): Promise<unknown[]>
+  /** The group's values in first-insert order; `T` is what the app stored there (not checked at run time). */
+  getGroup<T = unknown>(stream: string, group: string): Promise<T[]>
   listGroups(stream: string): Promise<string[]>
   listAll(): Promise<ListAllResult>
   update(stream: string, group: string, id: string, ops: UpdateOp[]): Promise<UpdateResult>
   send(stream: string, group: string, event: CustomEvent, id?: string | null): Promise<void>
-  registerFunction(registration: FunctionRegistration): Registered
+  registerFunction<Path extends string, Input = Path extends DataFunctionOverridePath ? DataFunctionInput<Path> : any>(registration: FunctionRegistration<Path, Input>): Registered
   registerTrigger(registration: TriggerRegistration): Registered
   call(functionPath: string, input?: unknown): Promise<unknown>
 }
@@ -84,9 +87,9 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
   }
 
   const api: StreamsApi = {
-    async get (stream, group, id) {
+    async get<T> (stream: string, group: string, id: string) {
       open()
-      return adapter.get(name('stream', stream), name('group', group), name('item', id))
+      return await adapter.get(name('stream', stream), name('group', group), name('item', id)) as T | null
     },
 
     async set (stream, group, id, data) {
@@ -106,9 +109,9 @@ export function createStreamsApi (host: ApiHost): StreamsApi {
       return result
     },
 
-    async getGroup (stream, group) {
+    async getGroup<T> (stream: string, group: string) {
       open()
-      return adapter.getGroup(name('stream', stream), name('group', group))
+      return await adapter.getGroup(name('stream', stream), name('group', group)) as T[]
     },
 
     async listGroups (stream) {

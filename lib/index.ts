@@ -16,11 +16,12 @@ import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
 
 export * from './errors.js'
-export type { StreamsOptions, AuthInput, AuthFunction } from './options.js'
+export type { StreamsOptions, AuthInput, AuthResult, AuthFunction } from './options.js'
 export type { StreamsApi, CustomEvent } from './api.js'
 export type * from './adapters/adapter.js'
 export type { UpdateOp, UpdateOpError } from './update-ops.js'
 export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
+export type * from './types.js'
 export { createKvAdapter } from './adapters/kv.js'
 
 export interface FastifyStreams extends StreamsApi {

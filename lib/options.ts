@@ -3,6 +3,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { AdapterFactory, StreamAdapter } from './adapters/adapter.js'
 import { InvalidOptionError } from './errors.js'
+import type { AdapterOption } from './types.js'
 
 export const DEFAULT_PATH = '/'
 export const DEFAULT_PORT = 31112
@@ -53,7 +54,7 @@ export interface StreamsOptions {
   auth_failure?: 'reject' | 'anonymous'
   joinFailure?: 'deny' | 'allow'
   join_failure?: 'deny' | 'allow'
-  adapter?: { class?: string, name?: string, config?: Record<string, unknown> } | StreamAdapter
+  adapter?: AdapterOption
   adapters?: Record<string, AdapterFactory>
   injectId?: boolean
   inject_id?: boolean

@@ -87,8 +87,8 @@ t.test('camelCase options are accepted and take effect', async t => {
 
 t.test('the adapter config in both spellings: file_path / filePath create the SQLite file', async t => {
   for (const config of [
-    (dir: string) => ({ store_method: 'file_based', file_path: join(dir, 'snake.db') }),
-    (dir: string) => ({ storeMethod: 'file_based', filePath: join(dir, 'camel.db') })
+    (dir: string) => ({ store_method: 'file_based', file_path: join(dir, 'snake.db') }) as const,
+    (dir: string) => ({ storeMethod: 'file_based', filePath: join(dir, 'camel.db') }) as const
   ]) {
     const dir = freshDir()
     const adapterConfig = config(dir)
@@ -124,7 +124,7 @@ t.test('other adapter spellings are accepted', async t => {
     { name: 'kv' },
     { name: 'kv', config: { store_method: 'in_memory' } },
     {}
-  ]) {
+  ] as const) {
     const app = Fastify({ logger: false })
     await app.register(streams, { adapter })
     t.same(await app.streams.set('s', 'g', 'a', 1), { old_value: null, new_value: 1 }, JSON.stringify(adapter))
@@ -187,20 +187,20 @@ t.test('every invalid option fails register with STREAMS_ERR_INVALID_OPTION and 
     ['adapter an array', () => ({ adapter: [] as never })],
     ['adapter null', () => ({ adapter: null as never })],
     ['adapter with an unknown key', dir => ({ adapter: { ...file(dir), extra: 1 } as never })],
-    ['adapter class unknown', dir => ({ adapter: { ...file(dir), class: 'modules::streams::adapters::Nope' } })],
-    ['adapter class a number', dir => ({ adapter: { ...file(dir), class: 42 as never } })],
-    ['adapter class empty', dir => ({ adapter: { ...file(dir), class: '' } })],
-    ['adapter with both class and name', dir => ({ adapter: { ...file(dir), name: 'kv' } })],
+    ['adapter class unknown', dir => ({ adapter: { ...file(dir), class: 'modules::streams::adapters::Nope' } as never })],
+    ['adapter class a number', dir => ({ adapter: { ...file(dir), class: 42 as never } as never })],
+    ['adapter class empty', dir => ({ adapter: { ...file(dir), class: '' } as never })],
+    ['adapter with both class and name', dir => ({ adapter: { ...file(dir), name: 'kv' } as never })],
     ['adapter config an array', () => ({ adapter: { class: 'kv', config: [] as never } })],
-    ['store_method unknown', dir => ({ adapter: { class: 'kv', config: { store_method: 'on_disk', file_path: join(dir, 'x.db') } } })],
-    ['storeMethod a number', dir => ({ adapter: { class: 'kv', config: { storeMethod: 1, filePath: join(dir, 'x.db') } } })],
-    ['file_path empty', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: '' } } })],
-    ['file_path a number', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: 7 } } })],
+    ['store_method unknown', dir => ({ adapter: { class: 'kv', config: { store_method: 'on_disk', file_path: join(dir, 'x.db') } } as never })],
+    ['storeMethod a number', dir => ({ adapter: { class: 'kv', config: { storeMethod: 1, filePath: join(dir, 'x.db') } } as never })],
+    ['file_path empty', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: '' } } as never })],
+    ['file_path a number', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: 7 } } as never })],
     ['an unknown adapter config key', dir => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: join(dir, 'x.db'), colour: 'red' } } })],
     ['store_method and storeMethod with different values', dir => ({ adapter: { class: 'kv', config: { store_method: 'in_memory', storeMethod: 'file_based', file_path: join(dir, 'x.db') } } })],
     ['file_path and filePath with different values', dir => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: join(dir, 'a.db'), filePath: join(dir, 'b.db') } } })],
     ['redis_url not a redis URL', () => ({ adapter: { class: 'modules::streams::adapters::RedisAdapter', config: { redis_url: 'http://localhost:6379' } } })],
-    ['a KvStore key on the Redis adapter', () => ({ adapter: { class: 'redis', config: { store_method: 'in_memory' } } })],
+    ['a KvStore key on the Redis adapter', () => ({ adapter: { class: 'redis', config: { store_method: 'in_memory' } } as never })],
     ['redis connect_timeout_ms zero', () => ({ adapter: { class: 'redis', config: { connect_timeout_ms: 0 } } })]
   ]
   for (const [label, make] of cases) {

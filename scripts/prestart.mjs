@@ -1,0 +1,32 @@
+// `npm start`'s build step: compile lib/ (tsc -b skips an up-to-date dist/) and bundle the example page only
+// when the bundle is missing or older than its sources, so a second start begins at once.
+import { execFileSync } from 'node:child_process'
+import { readdirSync, statSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const bundle = join(root, 'example', 'public', 'bundle.js')
+const bundleSources = [join(root, 'example', 'src'), join(root, 'package-lock.json')]
+
+function newestMtime (path) {
+  const stat = statSync(path)
+  if (!stat.isDirectory()) return stat.mtimeMs
+  return Math.max(stat.mtimeMs, ...readdirSync(path).map(entry => newestMtime(join(path, entry))))
+}
+
+function mtimeOrZero (path) {
+  try {
+    return statSync(path).mtimeMs
+  } catch {
+    return 0
+  }
+}
+
+const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
+execFileSync(process.execPath, [tsc, '-b', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' })
+
+if (mtimeOrZero(bundle) <= Math.max(...bundleSources.map(newestMtime))) {
+  execFileSync(process.execPath, [process.env.npm_execpath, 'run', 'build:example'], { cwd: root, stdio: 'inherit' })
+}
