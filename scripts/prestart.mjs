@@ -24,9 +24,16 @@ function mtimeOrZero (path) {
   }
 }
 
+const built = join(root, 'dist', 'index.js')
+const before = mtimeOrZero(built)
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
 execFileSync(process.execPath, [tsc, '-b', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' })
+process.stdout.write(mtimeOrZero(built) === before ? 'dist/ is up to date\n' : 'built dist/\n')
 
 if (mtimeOrZero(bundle) <= Math.max(...bundleSources.map(newestMtime))) {
-  execFileSync(process.execPath, [process.env.npm_execpath, 'run', 'build:example'], { cwd: root, stdio: 'inherit' })
+  const npm = process.env.npm_execpath
+  if (npm) execFileSync(process.execPath, [npm, 'run', 'build:example'], { cwd: root, stdio: 'inherit' })
+  else execFileSync('npm', ['run', 'build:example'], { cwd: root, stdio: 'inherit' })
+} else {
+  process.stdout.write('example/public/bundle.js is up to date\n')
 }
