@@ -5,7 +5,7 @@ import { ClosedError, InvalidArgumentError } from './errors.js'
 import type { NormalizedOptions } from './options.js'
 import { checkName } from './protocol.js'
 import { Registry, type FunctionRegistration, type Registered, type TriggerRegistration } from './registry.js'
-import type { DataFunctionInput, DataFunctionOverridePath } from './types.js'
+import type { FunctionRegistrationAt, HandlerInput } from './types.js'
 import { isPlainObject, type UpdateOp } from './update-ops.js'
 
 export interface CustomEvent { type: string, data?: unknown }
@@ -21,7 +21,7 @@ export interface StreamsApi {
   listAll(): Promise<ListAllResult>
   update(stream: string, group: string, id: string, ops: UpdateOp[]): Promise<UpdateResult>
   send(stream: string, group: string, event: CustomEvent, id?: string | null): Promise<void>
-  registerFunction<Path extends string, Input = Path extends DataFunctionOverridePath ? DataFunctionInput<Path> : any>(registration: FunctionRegistration<Path, Input>): Registered
+  registerFunction<Path extends string, Input = HandlerInput<Path>>(registration: FunctionRegistrationAt<Path, Input>): Registered
   registerTrigger(registration: TriggerRegistration): Registered
   call(functionPath: string, input?: unknown): Promise<unknown>
 }

@@ -94,6 +94,12 @@ export interface FunctionRegistration<Path extends string = string, Input = any>
   handler: (input: Input) => unknown
 }
 
+/** What a handler registered at `Path` takes when its input is not annotated. */
+export type HandlerInput<Path extends string> = Path extends DataFunctionOverridePath ? DataFunctionInput<Path> : any
+/** registerFunction's argument: a handler taking over a data function must accept that function's input. */
+export type FunctionRegistrationAt<Path extends string, Input> = FunctionRegistration<Path, Input> &
+  (Path extends DataFunctionOverridePath ? { handler: (input: DataFunctionInput<Path>) => unknown } : unknown)
+
 export interface Registered { unregister(): void }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ test('handlers take the input of what they serve', () => {
     handler: (input) => { expect(input).type.toBe<{ stream_name: string, group_id: string }>() }
   })
   expect(app.streams.registerFunction).type.not.toBeCallableWith({ function_path: 'x', handler: 'not a function' })
+  expect(app.streams.registerFunction).type.not.toBeCallableWith({ function_path: 'stream::get(todo)', handler: (input: { nope: number }) => input })
+  expect(app.streams.registerFunction).type.toBeCallableWith({ function_path: 'stream::get(todo)', handler: (input: unknown) => input })
 })
 
 test('an auth function given directly is typed', () => {
