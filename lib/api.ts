@@ -4,7 +4,7 @@ import type { DeleteResult, ListAllResult, SetResult, StreamAdapter, StreamEvent
 import { ClosedError, InvalidArgumentError } from './errors.js'
 import type { NormalizedOptions } from './options.js'
 import { checkName } from './protocol.js'
-import { Registry, type FunctionRegistration, type Registered, type TriggerRegistration } from './registry.js'
+import { Registry, type Registered, type TriggerRegistration } from './registry.js'
 import type { FunctionRegistrationAt, HandlerInput } from './types.js'
 import { isPlainObject, type UpdateOp } from './update-ops.js'
 
