@@ -1,13 +1,15 @@
 // `npm start`'s build step: compile lib/ (tsc -b skips an up-to-date dist/) and bundle the example page only
-// when the bundle is missing or older than its sources, so a second start begins at once.
+// when a bundle (every --outfile of build:example) is missing or older than its sources, so a second start
+// begins at once.
 import { execFileSync } from 'node:child_process'
-import { readdirSync, statSync } from 'node:fs'
+import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const bundle = join(root, 'example', 'public', 'bundle.js')
+const buildExample = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts['build:example']
+const bundles = [...buildExample.matchAll(/--outfile=(\S+)/g)].map(match => join(root, match[1]))
 const bundleSources = [join(root, 'example', 'src'), join(root, 'package-lock.json')]
 
 function newestMtime (path) {
@@ -30,10 +32,10 @@ const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
 execFileSync(process.execPath, [tsc, '-b', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' })
 process.stdout.write(mtimeOrZero(built) === before ? 'dist/ is up to date\n' : 'built dist/\n')
 
-if (mtimeOrZero(bundle) <= Math.max(...bundleSources.map(newestMtime))) {
+if (Math.min(...bundles.map(mtimeOrZero)) <= Math.max(...bundleSources.map(newestMtime))) {
   const npm = process.env.npm_execpath
   if (npm) execFileSync(process.execPath, [npm, 'run', 'build:example'], { cwd: root, stdio: 'inherit' })
   else execFileSync('npm', ['run', 'build:example'], { cwd: root, stdio: 'inherit' })
 } else {
-  process.stdout.write('example/public/bundle.js is up to date\n')
+  process.stdout.write('the example bundles are up to date\n')
 }
