@@ -4,6 +4,7 @@
 // Runs the compiled plugin in ../dist (npm run build). Errors print one line and exit 1 (2 for bad usage).
 import { mkdirSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 
 const USAGE = `Usage: fastify-streams [--config <file.yaml>] [--module <file.js>]... [--port <n>] [--host <host>]
@@ -94,6 +95,8 @@ function fatal (err) {
 process.on('uncaughtException', fatal)
 process.on('unhandledRejection', fatal)
 
+const pages = []
+
 async function start () {
   const adapter = config.normalized.adapter
   // A fresh clone has no data/ directory: create the SQLite file's directory before the store opens it.
@@ -102,6 +105,9 @@ async function start () {
   for (const mod of modules) {
     const plugin = await lib.importAppModule(mod)
     await app.register(plugin, mod.options)
+    // A module may name a page it serves (`export const page = '/app/'`): its URL is printed once listening.
+    const { page } = await import(pathToFileURL(mod.path).href)
+    if (typeof page === 'string' && page.startsWith('/')) pages.push(page)
   }
   await app.ready()
   await app.listen({ port: port ?? config.port, host: args.host ?? config.host })
@@ -124,6 +130,7 @@ try {
 for (const address of app.server.address() ? [app.server.address()] : []) {
   const url = `ws://${where(address)}${config.normalized.path}`
   process.stdout.write(`fastify-streams listening on ${url}${config.file ? ` (config ${config.file})` : ''}\n`)
+  for (const page of pages) process.stdout.write(`open http://${where(address)}${page}\n`)
 }
 if (config.ignored.length > 0) app.log.info({ ignored: config.ignored }, 'fastify-streams: other modules in the config are not run by this server')
 

@@ -23,6 +23,8 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const STREAM = 'todo'
+/** The page this module serves; the standalone command prints its URL once listening. */
+export const page = '/app/?token=ana-token'
 export const DEFAULT_TOKENS = Object.freeze({ 'ana-token': 'ana', 'bob-token': 'bob' })
 
 const publicDir = join(dirname(fileURLToPath(import.meta.url)), 'public')

@@ -18,10 +18,15 @@ export const CHROMIUM_ARGS = Object.freeze([
   '--disable-component-update', '--disable-sync'
 ])
 
-/** The pages' bundles into example/public: bundle.js (the stock browser client), react.js (the React client), feed.js (the group feed). */
+/**
+ * The pages' bundles, built into example/public as `<name>.js`: bundle.js (the stock browser client), react.js (the
+ * React client), feed.js (the group feed).
+ */
+export const BUNDLE_ENTRIES = Object.freeze({ bundle: 'src/app.mjs', react: 'src/react.jsx', feed: 'src/feed.mjs' })
+
 export async function buildBundles () {
   await build({
-    entryPoints: { bundle: join(EXAMPLE_DIR, 'src/app.mjs'), react: join(EXAMPLE_DIR, 'src/react.jsx'), feed: join(EXAMPLE_DIR, 'src/feed.mjs') },
+    entryPoints: Object.fromEntries(Object.entries(BUNDLE_ENTRIES).map(([name, source]) => [name, join(EXAMPLE_DIR, source)])),
     outdir: join(EXAMPLE_DIR, 'public'),
     bundle: true,
     format: 'iife',

@@ -4,23 +4,26 @@ import { ClosedError, InvalidArgumentError, InvalidOverrideResultError } from '.
 import type { SyncState } from './hub.js'
 import type { NormalizedOptions } from './options.js'
 import { checkName, type Subscription } from './protocol.js'
-import { Registry, type FunctionRegistration, type Registered, type TriggerRegistration } from './registry.js'
+import { Registry, type Registered, type TriggerRegistration } from './registry.js'
 import type { Triggers } from './triggers.js'
+import type { FunctionRegistrationAt, HandlerInput } from './types.js'
 import { isPlainObject, type UpdateOp } from './update-ops.js'
 import { checkValue } from './values.js'
 
 export interface CustomEvent { type: string, data?: unknown }
 
 export interface StreamsApi {
-  get(stream: string, group: string, id: string): Promise<unknown>
+  /** The item's value, or null; `T` is what the app stored there (not checked at run time). */
+  get<T = unknown>(stream: string, group: string, id: string): Promise<T | null>
   set(stream: string, group: string, id: string, data: unknown): Promise<SetResult>
   delete(stream: string, group: string, id: string): Promise<DeleteResult>
-  getGroup(stream: string, group: string): Promise<unknown[]>
+  /** The group's values in first-insert order; `T` is what the app stored there (not checked at run time). */
+  getGroup<T = unknown>(stream: string, group: string): Promise<T[]>
   listGroups(stream: string): Promise<string[]>
   listAll(): Promise<ListAllResult>
   update(stream: string, group: string, id: string, ops: UpdateOp[]): Promise<UpdateResult>
   send(stream: string, group: string, event: CustomEvent, id?: string | null): Promise<void>
-  registerFunction(registration: FunctionRegistration): Registered
+  registerFunction<Path extends string, Input = HandlerInput<Path>>(registration: FunctionRegistrationAt<Path, Input>): Registered
   registerTrigger(registration: TriggerRegistration): Registered
   call(functionPath: string, input?: unknown): Promise<unknown>
 }
@@ -145,12 +148,12 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
   }
 
   const api: StreamsApi = {
-    async get (stream, group, id) {
+    async get<T> (stream: string, group: string, id: string) {
       open()
       name('stream', stream); name('group', group); name('item', id)
       const override = overrideOf('get', stream)
-      if (override !== null) return callOverride('get', override, { stream_name: stream, group_id: group, item_id: id })
-      return adapter.get(stream, group, id)
+      if (override !== null) return await callOverride('get', override, { stream_name: stream, group_id: group, item_id: id }) as T | null
+      return await adapter.get(stream, group, id) as T | null
     },
 
     async set (stream, group, id, data) {
@@ -183,12 +186,12 @@ export function createStreamsApi (host: ApiHost): StreamsCore {
       return result
     },
 
-    async getGroup (stream, group) {
+    async getGroup<T> (stream: string, group: string) {
       open()
       name('stream', stream); name('group', group)
       const override = overrideOf('list', stream)
-      if (override !== null) return callOverride('list', override, { stream_name: stream, group_id: group })
-      return adapter.getGroup(stream, group)
+      if (override !== null) return await callOverride('list', override, { stream_name: stream, group_id: group }) as T[]
+      return await adapter.getGroup(stream, group) as T[]
     },
 
     async listGroups (stream) {

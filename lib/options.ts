@@ -7,6 +7,7 @@ import { KV_ADAPTER_CLASSES, normalizeKvConfig, type KvConfig } from './adapters
 import { REDIS_ADAPTER_CLASSES, normalizeRedisConfig, type RedisConfig } from './adapters/redis-config.js'
 import { OptionReader, isPlainObject, type Raw } from './checks.js'
 import { InvalidOptionError } from './errors.js'
+import type { AdapterOption } from './types.js'
 
 export const DEFAULT_PATH = '/'
 export const DEFAULT_AUTH_FAILURE = 'reject'
@@ -71,7 +72,7 @@ export interface StreamsOptions {
    * `adapters`, or (`class` only) a module exporting a factory: a path relative to the working directory, an
    * absolute path, a `file:` URL or a package name. Or an adapter object (borrowed: never closed by the plugin).
    */
-  adapter?: { class?: string, name?: string, config?: Record<string, unknown> } | StreamAdapter
+  adapter?: AdapterOption
   adapters?: Record<string, AdapterFactory>
   injectId?: boolean
   inject_id?: boolean

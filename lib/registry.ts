@@ -1,10 +1,9 @@
 // Functions and triggers by path, as the engine names them: registerFunction, registerTrigger, call.
 import { FunctionExistsError, FunctionNotFoundError, InvalidArgumentError, InvalidTriggerError } from './errors.js'
+import type { FunctionRegistration, Registered, TriggerRegistration } from './types.js'
 
+export type { FunctionRegistration, Registered, TriggerRegistration }
 export type Handler = (input: any) => unknown
-export interface FunctionRegistration { function_path: string, handler: Handler }
-export interface TriggerRegistration { trigger_type: string, function_path: string, config?: Record<string, unknown> }
-export interface Registered { unregister(): void }
 
 export type TriggerKind = 'join' | 'leave' | 'change'
 

@@ -405,7 +405,7 @@ t.test('join and leave triggers', async t => {
   await t.test('both spellings run, all of them, in registration order, with the engine input', async t => {
     const calls: Array<[string, JoinInput]> = []
     const { app, url } = await serve({ authFunction: () => ({ context: { user: 'ana' } }) }, app => {
-      for (const [name, type] of [['first', 'streams:join'], ['second', 'stream:join'], ['third', 'streams:join']]) {
+      for (const [name, type] of [['first', 'streams:join'], ['second', 'stream:join'], ['third', 'streams:join']] as const) {
         app.streams.registerFunction({ function_path: name, handler: async (input: JoinInput) => { await pause(5); calls.push([name, input]); return { unauthorized: false } } })
         app.streams.registerTrigger({ trigger_type: type, function_path: name })
       }

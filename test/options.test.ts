@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import Fastify from 'fastify'
-import streams, { createKvAdapter, createRedisAdapter, type StreamsOptions } from '../lib/index.js'
+import streams, { createKvAdapter, createRedisAdapter, type KvAdapterConfig, type StreamsOptions } from '../lib/index.js'
 import { RawClient, serve, until } from './helpers/app.js'
 import { root } from './helpers/cli.js'
 
@@ -92,8 +92,8 @@ t.test('camelCase options are accepted and take effect', async t => {
 
 t.test('the adapter config in both spellings: file_path / filePath create the SQLite file', async t => {
   for (const config of [
-    (dir: string) => ({ store_method: 'file_based', file_path: join(dir, 'snake.db') }),
-    (dir: string) => ({ storeMethod: 'file_based', filePath: join(dir, 'camel.db') })
+    (dir: string) => ({ store_method: 'file_based', file_path: join(dir, 'snake.db') }) as const,
+    (dir: string) => ({ storeMethod: 'file_based', filePath: join(dir, 'camel.db') }) as const
   ]) {
     const dir = freshDir()
     const adapterConfig = config(dir)
@@ -129,7 +129,7 @@ t.test('other adapter spellings are accepted', async t => {
     { name: 'kv' },
     { name: 'kv', config: { store_method: 'in_memory' } },
     {}
-  ]) {
+  ] as const) {
     const app = Fastify({ logger: false })
     await app.register(streams, { adapter })
     t.same(await app.streams.set('s', 'g', 'a', 1), { old_value: null, new_value: 1 }, JSON.stringify(adapter))
@@ -158,7 +158,7 @@ t.test('port and host are tolerated and ignored: the seed\'s config block regist
 })
 
 t.test('the engine\'s no-op KvStore keys are accepted at the ends of the engine\'s ranges, and change_log too', async t => {
-  for (const config of [
+  for (const config of <KvAdapterConfig[]>[
     { store_method: 'in_memory', save_interval_ms: 100, channel_size: 1 },
     { storeMethod: 'in_memory', saveIntervalMs: 3_600_000, channelSize: 1_048_576 },
     { store_method: 'in_memory', change_log: { max_changes: 0 } },
@@ -174,7 +174,7 @@ t.test('the engine\'s no-op KvStore keys are accepted at the ends of the engine\
 
 t.test('every invalid option fails register with STREAMS_ERR_INVALID_OPTION and has no side effect', async t => {
   type Case = [string, (dir: string) => StreamsOptions]
-  const file = (dir: string) => ({ class: 'modules::streams::adapters::KvStore', config: { store_method: 'file_based', file_path: join(dir, 'streams.db') } })
+  const file = (dir: string) => ({ class: 'modules::streams::adapters::KvStore' as const, config: { store_method: 'file_based' as const, file_path: join(dir, 'streams.db') } })
   // Each top-level case also carries a valid file_based adapter: no file (nor its folder) may appear.
   const top = (label: string, options: Record<string, unknown>): Case => [label, dir => ({ adapter: file(dir), ...options }) as StreamsOptions]
   const cases: Case[] = [
@@ -210,30 +210,30 @@ t.test('every invalid option fails register with STREAMS_ERR_INVALID_OPTION and 
     ['adapter an array', () => ({ adapter: [] as never })],
     ['adapter null', () => ({ adapter: null as never })],
     ['adapter with an unknown key', dir => ({ adapter: { ...file(dir), extra: 1 } as never })],
-    ['adapter class unknown', dir => ({ adapter: { ...file(dir), class: 'modules::streams::adapters::Nope' } })],
-    ['adapter class a number', dir => ({ adapter: { ...file(dir), class: 42 as never } })],
-    ['adapter class empty', dir => ({ adapter: { ...file(dir), class: '' } })],
-    ['adapter with both class and name', dir => ({ adapter: { ...file(dir), name: 'kv' } })],
+    ['adapter class unknown', dir => ({ adapter: { ...file(dir), class: 'modules::streams::adapters::Nope' } as never })],
+    ['adapter class a number', dir => ({ adapter: { ...file(dir), class: 42 as never } as never })],
+    ['adapter class empty', dir => ({ adapter: { ...file(dir), class: '' } as never })],
+    ['adapter with both class and name', dir => ({ adapter: { ...file(dir), name: 'kv' } as never })],
     ['adapter config an array', () => ({ adapter: { class: 'kv', config: [] as never } })],
-    ['store_method unknown', dir => ({ adapter: { class: 'kv', config: { store_method: 'on_disk', file_path: join(dir, 'x.db') } } })],
-    ['storeMethod a number', dir => ({ adapter: { class: 'kv', config: { storeMethod: 1, filePath: join(dir, 'x.db') } } })],
-    ['file_path empty', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: '' } } })],
-    ['file_path a number', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: 7 } } })],
+    ['store_method unknown', dir => ({ adapter: { class: 'kv', config: { store_method: 'on_disk', file_path: join(dir, 'x.db') } } as never })],
+    ['storeMethod a number', dir => ({ adapter: { class: 'kv', config: { storeMethod: 1, filePath: join(dir, 'x.db') } } as never })],
+    ['file_path empty', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: '' } } as never })],
+    ['file_path a number', () => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: 7 } } as never })],
     ['an unknown adapter config key', dir => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: join(dir, 'x.db'), colour: 'red' } } })],
     ['store_method and storeMethod with different values', dir => ({ adapter: { class: 'kv', config: { store_method: 'in_memory', storeMethod: 'file_based', file_path: join(dir, 'x.db') } } })],
     ['file_path and filePath with different values', dir => ({ adapter: { class: 'kv', config: { store_method: 'file_based', file_path: join(dir, 'a.db'), filePath: join(dir, 'b.db') } } })],
     ['redis_url not a redis URL', () => ({ adapter: { class: 'modules::streams::adapters::RedisAdapter', config: { redis_url: 'http://localhost:6379' } } })],
-    ['a KvStore key on the Redis adapter', () => ({ adapter: { class: 'redis', config: { store_method: 'in_memory' } } })],
+    ['a KvStore key on the Redis adapter', () => ({ adapter: { class: 'redis', config: { store_method: 'in_memory' } } as never })],
     ['redis connect_timeout_ms zero', () => ({ adapter: { class: 'redis', config: { connect_timeout_ms: 0 } } })],
     ['save_interval_ms below the engine\'s 100', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, save_interval_ms: 99 } } })],
     ['saveIntervalMs above the engine\'s 3 600 000', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, saveIntervalMs: 3_600_001 } } })],
-    ['save_interval_ms a string', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, save_interval_ms: '5000' } } })],
+    ['save_interval_ms a string', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, save_interval_ms: '5000' } } as never })],
     ['channel_size zero', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, channel_size: 0 } } })],
     ['channelSize above the engine\'s 1 048 576', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, channelSize: 1_048_577 } } })],
-    ['change_log not an object', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: 10 } } })],
+    ['change_log not an object', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: 10 } } as never })],
     ['change_log.max_changes negative', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: { max_changes: -1 } } } })],
     ['change_log.max_age_ms zero', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: { max_age_ms: 0 } } } })],
-    ['change_log with an unknown key', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: { size: 1 } } } })],
+    ['change_log with an unknown key', dir => ({ adapter: { ...file(dir), config: { ...file(dir).config, change_log: { size: 1 } } } as never })],
     ['redis change_log.maxChanges fractional', () => ({ adapter: { class: 'redis', config: { changeLog: { maxChanges: 1.5 } } } })],
     ['a module path given as adapter.name (only class names a module)', () => ({ adapter: { name: './my-adapter.js' } })],
     ['adapter.class neither a known class, a path nor a package name', () => ({ adapter: { class: 'not an adapter!' } })]

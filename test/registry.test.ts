@@ -33,7 +33,7 @@ t.test('triggers: every spelling maps to its kind, kept in registration order', 
   change.unregister()
   t.same(registry.triggersOf('change'), [])
   t.equal(registry.triggersOf('join').length, 2, 'unregistering one trigger leaves the others')
-  t.throws(() => registry.registerTrigger({ trigger_type: 'Streams:Join', function_path: 'x' }), { code: 'STREAMS_ERR_INVALID_TRIGGER' }, 'spellings are exact')
+  t.throws(() => registry.registerTrigger({ trigger_type: 'Streams:Join' as never, function_path: 'x' }), { code: 'STREAMS_ERR_INVALID_TRIGGER' }, 'spellings are exact')
   t.throws(() => registry.registerTrigger({ trigger_type: 'streams:join', function_path: '' }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
 })
 
@@ -68,7 +68,7 @@ t.test('condition function config: condition_function_id or condition_function_p
   registry.registerTrigger({ trigger_type: 'stream', function_path: 'b', config: { stream_name: 's', condition_function_path: 'cond-b' } })
   registry.registerTrigger({ trigger_type: 'stream', function_path: 'c', config: { stream_name: 's' } })
   t.same(registry.changeTriggers('s', 'g', 'i').map(trigger => trigger.filter?.conditionPath), ['cond-a', 'cond-b', null])
-  t.throws(() => registry.registerTrigger({ trigger_type: 'stream', function_path: 'd', config: { stream_name: 's', condition_function_id: 7 } }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
-  t.throws(() => registry.registerTrigger({ trigger_type: 'stream', function_path: 'd', config: { stream_name: 's', item_id: ['i'] } }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
+  t.throws(() => registry.registerTrigger({ trigger_type: 'stream', function_path: 'd', config: { stream_name: 's', condition_function_id: 7 as never } }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
+  t.throws(() => registry.registerTrigger({ trigger_type: 'stream', function_path: 'd', config: { stream_name: 's', item_id: ['i'] as never } }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
   t.throws(() => registry.registerTrigger({ trigger_type: 'stream', function_path: 'd', config: 'nope' as never }), { code: 'STREAMS_ERR_INVALID_TRIGGER' })
 })

@@ -7,7 +7,7 @@ import { FeedReader, received, revOf, strictlyIncreasing, type FeedMessage } fro
 
 const redis = await startRedisServer()
 t.teardown(() => redis.close())
-const options = { adapter: { class: 'redis', config: { redis_url: redis.url } }, feeds: true }
+const options = { adapter: { class: 'redis' as const, config: { redis_url: redis.url } }, feeds: true }
 const a = await serve(options)
 const b = await serve(options)
 t.teardown(async () => {
