@@ -16,3 +16,17 @@ export const StorageError = createError<[string]>('STREAMS_ERR_STORAGE', 'Storag
 export const ConflictError = createError<[string]>('STREAMS_ERR_CONFLICT', 'Concurrent update did not settle: %s', 409)
 export const ClosedError = createError('STREAMS_ERR_CLOSED', 'fastify-streams is closed', 503)
 export const ConfigError = createError<[string, string, string]>('STREAMS_ERR_CONFIG', '%s: %s: %s', 500)
+
+// Durable Streams protocol refusals: each carries the HTTP status the protocol gives it.
+export const StreamRequestError = createError<[string]>('STREAMS_ERR_STREAM_REQUEST', 'Bad request: %s', 400)
+export const StreamNotFoundError = createError('STREAMS_ERR_STREAM_NOT_FOUND', 'Stream not found', 404)
+export const StreamGoneError = createError('STREAMS_ERR_STREAM_GONE', 'Stream is deleted or expired but its forks still read it', 410)
+export const StreamConflictError = createError<[string]>('STREAMS_ERR_STREAM_CONFLICT', 'Conflict: %s', 409)
+export const StreamClosedError = createError('STREAMS_ERR_STREAM_CLOSED', 'Stream is closed', 409)
+export const StreamSeqError = createError<[string, string]>('STREAMS_ERR_STREAM_SEQ', 'Stream-Seq "%s" is not after the last one ("%s")', 409)
+export const ProducerFencedError = createError<[number, number]>('STREAMS_ERR_PRODUCER_FENCED', 'Producer epoch %d is older than the current epoch %d', 403)
+export const ProducerSeqGapError = createError<[number, number]>('STREAMS_ERR_PRODUCER_SEQ_GAP', 'Producer-Seq %d received, %d expected', 409)
+export const PayloadTooLargeError = createError<[number]>('STREAMS_ERR_PAYLOAD_TOO_LARGE', 'Body is larger than %d bytes', 413)
+export const UnauthorizedError = createError('STREAMS_ERR_UNAUTHORIZED', 'Authentication failed', 401)
+export const ForbiddenError = createError('STREAMS_ERR_FORBIDDEN', 'Not allowed', 403)
+export const TooManyReadersError = createError<[number]>('STREAMS_ERR_TOO_MANY_READERS', 'Already %d live readers', 503)

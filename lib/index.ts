@@ -11,6 +11,7 @@ import { createStreamsApi, type StreamsApi } from './api.js'
 import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.js'
 import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
 import { Hub } from './hub.js'
+import { durableStreamsRoutes } from './http/durable-streams.js'
 import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
@@ -216,6 +217,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
       connections.add(new Connection(socket, request[CONTEXT] ?? null, host))
     }
   })
+
+  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, authenticate: async (request) => options.authFunction === null ? null : await authenticate(authInput(request)), authFailure: options.authFailure, authConfigured: options.authFunction !== null, registry, adapterChoice: options.adapter, adapter })
 
   app.addHook('preClose', async () => {
     closed = true

@@ -16,6 +16,14 @@ export const DEFAULT_FILE_PATH = './data/streams_store.db'
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
 export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
+export const DEFAULT_DURABLE_STREAMS_PATH = '/v1/stream'
+export const DEFAULT_LONG_POLL_TIMEOUT_MS = 20_000
+export const DEFAULT_SSE_MAX_DURATION_MS = 60_000
+export const DEFAULT_MAX_APPEND_BYTES = 16 * 1024 * 1024
+export const DEFAULT_READ_CHUNK_BYTES = 1024 * 1024
+export const DEFAULT_MAX_LIVE_READERS = 10_000
+export const DEFAULT_MAX_STREAM_PATH_LENGTH = 1024
+export const DEFAULT_CORS_ORIGIN = '*'
 
 export const KV_ADAPTER_CLASSES = ['modules::streams::adapters::KvStore', 'modules::stream::adapters::KvStore', 'kv']
 export const REDIS_ADAPTER_CLASSES = ['modules::streams::adapters::RedisAdapter', 'modules::stream::adapters::RedisAdapter', 'redis']
@@ -45,8 +53,30 @@ export type AdapterChoice =
   | { kind: 'custom', name: string, factory: AdapterFactory, config: Record<string, unknown> }
   | { kind: 'instance', adapter: StreamAdapter }
 
+/** The Durable Streams HTTP protocol's settings (`durable_streams: true` takes every default). */
+export interface DurableStreamsSettings {
+  /** URL prefix; a stream's URL is `${path}/${name}`. */
+  path: string
+  longPollTimeoutMs: number
+  /** SSE responses end after this long so clients reconnect (and CDNs collapse). */
+  sseMaxDurationMs: number
+  /** Largest accepted PUT/POST body; bigger ones get 413. */
+  maxAppendBytes: number
+  /** Most bytes one catch-up read (or one SSE data event) carries. */
+  readChunkBytes: number
+  /** Open long-poll and SSE responses at once; more get 503. */
+  maxLiveReaders: number
+  maxStreamPathLength: number
+  /** `Access-Control-Allow-Origin` of every response; null sends no CORS headers. */
+  corsOrigin: string | null
+  /** A registry function path asked `{ method, path, operation, context }` before each operation. */
+  authorizeFunction: string | null
+}
+
 export interface StreamsOptions {
   path?: string
+  durable_streams?: boolean | Record<string, unknown>
+  durableStreams?: boolean | Record<string, unknown>
   auth_function?: string | AuthFunction
   authFunction?: string | AuthFunction
   authFailure?: 'reject' | 'anonymous'
@@ -74,6 +104,7 @@ export interface StreamsOptions {
 
 export interface NormalizedOptions {
   path: string
+  durableStreams: DurableStreamsSettings | null
   authFunction: string | AuthFunction | null
   authFailure: 'reject' | 'anonymous'
   joinFailure: 'deny' | 'allow'
@@ -198,7 +229,40 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   throw new InvalidOptionError('adapter.class', `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis or a name given in adapters)`)
 }
 
-const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
+const DURABLE_STREAMS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxAppendBytes', 'readChunkBytes', 'maxLiveReaders',
+  'maxStreamPathLength', 'corsOrigin', 'authorizeFunction']
+
+/** Checks and defaults the `durable_streams` option: false/absent is off, true takes every default. */
+function durableStreamsSettings (value: unknown): DurableStreamsSettings | null {
+  if (value === undefined || value === false) return null
+  if (value !== true && (value === null || typeof value !== 'object' || Array.isArray(value))) {
+    throw new InvalidOptionError('durable_streams', 'expected true, false or an object')
+  }
+  const where = 'durable_streams.'
+  const raw = value === true ? {} : fold(value as Raw, where)
+  checkKeys(raw, DURABLE_STREAMS_KEYS, where)
+  const path = nonEmptyString(raw, 'path', DEFAULT_DURABLE_STREAMS_PATH, where)
+  if (!/^\/[^?#]*[^/?#]$/.test(path)) throw new InvalidOptionError(`${where}path`, 'expected a path starting with "/", not ending with "/"')
+  const corsOrigin = raw.corsOrigin === undefined ? DEFAULT_CORS_ORIGIN : raw.corsOrigin
+  if (corsOrigin !== null && (typeof corsOrigin !== 'string' || corsOrigin === '')) throw new InvalidOptionError(`${where}cors_origin`, 'expected a non-empty string or null')
+  const authorizeFunction = raw.authorizeFunction ?? null
+  if (authorizeFunction !== null && (typeof authorizeFunction !== 'string' || authorizeFunction === '')) {
+    throw new InvalidOptionError(`${where}authorize_function`, 'expected a function path (string)')
+  }
+  return {
+    path,
+    longPollTimeoutMs: positiveInt(raw, 'longPollTimeoutMs', DEFAULT_LONG_POLL_TIMEOUT_MS, where),
+    sseMaxDurationMs: positiveInt(raw, 'sseMaxDurationMs', DEFAULT_SSE_MAX_DURATION_MS, where),
+    maxAppendBytes: positiveInt(raw, 'maxAppendBytes', DEFAULT_MAX_APPEND_BYTES, where),
+    readChunkBytes: positiveInt(raw, 'readChunkBytes', DEFAULT_READ_CHUNK_BYTES, where),
+    maxLiveReaders: positiveInt(raw, 'maxLiveReaders', DEFAULT_MAX_LIVE_READERS, where),
+    maxStreamPathLength: positiveInt(raw, 'maxStreamPathLength', DEFAULT_MAX_STREAM_PATH_LENGTH, where),
+    corsOrigin,
+    authorizeFunction
+  }
+}
+
+const TOP_KEYS = ['path', 'durableStreams', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
   'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'port', 'host']
 
 /** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key. */
@@ -230,6 +294,7 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
 
   return {
     path,
+    durableStreams: durableStreamsSettings(raw.durableStreams),
     authFunction: authFunction as NormalizedOptions['authFunction'],
     authFailure: oneOf(raw, 'authFailure', ['reject', 'anonymous'] as const, 'reject'),
     joinFailure: oneOf(raw, 'joinFailure', ['deny', 'allow'] as const, 'deny'),
