@@ -1,0 +1,211 @@
+// Durable streams beyond the conformance suite: options, refusals of bad input, auth and authorization,
+// live reader limits and shutdown, and the official client's producer and live reader.
+import { request as httpRequest } from 'node:http'
+import { test } from 'tap'
+import Fastify from 'fastify'
+import { DurableStream, IdempotentProducer, stream } from '@durable-streams/client'
+import streams, { type StreamsOptions } from '../../lib/index.js'
+import { serve } from '../helpers/app.js'
+
+async function serveHttp (options: StreamsOptions, setup?: Parameters<typeof serve>[1]): Promise<{ base: string, close: () => Promise<void> }> {
+  const { app, url } = await serve({ durable_streams: true, ...options }, setup)
+  return { base: url.replace('ws://', 'http://').replace(/\/$/, ''), close: () => app.close() }
+}
+
+/** A request whose path goes out byte for byte (fetch would normalise `..` and encoded characters). */
+function rawRequest (base: string, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number, body: any }> {
+  const { hostname, port } = new URL(base)
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ hostname, port, method, path, headers }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString()
+        resolve({ status: res.statusCode ?? 0, body: text.startsWith('{') ? JSON.parse(text) : text })
+      })
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+async function put (base: string, name: string, headers: Record<string, string> = { 'content-type': 'text/plain' }, body?: string): Promise<Response> {
+  return fetch(`${base}/v1/stream/${name}`, { method: 'PUT', headers, body })
+}
+
+test('durable_streams is off by default and its options are checked before anything starts', async (t) => {
+  const { app, url } = await serve({})
+  t.teardown(() => app.close())
+  const res = await fetch(`${url.replace('ws://', 'http://')}v1/stream/a`, { method: 'PUT' })
+  t.equal(res.status, 404, 'no durable stream routes without the option')
+
+  for (const [value, key] of [['yes', 'durable_streams'], [{ path: 'v1' }, 'durable_streams.path'], [{ path: '/v1/' }, 'durable_streams.path'],
+    [{ long_poll_timeout_ms: 0 }, 'durable_streams.longPollTimeoutMs'], [{ colour: 'red' }, 'durable_streams.colour'],
+    [{ authorize_function: 3 }, 'durable_streams.authorize_function']] as const) {
+    const bad = Fastify()
+    await t.rejects(async () => { await bad.register(streams, { durable_streams: value as never }) }, { code: 'STREAMS_ERR_INVALID_OPTION', message: new RegExp(key.replace('.', '\\.')) }, `${JSON.stringify(value)} is refused`)
+    await bad.close()
+  }
+})
+
+test('durable_streams.path moves the stream URLs', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { path: '/streams' } })
+  t.teardown(close)
+  t.equal((await fetch(`${base}/streams/a`, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'x' })).status, 201)
+  t.equal(await (await fetch(`${base}/streams/a`)).text(), 'x')
+  t.equal((await fetch(`${base}/v1/stream/a`)).status, 404, 'the default path is not served')
+})
+
+test('bad input gets a coded refusal and the stream stays intact', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { max_append_bytes: 1024 } })
+  t.teardown(close)
+  t.equal((await put(base, 'ok', { 'content-type': 'text/plain' }, 'kept')).status, 201)
+  const url = `${base}/v1/stream/ok`
+
+  const big = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x'.repeat(2048) })
+  t.equal(big.status, 413, 'an oversized body is 413')
+  t.equal((await big.json()).code, 'STREAMS_ERR_PAYLOAD_TOO_LARGE')
+  t.equal(big.headers.get('x-content-type-options'), 'nosniff', 'refusals carry the browser security headers')
+
+  for (const offset of ['abc', '0000_12', '0000000000000000_000000000000001x', '-2', '00000000000000000000000000000000']) {
+    const res = await fetch(`${url}?offset=${encodeURIComponent(offset)}`)
+    t.equal(res.status, 400, `offset ${offset} is refused`)
+    t.equal((await res.json()).code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+  const beyond = await fetch(`${url}?offset=0000000000000000_0000000000009999`)
+  t.equal(beyond.status, 400, 'an offset past the tail is refused')
+  t.equal((await fetch(`${url}?offset=-1&live=forever`)).status, 400, 'an unknown live mode is refused')
+
+  for (const headers of [
+    { 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '01' },
+    { 'producer-id': 'p', 'producer-epoch': '9007199254740993', 'producer-seq': '0' },
+    { 'producer-id': 'p', 'producer-seq': '0' },
+    { 'stream-closed': 'maybe' },
+    { 'stream-seq': '' }
+  ] as Array<Record<string, string>>) {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: 'no' })
+    t.equal(res.status, 400, `${JSON.stringify(headers)} is refused`)
+    t.equal((await res.json()).code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+  for (const headers of [{ 'stream-ttl': '1.5' }, { 'stream-expires-at': '2030-01-01' }, { 'stream-fork-offset': START }] as Array<Record<string, string>>) {
+    const res = await put(base, 'other', { 'content-type': 'text/plain', ...headers })
+    t.equal(res.status, 400, `PUT with ${JSON.stringify(headers)} is refused`)
+  }
+
+  for (const path of ['/v1/stream/a/../ok', '/v1/stream/a/./b', '/v1/stream/a%2Fb', '/v1/stream/a%2fb', '/v1/stream/a%00b', '/v1/stream/a%5Cb',
+    '/v1/stream/a//b', `/v1/stream/${'n'.repeat(1025)}`]) {
+    const res = await rawRequest(base, 'PUT', path, { 'content-type': 'text/plain' }, 'evil')
+    t.equal(res.status, 400, `${path.slice(0, 40)} is refused`)
+    t.equal(res.body.code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+
+  t.equal((await rawRequest(base, 'GET', '/v1/stream/%E0%A4%A')).status, 400, 'broken percent-encoding is refused (by Fastify)')
+
+  const read = await fetch(url)
+  t.equal(await read.text(), 'kept', 'the stream holds exactly what was accepted')
+  t.equal(read.headers.get('stream-next-offset'), '0000000000000000_0000000000000004')
+})
+
+const START = '0000000000000000_0000000000000000'
+
+test('every request is authenticated; authorize_function sees each operation and may refuse it', async (t) => {
+  const seen: Array<{ method: string, path: string, operation: string, context: unknown }> = []
+  const { base, close } = await serveHttp({
+    auth_function: 'auth',
+    durable_streams: { authorize_function: 'authorize' }
+  }, (app) => {
+    app.streams.registerFunction({
+      function_path: 'auth',
+      handler: (input: { headers: Record<string, string> }) => {
+        if (input.headers.authorization === undefined) throw new Error('no token')
+        return { context: { user: input.headers.authorization } }
+      }
+    })
+    app.streams.registerFunction({
+      function_path: 'authorize',
+      handler: (input: { method: string, path: string, operation: string, context: { user: string } }) => {
+        seen.push(input)
+        if (input.path.startsWith('/v1/stream/private/')) return input.context.user === 'admin'
+        return input.operation === 'delete' ? { unauthorized: true } : true
+      }
+    })
+  })
+  t.teardown(close)
+  const ana = { authorization: 'ana', 'content-type': 'text/plain' }
+
+  const anonymous = await fetch(`${base}/v1/stream/doc`, { method: 'PUT', headers: { 'content-type': 'text/plain' } })
+  t.equal(anonymous.status, 401)
+  t.equal((await anonymous.json()).code, 'STREAMS_ERR_UNAUTHORIZED')
+
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'PUT', headers: ana, body: 'a' })).status, 201)
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'POST', headers: ana, body: 'b' })).status, 204)
+  t.equal(await (await fetch(`${base}/v1/stream/doc`, { headers: ana })).text(), 'ab')
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'HEAD', headers: ana })).status, 200)
+  const refused = await fetch(`${base}/v1/stream/doc`, { method: 'DELETE', headers: ana })
+  t.equal(refused.status, 403)
+  t.equal((await refused.json()).code, 'STREAMS_ERR_FORBIDDEN')
+  t.same(seen.map(input => input.operation), ['create', 'append', 'read', 'head', 'delete'])
+  t.same(seen[0], { method: 'PUT', path: '/v1/stream/doc', operation: 'create', context: { user: 'ana' } })
+
+  const admin = { authorization: 'admin', 'content-type': 'text/plain' }
+  t.equal((await fetch(`${base}/v1/stream/private/notes`, { method: 'PUT', headers: admin, body: 'secret' })).status, 201)
+  t.equal((await fetch(`${base}/v1/stream/private/notes`, { headers: ana })).status, 403, 'ana may not read it')
+  const fork = await fetch(`${base}/v1/stream/copy`, { method: 'PUT', headers: { ...ana, 'stream-forked-from': '/v1/stream/private/notes' } })
+  t.equal(fork.status, 403, 'nor copy it into a fork of her own')
+  t.equal((await fetch(`${base}/v1/stream/copy`, { headers: ana })).status, 404, 'the refused fork does not exist')
+})
+
+test('live readers are bounded, and closing the app ends open SSE and long-poll responses', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { max_live_readers: 2, long_poll_timeout_ms: 600_000 } })
+  t.equal((await put(base, 'live')).status, 201)
+  const url = `${base}/v1/stream/live?offset=-1`
+
+  const poll = fetch(`${url}&live=long-poll`)
+  // SSE readers take a slot before their headers go out: open them until the limit refuses one.
+  const open: Response[] = []
+  let refused: Response
+  for (;;) {
+    const res = await fetch(`${url}&live=sse`)
+    if (res.status !== 200) {
+      refused = res
+      break
+    }
+    open.push(res)
+  }
+  t.equal(refused.status, 503, 'a live reader past the limit is refused')
+  t.equal((await refused.json()).code, 'STREAMS_ERR_TOO_MANY_READERS')
+  t.equal(open.length, 1, 'the long-poll and one SSE reader hold the two slots')
+  const sseText = open[0].text()
+
+  await close()
+  const polled = await poll
+  t.equal(polled.status, 204, 'the waiting long-poll answers 204 on shutdown')
+  t.equal(polled.headers.get('stream-up-to-date'), 'true')
+  t.match(await sseText, /event: control\ndata:\{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
+})
+
+test('the official client: an IdempotentProducer\'s batches reach a live stream() reader exactly once', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const url = `${base}/v1/stream/tokens`
+  const handle = await DurableStream.create({ url, contentType: 'application/json' })
+  const received: unknown[] = []
+  const done = new Promise<void>((resolve, reject) => {
+    stream<{ n: number }>({ url, offset: '-1', live: 'sse' }).then((response) => {
+      response.subscribeJson(async (batch) => {
+        received.push(...batch.items)
+        if (received.length >= 500) {
+          response.cancel()
+          resolve()
+        }
+      })
+    }, reject)
+  })
+  const producer = new IdempotentProducer(handle, 'writer-1', { lingerMs: 1 })
+  for (let n = 0; n < 500; n++) producer.append(JSON.stringify({ n }))
+  await producer.flush()
+  await done
+  t.same(received, Array.from({ length: 500 }, (_, n) => ({ n })), 'every message once, in order')
+  const all = await (await fetch(url)).json()
+  t.equal(all.length, 500, 'the stream holds each message once')
+})
