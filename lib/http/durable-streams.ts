@@ -9,7 +9,7 @@ import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError, UnauthorizedError
 } from '../errors.js'
 import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
-import { MemoryDurableStore } from './memory-store.js'
+import { createMemoryDurableStore } from './memory-store.js'
 import {
   formatOffset, mediaType, parseOffset,
   type AppendRequest, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
@@ -143,7 +143,7 @@ function createStore (host: DurableStreamsHost): DurableStreamStore {
   const capable = host.adapter as StreamAdapter & DurableStreamsCapable
   if (typeof capable.durableStreamStore === 'function') return capable.durableStreamStore()
   const choice = host.adapterChoice
-  if (choice.kind === 'kv' && choice.storeMethod === 'in_memory') return new MemoryDurableStore()
+  if (choice.kind === 'kv' && choice.storeMethod === 'in_memory') return createMemoryDurableStore()
   throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the in-memory KvStore)')
 }
 
