@@ -10,6 +10,7 @@ import {
 } from '../errors.js'
 import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
 import { createMemoryDurableStore } from './memory-store.js'
+import { createSqliteDurableStore } from './sqlite-store.js'
 import {
   formatOffset, mediaType, parseOffset,
   type AppendRequest, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
@@ -139,18 +140,20 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 
-function createStore (host: DurableStreamsHost): DurableStreamStore {
+/** The store beside the configured adapter: the same memory, the same SQLite file (or the adapter's own). */
+async function createStore (host: DurableStreamsHost): Promise<DurableStreamStore> {
   const capable = host.adapter as StreamAdapter & DurableStreamsCapable
   if (typeof capable.durableStreamStore === 'function') return capable.durableStreamStore()
   const choice = host.adapterChoice
   if (choice.kind === 'kv' && choice.storeMethod === 'in_memory') return createMemoryDurableStore()
-  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the in-memory KvStore)')
+  if (choice.kind === 'kv') return createSqliteDurableStore(choice.filePath)
+  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the KvStore)')
 }
 
 export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = async (app: FastifyInstance, host) => {
   const { settings, registry } = host
   const prefix = settings.path
-  const store = createStore(host)
+  const store = await createStore(host)
   const readers = new LiveReaders(settings.maxLiveReaders)
   // Reads behind auth may differ per user: shared caches must not serve them to others.
   const cacheable = host.authConfigured || settings.authorizeFunction !== null ? CACHEABLE_PRIVATE : CACHEABLE
