@@ -147,7 +147,11 @@ async function createStore (host: DurableStreamsHost): Promise<DurableStreamStor
   const choice = host.adapterChoice
   if (choice.kind === 'kv' && choice.storeMethod === 'in_memory') return createMemoryDurableStore()
   if (choice.kind === 'kv') return createSqliteDurableStore(choice.filePath)
-  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the KvStore)')
+  if (choice.kind === 'redis') {
+    const { createRedisDurableStore } = await import('./redis-store.js')
+    return createRedisDurableStore(choice)
+  }
+  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the KvStore or the RedisAdapter)')
 }
 
 export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = async (app: FastifyInstance, host) => {
