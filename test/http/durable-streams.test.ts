@@ -1,6 +1,6 @@
 // Durable streams beyond the conformance suite: options, refusals of bad input, auth and authorization,
 // live reader limits and shutdown, and the official client's producer and live reader.
-import { request as httpRequest } from 'node:http'
+import { Agent, request as httpRequest, type ClientRequest } from 'node:http'
 import { test } from 'tap'
 import Fastify from 'fastify'
 import { DurableStream, IdempotentProducer, stream } from '@durable-streams/client'
@@ -208,4 +208,43 @@ test('the official client: an IdempotentProducer\'s batches reach a live stream(
   t.same(received, Array.from({ length: 500 }, (_, n) => ({ n })), 'every message once, in order')
   const all = await (await fetch(url)).json()
   t.equal(all.length, 500, 'the stream holds each message once')
+})
+
+test('two thousand idle SSE readers each get the next append, and a reader that leaves frees its slot', async (t) => {
+  const READERS = 2000
+  const { base, close } = await serveHttp({ durable_streams: { max_live_readers: READERS } })
+  t.teardown(close)
+  t.equal((await put(base, 'fanout')).status, 201)
+  const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+  t.teardown(() => agent.destroy())
+  const { hostname, port } = new URL(base)
+  const readers = await Promise.all(Array.from({ length: READERS }, () => new Promise<{ text: () => string, req: ClientRequest }>((resolve, reject) => {
+    const req = httpRequest({ hostname, port, agent, path: '/v1/stream/fanout?offset=-1&live=sse' }, (res) => {
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => {
+        text += chunk
+        // Ready once the first control event (caught up) is in.
+        if (text.includes('"upToDate":true')) resolve({ text: () => text, req })
+      })
+    })
+    req.on('error', reject)
+    req.end()
+  })))
+  const refused = await fetch(`${base}/v1/stream/fanout?offset=-1&live=sse`)
+  t.equal(refused.status, 503, 'the limit holds')
+  readers[0].req.destroy()
+  let admitted: Response
+  // The server frees the slot when it sees the socket close.
+  do admitted = await fetch(`${base}/v1/stream/fanout?offset=-1&live=sse`, { signal: AbortSignal.timeout(2000) })
+  while (admitted.status === 503)
+  t.equal(admitted.status, 200, 'a reader that left freed its slot')
+  await admitted.body?.cancel()
+
+  t.equal((await fetch(`${base}/v1/stream/fanout`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'marker' })).status, 204)
+  const waiting = readers.slice(1)
+  const deadline = Date.now() + 30_000
+  while (waiting.some(reader => !reader.text().includes('data:marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata:marker\n')).length, READERS - 1, 'every remaining reader got the append')
+  for (const reader of waiting) reader.req.destroy()
 })
