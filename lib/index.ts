@@ -12,6 +12,7 @@ import { CLOSE_GOING_AWAY, Connection, type ConnectionHost } from './connection.
 import { AlreadyRegisteredError, InvalidAdapterError } from './errors.js'
 import { Hub } from './hub.js'
 import { durableStreamsRoutes } from './http/durable-streams.js'
+import type { DurableStreamsApi } from './http/durable-api.js'
 import { normalizeOptions, resolveDotted, type AuthFunction, type AuthInput, type NormalizedOptions, type StreamsOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import { Registry } from './registry.js'
@@ -19,6 +20,7 @@ import { Registry } from './registry.js'
 export * from './errors.js'
 export type { StreamsOptions, AuthInput, AuthFunction } from './options.js'
 export type { StreamsApi, CustomEvent } from './api.js'
+export type { DurableStreamsApi, DurableReadResult, DurableStreamInfo } from './http/durable-api.js'
 export type * from './adapters/adapter.js'
 export type { UpdateOp, UpdateOpError } from './update-ops.js'
 export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
@@ -29,6 +31,8 @@ export interface FastifyStreams extends StreamsApi {
   dropConnections(code?: number): void
   /** Number of open stream sockets. */
   readonly connectionCount: number
+  /** Durable streams without HTTP; present when the `durable_streams` option is on. */
+  readonly durable?: DurableStreamsApi
 }
 
 declare module 'fastify' {
@@ -218,7 +222,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
     }
   })
 
-  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, authenticate: async (request) => options.authFunction === null ? null : await authenticate(authInput(request)), authFailure: options.authFailure, authConfigured: options.authFunction !== null, registry, adapterChoice: options.adapter, adapter })
+  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, authenticate: async (request) => options.authFunction === null ? null : await authenticate(authInput(request)), authFailure: options.authFailure, authConfigured: options.authFunction !== null, registry, adapterChoice: options.adapter, adapter, streams })
 
   app.addHook('preClose', async () => {
     closed = true

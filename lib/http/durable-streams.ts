@@ -9,6 +9,7 @@ import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError, UnauthorizedError
 } from '../errors.js'
 import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
+import { createDurableStreamsApi } from './durable-api.js'
 import { createMemoryDurableStore } from './memory-store.js'
 import { createSqliteDurableStore } from './sqlite-store.js'
 import {
@@ -29,6 +30,8 @@ export interface DurableStreamsHost {
   registry: Registry
   adapterChoice: AdapterChoice
   adapter: StreamAdapter
+  /** The `app.streams` object, which gains `durable`. */
+  streams: object
 }
 
 /** An adapter that stores durable streams itself offers this (an optional capability). */
@@ -69,14 +72,22 @@ function decimal (value: string, what: string): number {
   return number
 }
 
-/**
- * The stream name of a URL path under `prefix`: percent-decoded, refused when it is empty, too long, holds
- * an encoded slash, backslash or NUL, a control character, or an empty, `.` or `..` segment.
- */
+/** A decoded stream name, refused when it holds a control character, a backslash, or an empty, `.` or `..` segment. */
+function checkStreamName (name: string, maxLength: number): string {
+  if (name === '' || name.length > maxLength) throw new StreamRequestError(`a stream name has 1 to ${maxLength} characters`)
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f\\]/.test(name)) throw new StreamRequestError('a stream name may not hold control characters or backslashes')
+  if (name.split('/').some(segment => segment === '' || segment === '.' || segment === '..')) {
+    throw new StreamRequestError('a stream name may not hold empty, "." or ".." segments')
+  }
+  return name
+}
+
+/** The stream name of a URL path under `prefix`, percent-decoded; an encoded slash, backslash or NUL is refused. */
 function streamName (path: string, prefix: string, maxLength: number): string {
   if (!path.startsWith(prefix + '/')) throw new StreamRequestError(`a stream path starts with ${prefix}/`)
   const raw = path.slice(prefix.length + 1)
-  if (raw === '' || raw.length > maxLength) throw new StreamRequestError(`a stream name has 1 to ${maxLength} characters`)
+  if (raw.length > maxLength) throw new StreamRequestError(`a stream name has 1 to ${maxLength} characters`)
   if (/%(2f|5c|00)/i.test(raw)) throw new StreamRequestError('a stream name may not hold an encoded slash, backslash or NUL')
   let name: string
   try {
@@ -84,12 +95,7 @@ function streamName (path: string, prefix: string, maxLength: number): string {
   } catch {
     throw new StreamRequestError('the stream name is not valid percent-encoding')
   }
-  // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f\\]/.test(name)) throw new StreamRequestError('a stream name may not hold control characters or backslashes')
-  if (name.split('/').some(segment => segment === '' || segment === '.' || segment === '..')) {
-    throw new StreamRequestError('a stream name may not hold empty, "." or ".." segments')
-  }
-  return name
+  return checkStreamName(name, maxLength)
 }
 
 function urlPath (url: string): { path: string, query: URLSearchParams } {
@@ -159,6 +165,8 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   const prefix = settings.path
   const store = await createStore(host)
   const readers = new LiveReaders(settings.maxLiveReaders)
+  const api = createDurableStreamsApi(store, name => checkStreamName(name, settings.maxStreamPathLength), settings.readChunkBytes, registry)
+  Object.defineProperty(host.streams, 'durable', { value: api, enumerable: true })
   // Reads behind auth may differ per user: shared caches must not serve them to others.
   const cacheable = host.authConfigured || settings.authorizeFunction !== null ? CACHEABLE_PRIVATE : CACHEABLE
 

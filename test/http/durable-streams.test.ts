@@ -248,3 +248,32 @@ test('two thousand idle SSE readers each get the next append, and a reader that 
   t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata:marker\n')).length, READERS - 1, 'every remaining reader got the append')
   for (const reader of waiting) reader.req.destroy()
 })
+
+test('app.streams.durable and the registry functions write and read streams without HTTP; HTTP readers see it', async (t) => {
+  const { app, url } = await serve({ durable_streams: true }, (app) => {
+    app.post('/progress/:job', async (request) => app.streams.durable!.append(`jobs/${(request.params as { job: string }).job}`, request.body))
+  })
+  t.teardown(() => app.close())
+  const base = url.replace('ws://', 'http://').replace(/\/$/, '')
+  const durable = app.streams.durable!
+  t.same(await durable.create('jobs/7', { contentType: 'application/json', data: [{ step: 0 }] }), { created: true, offset: '0000000000000000_0000000000000001' })
+  const poll = fetch(`${base}/v1/stream/jobs/7?offset=0000000000000000_0000000000000001&live=long-poll`)
+  const posted = await fetch(`${base}/progress/7`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ step: 1 }) })
+  t.same(await posted.json(), { offset: '0000000000000000_0000000000000002', duplicate: false, closed: false }, 'a route handler appended')
+  t.same(await (await poll).json(), [{ step: 1 }], 'the waiting HTTP long-poll got it')
+
+  t.same(await app.streams.call('durable_streams.append', { name: 'jobs/7', data: [{ step: 2 }, { step: 3 }] }), { offset: '0000000000000000_0000000000000004', duplicate: false, closed: false })
+  await durable.close('jobs/7')
+  t.same(await durable.read('jobs/7'), { messages: [{ step: 0 }, { step: 1 }, { step: 2 }, { step: 3 }], nextOffset: '0000000000000000_0000000000000004', upToDate: true, closed: true })
+  t.same(await app.streams.call('durable_streams.head', { name: 'jobs/7' }), { contentType: 'application/json', offset: '0000000000000000_0000000000000004', closed: true, ttlSeconds: null, expiresAt: null })
+  await t.rejects(durable.append('jobs/7', { late: true }), { code: 'STREAMS_ERR_STREAM_CLOSED' }, 'the rules hold without HTTP too')
+  await t.rejects(durable.create('../etc'), { code: 'STREAMS_ERR_STREAM_REQUEST' }, 'names are checked as URL paths are')
+
+  await durable.create('log', { contentType: 'text/plain' })
+  await durable.append('log', 'a\n')
+  await durable.append('log', new Uint8Array([98]))
+  t.equal((await durable.read('log')).data?.toString(), 'a\nb')
+  await t.rejects(durable.append('log', { not: 'bytes' }), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
+  await durable.delete('log')
+  await t.rejects(durable.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' })
+})
