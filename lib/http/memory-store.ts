@@ -1,5 +1,5 @@
 // Durable streams in process memory: gone with the process, like the memory adapter's items.
-import { StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 interface Held { stream: StoredStream, entries: StoredEntry[], producers: Map<string, ProducerState> }
@@ -21,18 +21,12 @@ function firstEndingAfter (entries: StoredEntry[], position: Position): number {
   return low
 }
 
-class MemoryBackend implements StreamBackend, StreamTransaction {
+class MemoryBackend extends SerialBackend implements StreamBackend, StreamTransaction {
   private readonly byName = new Map<string, string>()
   private readonly byId = new Map<string, Held>()
-  private readonly listeners = new Set<(name: string) => void>()
-  /** The tail of the queue of operations: each runs after the previous one settled. */
-  private queue: Promise<unknown> = Promise.resolve()
-
   run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
     // The engine checks everything before it writes, so an operation that throws has changed nothing.
-    const result = this.queue.then(() => work(this))
-    this.queue = result.catch(() => {})
-    return result
+    return this.serial(() => work(this))
   }
 
   async names (): Promise<string[]> {
@@ -40,16 +34,11 @@ class MemoryBackend implements StreamBackend, StreamTransaction {
   }
 
   publish (name: string): void {
-    for (const listener of [...this.listeners]) listener(name)
-  }
-
-  onChange (listener: (name: string) => void): () => void {
-    this.listeners.add(listener)
-    return () => { this.listeners.delete(listener) }
+    this.emit(name)
   }
 
   async close (): Promise<void> {
-    this.listeners.clear()
+    await this.settle()
   }
 
   async stream (name: string): Promise<StoredStream | null> {

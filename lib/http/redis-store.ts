@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
 import type { RedisConfig } from '../options.js'
-import { StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** How long a node may hold the operation lock before another may take it (a node that died holding it). */
@@ -16,16 +16,14 @@ const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call
 
 type Write = (multi: ReturnType<Redis['multi']>) => void
 
-class RedisBackend implements StreamBackend {
-  private readonly listeners = new Set<(name: string) => void>()
-  private queue: Promise<unknown> = Promise.resolve()
+class RedisBackend extends SerialBackend implements StreamBackend {
   private readonly channel: string
 
   constructor (private readonly client: Redis, private readonly subscriber: Redis, private readonly prefix: string, private readonly lockWaitMs: number) {
+    super()
     this.channel = `${prefix}changes`
     subscriber.on('message', (channel: string, name: string) => {
-      if (channel !== this.channel) return
-      for (const listener of [...this.listeners]) listener(name)
+      if (channel === this.channel) this.emit(name)
     })
   }
 
@@ -48,7 +46,7 @@ class RedisBackend implements StreamBackend {
   }
 
   run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
-    const result = this.queue.then(async () => {
+    return this.serial(async () => {
       const token = await this.lock()
       try {
         const tx = new RedisTransaction(this.client, (...parts) => this.key(...parts))
@@ -59,8 +57,6 @@ class RedisBackend implements StreamBackend {
         await this.client.eval(RELEASE, 1, this.key('lock'), token)
       }
     })
-    this.queue = result.catch(() => {})
-    return result
   }
 
   async names (): Promise<string[]> {
@@ -71,14 +67,8 @@ class RedisBackend implements StreamBackend {
     this.client.publish(this.channel, name).catch(() => {})
   }
 
-  onChange (listener: (name: string) => void): () => void {
-    this.listeners.add(listener)
-    return () => { this.listeners.delete(listener) }
-  }
-
   async close (): Promise<void> {
-    this.listeners.clear()
-    await this.queue
+    await this.settle()
     this.subscriber.disconnect()
     await this.client.quit().catch(() => this.client.disconnect())
   }

@@ -4,7 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import type { Database } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
@@ -30,11 +30,10 @@ function toEntry (row: EntryRow): StoredEntry {
   }
 }
 
-class SqliteBackend implements StreamBackend, StreamTransaction {
-  private readonly listeners = new Set<(name: string) => void>()
-  private queue: Promise<unknown> = Promise.resolve()
-
-  constructor (private readonly db: Database) {}
+class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransaction {
+  constructor (private readonly db: Database) {
+    super()
+  }
 
   private exec (sql: string, params: unknown[] = []): Promise<void> {
     return new Promise((resolve, reject) => this.db.run(sql, params, (err) => err === null ? resolve() : reject(err)))
@@ -53,7 +52,7 @@ class SqliteBackend implements StreamBackend, StreamTransaction {
   }
 
   run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
-    const result = this.queue.then(async () => {
+    return this.serial(async () => {
       await this.exec('BEGIN IMMEDIATE')
       try {
         const value = await work(this)
@@ -64,8 +63,6 @@ class SqliteBackend implements StreamBackend, StreamTransaction {
         throw err
       }
     })
-    this.queue = result.catch(() => {})
-    return result
   }
 
   async names (): Promise<string[]> {
@@ -73,17 +70,11 @@ class SqliteBackend implements StreamBackend, StreamTransaction {
   }
 
   publish (name: string): void {
-    for (const listener of [...this.listeners]) listener(name)
-  }
-
-  onChange (listener: (name: string) => void): () => void {
-    this.listeners.add(listener)
-    return () => { this.listeners.delete(listener) }
+    this.emit(name)
   }
 
   async close (): Promise<void> {
-    this.listeners.clear()
-    await this.queue
+    await this.settle()
     await new Promise<void>((resolve, reject) => this.db.close((err) => err === null ? resolve() : reject(err)))
   }
 

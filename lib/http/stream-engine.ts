@@ -59,6 +59,35 @@ export interface StreamBackend {
   close (): Promise<void>
 }
 
+/** What every backend shares: one operation at a time in this process, and the listeners of changes. */
+export abstract class SerialBackend {
+  private readonly listeners = new Set<(name: string) => void>()
+  private queue: Promise<unknown> = Promise.resolve()
+
+  /** Runs `task` once every earlier task settled. */
+  protected serial<T> (task: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(task)
+    this.queue = result.catch(() => {})
+    return result
+  }
+
+  /** Waits for the running tasks, then forgets the listeners (closing). */
+  protected async settle (): Promise<void> {
+    this.listeners.clear()
+    await this.queue
+  }
+
+  /** Tells this process's listeners that `name` changed. */
+  protected emit (name: string): void {
+    for (const listener of [...this.listeners]) listener(name)
+  }
+
+  onChange (listener: (name: string) => void): () => void {
+    this.listeners.add(listener)
+    return () => { this.listeners.delete(listener) }
+  }
+}
+
 function entrySize (payload: Payload): number {
   return payload.kind === 'bytes' ? payload.bytes.length : payload.messages.length
 }
