@@ -141,6 +141,26 @@ function sseEncoding (contentType: string): 'text' | 'json' | 'base64' {
   return type.startsWith('text/') ? 'text' : 'base64'
 }
 
+/** Length of the longest prefix of `bytes` that ends on a whole UTF-8 character. */
+function utf8Prefix (bytes: Buffer): number {
+  for (let back = 1; back <= Math.min(4, bytes.length); back++) {
+    const byte = bytes[bytes.length - back]
+    if ((byte & 0xc0) === 0x80) continue
+    const length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1
+    return length > back ? bytes.length - back : bytes.length
+  }
+  return bytes.length
+}
+
+/** A text read cut by the chunk size inside a character ends before it (the rest comes with the next event). */
+function wholeCharacters (result: ReadResult): ReadResult {
+  const { payload, next, info } = result
+  if (payload.kind !== 'bytes' || next === info.tail) return result
+  const cut = utf8Prefix(payload.bytes)
+  if (cut === 0 || cut === payload.bytes.length) return result
+  return { ...result, next: next - (payload.bytes.length - cut), payload: { kind: 'bytes', bytes: payload.bytes.subarray(0, cut) } }
+}
+
 function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): string[] {
   if (payload.kind === 'json') return [`[${payload.messages.join(',')}]`]
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
@@ -414,6 +434,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       while (!reader.ended) {
         watch.pending = false
         result ??= await store.read(target.name, position, settings.readChunkBytes)
+        if (encoding === 'text') result = wholeCharacters(result)
         const { info, next, payload } = result
         result = null
         const hasData = !payloadEmpty(payload)

@@ -1,11 +1,14 @@
 // Durable streams in process memory: gone with the process, like the memory adapter's items.
-import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 interface Held { stream: StoredStream, entries: StoredEntry[], producers: Map<string, ProducerState> }
 
+/** Entries looked at per call (a read asks again for more). */
+const ENTRY_PAGE = 64
+
 /** Bytes (or message characters) an entry weighs against a read's budget. */
-export function entryWeight (entry: StoredEntry): number {
+function entryWeight (entry: StoredEntry): number {
   return entry.payload.kind === 'bytes' ? entry.payload.bytes.length : entry.payload.messages.reduce((sum, message) => sum + message.length, 0)
 }
 
@@ -64,14 +67,11 @@ class MemoryBackend extends SerialBackend implements StreamBackend, StreamTransa
 
   async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
     const entries = this.byId.get(id)?.entries ?? []
-    const out: StoredEntry[] = []
-    let weight = 0
-    for (let index = firstEndingAfter(entries, from); index < entries.length && entries[index].start < to; index++) {
-      out.push(entries[index])
-      weight += entryWeight(entries[index])
-      if (weight >= maxBytes) break
+    const spans: Array<{ entry: StoredEntry, size: number }> = []
+    for (let index = firstEndingAfter(entries, from); index < entries.length && entries[index].start < to && spans.length < ENTRY_PAGE; index++) {
+      spans.push({ entry: entries[index], size: entryWeight(entries[index]) })
     }
-    return out
+    return withinBudget(spans, maxBytes).map(span => span.entry)
   }
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
 import type { RedisConfig } from '../options.js'
-import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** How long a node may hold the operation lock before another may take it (a node that died holding it). */
@@ -128,23 +128,21 @@ class RedisTransaction implements StreamTransaction {
   }
 
   async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
-    // Index members are `start:end:json`, scored by start; the entry holding `from` starts at or before it.
+    // Index members are `start:end:json:size`, scored by start; the entry holding `from` starts at or before
+    // it. Sizes come first, so no more data than `maxBytes` (plus one entry) is ever loaded.
     const [first] = await this.client.zrevrangebyscore(this.key('index', id), from, '-inf', 'LIMIT', 0, 1)
     const low = first === undefined ? from : Number(first.split(':')[0])
     const members = await this.client.zrangebyscore(this.key('index', id), low, `(${to}`, 'LIMIT', 0, ENTRY_PAGE)
-    const spans = members.map(member => member.split(':').map(Number)).filter(([, end]) => end > from)
+    const spans = withinBudget(members.map(member => {
+      const [start, end, json, size] = member.split(':').map(Number)
+      return { start, end, json, size }
+    }).filter(span => span.end > from), maxBytes)
     if (spans.length === 0) return []
-    const data = await this.client.hmgetBuffer(this.key('data', id), ...spans.map(([start]) => String(start)))
-    const out: StoredEntry[] = []
-    let weight = 0
-    for (let index = 0; index < spans.length; index++) {
-      const [start, end, json] = spans[index]
+    const data = await this.client.hmgetBuffer(this.key('data', id), ...spans.map(span => String(span.start)))
+    return spans.map(({ start, end, json }, index) => {
       const bytes = data[index] ?? Buffer.alloc(0)
-      out.push({ start, end, payload: json === 1 ? { kind: 'json', messages: bytes.toString('utf8').split('\n') } : { kind: 'bytes', bytes } })
-      weight += bytes.length
-      if (weight >= maxBytes) break
-    }
-    return out
+      return { start, end, payload: json === 1 ? { kind: 'json', messages: bytes.toString('utf8').split('\n') } : { kind: 'bytes', bytes } }
+    })
   }
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {
@@ -153,7 +151,7 @@ class RedisTransaction implements StreamTransaction {
     const data = payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.messages.join('\n'))
     const json = payload.kind === 'json' ? 1 : 0
     this.writes.push((multi) => {
-      multi.zadd(this.key('index', id), entry.start, `${entry.start}:${entry.end}:${json}`)
+      multi.zadd(this.key('index', id), entry.start, `${entry.start}:${entry.end}:${json}:${data.length}`)
       multi.hset(this.key('data', id), String(entry.start), data)
     })
   }

@@ -4,7 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import type { Database } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { SerialBackend, StreamEngine, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
@@ -100,20 +100,17 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
   }
 
   async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
-    // Entries are contiguous: the first one wanted is the last one starting at or before `from`.
-    const rows = await this.all<EntryRow>(
-      `SELECT start, end, json, data FROM ds_entries WHERE stream_id = ?1 AND start < ?3 AND start >=
+    // Entries are contiguous: the first one wanted is the last one starting at or before `from`. Sizes are
+    // read first, so no more data than `maxBytes` (plus one entry) is ever loaded.
+    const spans = await this.all<{ start: number, end: number, size: number }>(
+      `SELECT start, end, length(data) AS size FROM ds_entries WHERE stream_id = ?1 AND start < ?3 AND start >=
          coalesce((SELECT max(start) FROM ds_entries WHERE stream_id = ?1 AND start <= ?2), 0)
        ORDER BY start LIMIT ${ENTRY_PAGE}`, [id, from, to])
-    const out: StoredEntry[] = []
-    let weight = 0
-    for (const row of rows) {
-      if (row.end <= from) continue
-      out.push(toEntry(row))
-      weight += row.data.length
-      if (weight >= maxBytes) break
-    }
-    return out
+    const wanted = withinBudget(spans.filter(span => span.end > from), maxBytes)
+    if (wanted.length === 0) return []
+    const rows = await this.all<EntryRow>('SELECT start, end, json, data FROM ds_entries WHERE stream_id = ? AND start >= ? AND start <= ? ORDER BY start',
+      [id, wanted[0].start, wanted[wanted.length - 1].start])
+    return rows.map(toEntry)
   }
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {

@@ -88,6 +88,14 @@ export abstract class SerialBackend {
   }
 }
 
+/** The first spans whose sizes add up to `maxBytes` (at least one): what a read loads at once. */
+export function withinBudget<T extends { size: number }> (spans: T[], maxBytes: number): T[] {
+  let weight = 0
+  let count = 0
+  while (count < spans.length && (count === 0 || weight < maxBytes)) weight += spans[count++].size
+  return spans.slice(0, count)
+}
+
 function entrySize (payload: Payload): number {
   return payload.kind === 'bytes' ? payload.bytes.length : payload.messages.length
 }
@@ -213,7 +221,9 @@ export class StreamEngine implements DurableStreamStore {
       const messages: string[] = []
       let position = start
       let bytes = 0
-      while (position < stream.tail && bytes < maxBytes) {
+      // Full once the budget is spent or the next message does not fit in it.
+      let full = false
+      while (!full && position < stream.tail) {
         const { owner, limit } = await this.owner(tx, stream, position)
         const entries = await tx.entries(owner.id, position, limit, maxBytes - bytes)
         if (entries.length === 0) break
@@ -236,9 +246,9 @@ export class StreamEngine implements DurableStreamStore {
             end = position + taken
           }
           position = end
-          if (bytes >= maxBytes || end < Math.min(entry.end, limit)) break
+          full = bytes >= maxBytes || end < Math.min(entry.end, limit)
+          if (full) break
         }
-        if (bytes >= maxBytes) break
       }
       const payload: Payload = json ? { kind: 'json', messages } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
       return { info: info(stream), from: start, next: position, payload }

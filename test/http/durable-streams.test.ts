@@ -1,5 +1,8 @@
 // Durable streams beyond the conformance suite: options, refusals of bad input, auth and authorization,
 // live reader limits and shutdown, and the official client's producer and live reader.
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Agent, request as httpRequest, type ClientRequest } from 'node:http'
 import { test } from 'tap'
 import Fastify from 'fastify'
@@ -276,4 +279,53 @@ test('app.streams.durable and the registry functions write and read streams with
   await t.rejects(durable.append('log', { not: 'bytes' }), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
   await durable.delete('log')
   await t.rejects(durable.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' })
+})
+
+test('catch-up reads come in chunks of read_chunk_bytes, on memory and on SQLite', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-chunks-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  for (const [label, adapter] of [['memory', undefined], ['SQLite', { class: 'modules::streams::adapters::KvStore', config: { store_method: 'file_based', file_path: join(dir, 'chunks.db') } }]] as const) {
+    const { base, close } = await serveHttp({ adapter, durable_streams: { read_chunk_bytes: 1000 } })
+    t.equal((await put(base, 'bytes', { 'content-type': 'application/octet-stream' })).status, 201)
+    t.equal((await put(base, 'json', { 'content-type': 'application/json' })).status, 201)
+    for (let n = 0; n < 200; n++) {
+      await fetch(`${base}/v1/stream/bytes`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.alloc(100, n) })
+      await fetch(`${base}/v1/stream/json`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n, pad: 'x'.repeat(80) }) })
+    }
+    for (const name of ['bytes', 'json']) {
+      const sizes: number[] = []
+      const parts: Buffer[] = []
+      const messages: unknown[] = []
+      let offset = '-1'
+      for (;;) {
+        const res = await fetch(`${base}/v1/stream/${name}?offset=${offset}`)
+        const body = Buffer.from(await res.arrayBuffer())
+        sizes.push(body.length)
+        if (name === 'json') messages.push(...JSON.parse(body.toString()))
+        else parts.push(body)
+        offset = res.headers.get('stream-next-offset')!
+        if (res.headers.get('stream-up-to-date') === 'true') break
+      }
+      t.ok(sizes.length >= 20 && Math.max(...sizes) <= 1100, `${label} ${name}: ${sizes.length} reads of at most about 1000 bytes`)
+      if (name === 'json') t.same(messages, Array.from({ length: 200 }, (_, n) => ({ n, pad: 'x'.repeat(80) })), `${label}: every message once, in order`)
+      else t.same(Buffer.concat(parts), Buffer.concat(Array.from({ length: 200 }, (_, n) => Buffer.alloc(100, n))), `${label}: every byte once, in order`)
+    }
+    await close()
+  }
+})
+
+test('SSE never splits a UTF-8 character of a text stream across data events', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { read_chunk_bytes: 4 } })
+  t.teardown(close)
+  const text = 'héllo wörld, ≈ 🌍 done'
+  t.equal((await put(base, 'utf8', { 'content-type': 'text/plain; charset=utf-8' }, text)).status, 201)
+  const res = await fetch(`${base}/v1/stream/utf8?offset=-1&live=sse`)
+  const reader = res.body!.getReader()
+  let raw = ''
+  while (!raw.includes('"upToDate":true')) raw += Buffer.from((await reader.read()).value!).toString()
+  await reader.cancel()
+  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => block.split('\n').slice(1).map(line => line.slice(5)).join('\n'))
+  t.ok(data.length > 5, `${data.length} data events`)
+  t.notOk(data.some(chunk => chunk.includes('\uFFFD')), 'no event holds a broken character')
+  t.equal(data.join(''), text, 'together they are the text')
 })
