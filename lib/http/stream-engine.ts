@@ -117,6 +117,8 @@ export class StreamEngine implements DurableStreamStore {
   private readonly watchers = new Map<string, Set<() => void>>()
   private readonly stopChanges: () => void
   private readonly sweeper: NodeJS.Timeout
+  /** Streams the running operation deleted or expired: their watchers are told once it committed. */
+  private changed: string[] = []
 
   constructor (private readonly backend: StreamBackend, private readonly now: () => number = Date.now) {
     this.stopChanges = backend.onChange((name) => {
@@ -128,7 +130,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async create (name: string, request: CreateRequest): Promise<CreateResult> {
-    return this.backend.run(async (tx) => {
+    return this.run(async (tx) => {
       const existing = await this.lookup(tx, name)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
       const source = request.fork === null ? null : await this.lookup(tx, request.fork.source)
@@ -179,7 +181,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async append (name: string, request: AppendRequest): Promise<AppendResult> {
-    const result = await this.backend.run(async (tx) => {
+    const result = await this.run(async (tx) => {
       const stream = await this.existing(tx, name)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
@@ -204,11 +206,11 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async head (name: string): Promise<StreamInfo> {
-    return this.backend.run(async (tx) => info(await this.existing(tx, name)))
+    return this.run(async (tx) => info(await this.existing(tx, name)))
   }
 
   async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
-    return this.backend.run(async (tx) => {
+    return this.run(async (tx) => {
       const stream = await this.existing(tx, name)
       if (stream.ttlSeconds !== null) {
         stream.touchedAt = this.now()
@@ -256,8 +258,10 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async delete (name: string): Promise<void> {
-    await this.backend.run(async (tx) => this.drop(tx, await this.existing(tx, name)))
-    this.backend.publish(name)
+    await this.run(async (tx) => {
+      await this.drop(tx, await this.existing(tx, name))
+      this.changed.push(name)
+    })
   }
 
   watch (name: string, listener: () => void): () => void {
@@ -275,6 +279,18 @@ export class StreamEngine implements DurableStreamStore {
     this.stopChanges()
     this.watchers.clear()
     await this.backend.close()
+  }
+
+  /** Runs an operation on the backend; once it committed, tells the watchers of streams it removed. */
+  private async run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+    const result = await this.backend.run(async (tx) => {
+      this.changed = []
+      return work(tx)
+    }).finally(() => {
+      for (const name of this.changed) this.backend.publish(name)
+      this.changed = []
+    })
+    return result
   }
 
   /** The stream holding `position` as `stream` sees it, and where that view of it ends. */
@@ -319,7 +335,7 @@ export class StreamEngine implements DurableStreamStore {
     const expiry = expiryTime(stream, stream.touchedAt)
     if (expiry === null || this.now() < expiry) return stream
     await this.drop(tx, stream)
-    this.backend.publish(name)
+    this.changed.push(name)
     return tx.stream(name)
   }
 
@@ -347,6 +363,6 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   private async sweep (): Promise<void> {
-    for (const name of await this.backend.names()) await this.backend.run(async (tx) => { await this.lookup(tx, name) })
+    for (const name of await this.backend.names()) await this.run(async (tx) => { await this.lookup(tx, name) })
   }
 }
