@@ -33,8 +33,21 @@ export const InvalidOverrideResultError = createError<[string, string]>('STREAMS
 export const WsInternalsError = createError<[string]>('STREAMS_ERR_WS_INTERNALS', 'Unsupported ws or Node version: %s (see the ws range in package.json)', 500)
 export const MissingPackageError = createError<[string, string]>('STREAMS_ERR_MISSING_PACKAGE', 'The package "%s" is needed for %s: install it with npm install', 500)
 // Group feeds (lib/http/feeds.ts): what a refused feed request answers, as `{ code, message }`.
-export const ForbiddenError = createError('STREAMS_ERR_FORBIDDEN', 'Not allowed to read this group', 403)
+export const ForbiddenError = createError('STREAMS_ERR_FORBIDDEN', 'Not allowed', 403)
 export const FeedRequestError = createError<[string]>('STREAMS_ERR_FEED_REQUEST', 'Invalid feed request: %s', 400)
 export const OffsetGoneError = createError('STREAMS_ERR_OFFSET_GONE', 'The offset is no longer in the log (trimmed, or from another epoch of the store): read again from offset -1', 410)
 export const FeedMethodError = createError('STREAMS_ERR_METHOD_NOT_ALLOWED', 'Feeds are read-only (GET, HEAD)', 405)
 export const FeedBusyError = createError('STREAMS_ERR_FEED_BUSY', 'Too many live feed readers, retry later', 503)
+
+// Durable Streams protocol refusals: each carries the HTTP status the protocol gives it.
+export const StreamRequestError = createError<[string]>('STREAMS_ERR_STREAM_REQUEST', 'Bad request: %s', 400)
+export const StreamNotFoundError = createError('STREAMS_ERR_STREAM_NOT_FOUND', 'Stream not found', 404)
+export const StreamGoneError = createError('STREAMS_ERR_STREAM_GONE', 'Stream is deleted or expired but its forks still read it', 410)
+export const StreamConflictError = createError<[string]>('STREAMS_ERR_STREAM_CONFLICT', 'Conflict: %s', 409)
+export const StreamClosedError = createError('STREAMS_ERR_STREAM_CLOSED', 'Stream is closed', 409)
+export const StreamSeqError = createError<[string, string]>('STREAMS_ERR_STREAM_SEQ', 'Stream-Seq "%s" is not after the last one ("%s")', 409)
+export const ProducerFencedError = createError<[number, number]>('STREAMS_ERR_PRODUCER_FENCED', 'Producer epoch %d is older than the current epoch %d', 403)
+export const ProducerSeqGapError = createError<[number, number]>('STREAMS_ERR_PRODUCER_SEQ_GAP', 'Producer-Seq %d received, %d expected', 409)
+export const PayloadTooLargeError = createError<[number]>('STREAMS_ERR_PAYLOAD_TOO_LARGE', 'Body is larger than %d bytes', 413)
+export const UnauthorizedError = createError('STREAMS_ERR_UNAUTHORIZED', 'Authentication failed', 401)
+export const TooManyReadersError = createError<[number]>('STREAMS_ERR_TOO_MANY_READERS', 'Already %d live readers', 503)

@@ -12,6 +12,8 @@ import { AlreadyRegisteredError } from './errors.js'
 import { adapterName, BackendMonitor, healthRoute, metricsRoute } from './health.js'
 import { Heartbeat } from './heartbeat.js'
 import { Hub } from './hub.js'
+import { durableStreamsRoutes } from './http/durable-streams.js'
+import type { DurableStreamsApi } from './http/durable-api.js'
 import { registerFeeds, type Feeds } from './http/feeds.js'
 import { capPayload, HandshakeGuard } from './limits.js'
 import { metricsFor } from './metrics.js'
@@ -23,6 +25,8 @@ import { checkWsInternals, Outbox, releaseUpgrade, socketClassOf } from './ws.js
 export * from './errors.js'
 export type { StreamsOptions, AuthInput, AuthResult, AuthFunction } from './options.js'
 export type { StreamsApi, CustomEvent } from './api.js'
+export type { DurableStreamsApi, DurableReadResult, DurableStreamInfo } from './http/durable-api.js'
+export type { DurableStreamStore } from './http/store.js'
 export type * from './adapters/adapter.js'
 export type { UpdateOp, UpdateOpError } from './update-ops.js'
 export type { FunctionRegistration, TriggerRegistration, Registered } from './registry.js'
@@ -38,6 +42,8 @@ export interface FastifyStreams extends StreamsApi {
   dropConnections(code?: number): void
   /** Number of open stream sockets. */
   readonly connectionCount: number
+  /** Durable streams without HTTP; present when the `durable_streams` option is on. */
+  readonly durable?: DurableStreamsApi
 }
 
 declare module 'fastify' {
@@ -153,6 +159,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   })
 
   app.addHook('onReady', async () => { auth.checkConfigured() })
+  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, authenticate: auth.authenticate, authFailure: options.authFailure, authConfigured: options.authFunction !== null, registry, adapterChoice: options.adapter, adapter, streams })
   app.addHook('preClose', async () => {
     closed = true
     dropConnections(CLOSE_GOING_AWAY)

@@ -35,6 +35,14 @@ export const DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS = 30_000
 export const DEFAULT_FEEDS_SSE_MAX_DURATION_MS = 60_000
 export const DEFAULT_FEEDS_MAX_LIVE_READERS = 10_000
 export const DEFAULT_FEEDS_MAX_PAGE_CHANGES = 1000
+export const DEFAULT_DURABLE_STREAMS_PATH = '/v1/stream'
+export const DEFAULT_DURABLE_STREAMS_LONG_POLL_TIMEOUT_MS = 20_000
+export const DEFAULT_DURABLE_STREAMS_SSE_MAX_DURATION_MS = 60_000
+export const DEFAULT_MAX_APPEND_BYTES = 16 * 1024 * 1024
+export const DEFAULT_READ_CHUNK_BYTES = 1024 * 1024
+export const DEFAULT_DURABLE_STREAMS_MAX_LIVE_READERS = 10_000
+export const DEFAULT_MAX_STREAM_PATH_LENGTH = 1024
+export const DEFAULT_CORS_ORIGIN = '*'
 
 /** The methods every adapter object must have (the StreamAdapter contract's required methods). */
 export const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
@@ -59,8 +67,30 @@ export type AdapterChoice =
   | { kind: 'module', specifier: string, config: Raw }
   | { kind: 'instance', adapter: StreamAdapter }
 
+/** The Durable Streams HTTP protocol's settings (`durable_streams: true` takes every default). */
+export interface DurableStreamsSettings {
+  /** URL prefix; a stream's URL is `${path}/${name}`. */
+  path: string
+  longPollTimeoutMs: number
+  /** SSE responses end after this long so clients reconnect (and CDNs collapse). */
+  sseMaxDurationMs: number
+  /** Largest accepted PUT/POST body; bigger ones get 413. */
+  maxAppendBytes: number
+  /** Most bytes one catch-up read (or one SSE data event) carries. */
+  readChunkBytes: number
+  /** Open long-poll and SSE responses at once; more get 503. */
+  maxLiveReaders: number
+  maxStreamPathLength: number
+  /** `Access-Control-Allow-Origin` of every response; null sends no CORS headers. */
+  corsOrigin: string | null
+  /** A registry function path asked `{ method, path, operation, context }` before each operation. */
+  authorizeFunction: string | null
+}
+
 export interface StreamsOptions {
   path?: string
+  durable_streams?: boolean | Record<string, unknown>
+  durableStreams?: boolean | Record<string, unknown>
   auth_function?: string | AuthFunction
   authFunction?: string | AuthFunction
   authFailure?: 'reject' | 'anonymous'
@@ -150,6 +180,7 @@ export interface FeedsConfig {
 
 export interface NormalizedOptions {
   path: string
+  durableStreams: DurableStreamsSettings | null
   authFunction: string | AuthFunction | null
   authFailure: 'reject' | 'anonymous'
   joinFailure: 'deny' | 'allow'
@@ -224,8 +255,39 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   return adapter.fail(key, `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis, a name given in adapters${key === 'class' ? ', or a module path or package name' : ''})`)
 }
 
+const DURABLE_STREAMS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxAppendBytes', 'readChunkBytes', 'maxLiveReaders',
+  'maxStreamPathLength', 'corsOrigin', 'authorizeFunction']
+
+/** Checks and defaults the `durable_streams` option: false/absent is off, true takes every default. */
+function durableStreamsSettings (raw: OptionReader): DurableStreamsSettings | null {
+  const value = raw.get('durableStreams')
+  if (value === undefined || value === false) return null
+  if (value !== true && !isPlainObject(value)) return raw.fail('durableStreams', 'expected true, false or an object')
+  const settings = value === true ? new OptionReader(undefined, raw.label('durableStreams')) : raw.section('durableStreams')
+  settings.allowKeys(DURABLE_STREAMS_KEYS)
+  const path = settings.nonEmptyString('path', DEFAULT_DURABLE_STREAMS_PATH)
+  if (!/^\/[^?#]*[^/?#]$/.test(path)) settings.fail('path', 'expected a path starting with "/", not ending with "/"')
+  const corsOrigin = settings.get('corsOrigin') === undefined ? DEFAULT_CORS_ORIGIN : settings.get('corsOrigin')
+  if (corsOrigin !== null && (typeof corsOrigin !== 'string' || corsOrigin === '')) settings.fail('corsOrigin', 'expected a non-empty string or null')
+  const authorizeFunction = settings.get('authorizeFunction') ?? null
+  if (authorizeFunction !== null && (typeof authorizeFunction !== 'string' || authorizeFunction === '')) {
+    settings.fail('authorizeFunction', 'expected a function path (string)')
+  }
+  return {
+    path,
+    longPollTimeoutMs: settings.positiveInt('longPollTimeoutMs', DEFAULT_DURABLE_STREAMS_LONG_POLL_TIMEOUT_MS),
+    sseMaxDurationMs: settings.positiveInt('sseMaxDurationMs', DEFAULT_DURABLE_STREAMS_SSE_MAX_DURATION_MS),
+    maxAppendBytes: settings.positiveInt('maxAppendBytes', DEFAULT_MAX_APPEND_BYTES),
+    readChunkBytes: settings.positiveInt('readChunkBytes', DEFAULT_READ_CHUNK_BYTES),
+    maxLiveReaders: settings.positiveInt('maxLiveReaders', DEFAULT_DURABLE_STREAMS_MAX_LIVE_READERS),
+    maxStreamPathLength: settings.positiveInt('maxStreamPathLength', DEFAULT_MAX_STREAM_PATH_LENGTH),
+    corsOrigin: corsOrigin as string | null,
+    authorizeFunction: authorizeFunction as string | null
+  }
+}
+
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
-  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'port', 'host',
+  'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'durableStreams', 'port', 'host',
   'maxConnections', 'maxConnectionsPerIp', 'allowedOrigins', 'authTimeoutMs', 'maxFrameRate', 'frameBurst', 'pingIntervalMs',
   'maxValueDepth', 'maxValueBytes', 'maxUpdateOps', 'healthPath', 'metricsPath', 'metricsRegistry']
 
@@ -317,6 +379,7 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
   // `port` and `host` are the standalone command's (lib/config.ts checks them): tolerated, not read.
   return {
     path,
+    durableStreams: durableStreamsSettings(raw),
     authFunction: authFunction as NormalizedOptions['authFunction'],
     authFailure: raw.oneOf('authFailure', ['reject', 'anonymous'] as const, DEFAULT_AUTH_FAILURE),
     joinFailure: raw.oneOf('joinFailure', ['deny', 'allow'] as const, DEFAULT_JOIN_FAILURE),

@@ -1,0 +1,520 @@
+// The Durable Streams protocol over HTTP (PROTOCOL.md of durable-streams/durable-streams): create, append,
+// close, read (catch-up, long-poll, SSE), HEAD, DELETE and forks at `${path}/<name>`, every request
+// authenticated like the socket's and optionally authorized per operation. Storage is a DurableStreamStore.
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyError } from 'fastify'
+import type { AdapterChoice, DurableStreamsSettings } from '../options.js'
+import type { StreamAdapter } from '../adapters/adapter.js'
+import type { Registry } from '../registry.js'
+import {
+  ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError, UnauthorizedError
+} from '../errors.js'
+import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
+import { createDurableStreamsApi } from './durable-api.js'
+import { createMemoryDurableStore } from './memory-store.js'
+import { createSqliteDurableStore } from './sqlite-store.js'
+import {
+  formatOffset, mediaType, parseOffset,
+  type AppendRequest, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
+  type ReadResult, type StreamInfo
+} from './store.js'
+
+/** What the plugin entry hands over: settings, the auth of every request, the function registry. */
+export interface DurableStreamsHost {
+  settings: DurableStreamsSettings
+  /** Resolves the auth context of a request (null when no auth function is configured); throws to refuse. */
+  authenticate: (request: FastifyRequest) => Promise<unknown>
+  /** 'anonymous' lets a request whose auth failed through with a null context. */
+  authFailure: 'reject' | 'anonymous'
+  /** Whether an auth function is configured (reads are then cached privately only). */
+  authConfigured: boolean
+  registry: Registry
+  adapterChoice: AdapterChoice
+  adapter: StreamAdapter
+  /** The `app.streams` object, which gains `durable`. */
+  streams: object
+}
+
+/** An adapter that stores durable streams itself offers this (an optional capability). */
+interface DurableStreamsCapable { durableStreamStore?: () => DurableStreamStore }
+
+export type StreamOperation = 'create' | 'append' | 'read' | 'head' | 'delete'
+
+const OPERATIONS: Record<string, StreamOperation> = { PUT: 'create', POST: 'append', GET: 'read', HEAD: 'head', DELETE: 'delete' }
+
+const EXPOSED_HEADERS = [
+  'Stream-Next-Offset', 'Stream-Cursor', 'Stream-Up-To-Date', 'Stream-Closed', 'Stream-TTL', 'Stream-Expires-At',
+  'Stream-SSE-Data-Encoding', 'Producer-Epoch', 'Producer-Seq', 'Producer-Expected-Seq', 'Producer-Received-Seq',
+  'ETag', 'Location', 'Content-Type'
+].join(', ')
+const ALLOWED_HEADERS = [
+  'Content-Type', 'Authorization', 'If-None-Match', 'Stream-TTL', 'Stream-Expires-At', 'Stream-Seq', 'Stream-Closed',
+  'Stream-Forked-From', 'Stream-Fork-Offset', 'Stream-Fork-Sub-Offset', 'Producer-Id', 'Producer-Epoch', 'Producer-Seq'
+].join(', ')
+const CACHEABLE = 'public, max-age=60, stale-while-revalidate=300'
+const CACHEABLE_PRIVATE = 'private, max-age=60, stale-while-revalidate=300'
+
+const DECIMAL = /^(0|[1-9]\d*)$/
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/
+
+interface Target { name: string, context: unknown }
+const TARGET = Symbol('fastify-streams.durable-stream')
+type StreamRequest = FastifyRequest & { [TARGET]?: Target }
+
+function header (request: FastifyRequest, name: string): string | null {
+  const value = request.headers[name]
+  if (value === undefined) return null
+  return Array.isArray(value) ? value.join(', ') : value
+}
+
+function decimal (value: string, what: string): number {
+  const number = Number(value)
+  if (!DECIMAL.test(value) || !Number.isSafeInteger(number)) throw new StreamRequestError(`${what} must be a non-negative decimal integer`)
+  return number
+}
+
+/** A decoded stream name, refused when it holds a control character, a backslash, or an empty, `.` or `..` segment. */
+function checkStreamName (name: string, maxLength: number): string {
+  if (name === '' || name.length > maxLength) throw new StreamRequestError(`a stream name has 1 to ${maxLength} characters`)
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f\\]/.test(name)) throw new StreamRequestError('a stream name may not hold control characters or backslashes')
+  if (name.split('/').some(segment => segment === '' || segment === '.' || segment === '..')) {
+    throw new StreamRequestError('a stream name may not hold empty, "." or ".." segments')
+  }
+  return name
+}
+
+/** The stream name of a URL path under `prefix`, percent-decoded; an encoded slash, backslash or NUL is refused. */
+function streamName (path: string, prefix: string, maxLength: number): string {
+  if (!path.startsWith(prefix + '/')) throw new StreamRequestError(`a stream path starts with ${prefix}/`)
+  const raw = path.slice(prefix.length + 1)
+  if (raw.length > maxLength) throw new StreamRequestError(`a stream name has 1 to ${maxLength} characters`)
+  if (/%(2f|5c|00)/i.test(raw)) throw new StreamRequestError('a stream name may not hold an encoded slash, backslash or NUL')
+  let name: string
+  try {
+    name = decodeURIComponent(raw)
+  } catch {
+    throw new StreamRequestError('the stream name is not valid percent-encoding')
+  }
+  return checkStreamName(name, maxLength)
+}
+
+function urlPath (url: string): { path: string, query: URLSearchParams } {
+  const mark = url.indexOf('?')
+  return mark < 0 ? { path: url, query: new URLSearchParams() } : { path: url.slice(0, mark), query: new URLSearchParams(url.slice(mark + 1)) }
+}
+
+function producerClaim (request: FastifyRequest): ProducerClaim | null {
+  const id = header(request, 'producer-id')
+  const epoch = header(request, 'producer-epoch')
+  const seq = header(request, 'producer-seq')
+  if (id === null && epoch === null && seq === null) return null
+  if (id === null || epoch === null || seq === null) throw new StreamRequestError('Producer-Id, Producer-Epoch and Producer-Seq go together')
+  if (id === '') throw new StreamRequestError('Producer-Id may not be empty')
+  return { id, epoch: decimal(epoch, 'Producer-Epoch'), seq: decimal(seq, 'Producer-Seq') }
+}
+
+function closedFlag (request: FastifyRequest): boolean {
+  const value = header(request, 'stream-closed')
+  if (value === null) return false
+  const flag = value.trim().toLowerCase()
+  if (flag !== 'true' && flag !== 'false') throw new StreamRequestError('Stream-Closed is true or false')
+  return flag === 'true'
+}
+
+function bodyOf (request: FastifyRequest): Buffer {
+  return Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0)
+}
+
+/** A read's body; JSON goes out as bytes too, so Fastify adds no charset to the stream's content type. */
+function payloadBody (payload: Payload): Buffer {
+  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(`[${payload.messages.join(',')}]`)
+}
+
+function payloadEmpty (payload: Payload): boolean {
+  return payload.kind === 'bytes' ? payload.bytes.length === 0 : payload.messages.length === 0
+}
+
+/** SSE carries text as is and JSON as arrays; every other content type is base64. */
+function sseEncoding (contentType: string): 'text' | 'json' | 'base64' {
+  const type = mediaType(contentType)
+  if (type === 'application/json') return 'json'
+  return type.startsWith('text/') ? 'text' : 'base64'
+}
+
+/** Length of the longest prefix of `bytes` that ends on a whole UTF-8 character. */
+function utf8Prefix (bytes: Buffer): number {
+  for (let back = 1; back <= Math.min(4, bytes.length); back++) {
+    const byte = bytes[bytes.length - back]
+    if ((byte & 0xc0) === 0x80) continue
+    const length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1
+    return length > back ? bytes.length - back : bytes.length
+  }
+  return bytes.length
+}
+
+/** A text read cut by the chunk size inside a character ends before it (the rest comes with the next event). */
+function wholeCharacters (result: ReadResult): ReadResult {
+  const { payload, next, info } = result
+  if (payload.kind !== 'bytes' || next === info.tail) return result
+  const cut = utf8Prefix(payload.bytes)
+  if (cut === 0 || cut === payload.bytes.length) return result
+  return { ...result, next: next - (payload.bytes.length - cut), payload: { kind: 'bytes', bytes: payload.bytes.subarray(0, cut) } }
+}
+
+function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): string[] {
+  if (payload.kind === 'json') return [`[${payload.messages.join(',')}]`]
+  return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
+}
+
+/** The store beside the configured adapter: the same memory, the same SQLite file (or the adapter's own). */
+async function createStore (host: DurableStreamsHost): Promise<DurableStreamStore> {
+  const capable = host.adapter as StreamAdapter & DurableStreamsCapable
+  if (typeof capable.durableStreamStore === 'function') return capable.durableStreamStore()
+  const choice = host.adapterChoice
+  if (choice.kind === 'kv') {
+    const { config } = choice
+    return config.storeMethod === 'in_memory' ? createMemoryDurableStore() : createSqliteDurableStore(config.filePath)
+  }
+  if (choice.kind === 'redis') {
+    const { createRedisDurableStore } = await import('./redis-store.js')
+    return createRedisDurableStore(choice.config)
+  }
+  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the KvStore or the RedisAdapter)')
+}
+
+export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = async (app: FastifyInstance, host) => {
+  const { settings, registry } = host
+  const prefix = settings.path
+  const store = await createStore(host)
+  const readers = new LiveReaders(settings.maxLiveReaders)
+  const api = createDurableStreamsApi(store, name => checkStreamName(name, settings.maxStreamPathLength), settings.readChunkBytes, registry)
+  Object.defineProperty(host.streams, 'durable', { value: api, enumerable: true })
+  // Reads behind auth may differ per user: shared caches must not serve them to others.
+  const cacheable = host.authConfigured || settings.authorizeFunction !== null ? CACHEABLE_PRIVATE : CACHEABLE
+
+  // Bodies are bytes whatever their content type; the stream's type decides what they mean.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: settings.maxAppendBytes }, (_request, body, done) => done(null, body))
+
+  async function authorize (method: string, name: string, operation: StreamOperation, context: unknown): Promise<void> {
+    const path = settings.authorizeFunction
+    if (path === null) return
+    let verdict: unknown
+    try {
+      verdict = await registry.call(path, { method, path: `${prefix}/${name}`, operation, context })
+    } catch (err) {
+      app.log.warn({ err, function_path: path }, 'fastify-streams: durable stream authorization failed')
+      throw new ForbiddenError()
+    }
+    if (verdict === false || (verdict !== null && typeof verdict === 'object' && (verdict as { unauthorized?: unknown }).unauthorized === true)) {
+      throw new ForbiddenError()
+    }
+  }
+
+  app.addHook('onRequest', async (request: StreamRequest, reply) => {
+    // Browser hardening and CORS on every response, errors included.
+    reply.header('x-content-type-options', 'nosniff')
+    reply.header('cross-origin-resource-policy', 'cross-origin')
+    if (settings.corsOrigin !== null) {
+      reply.header('access-control-allow-origin', settings.corsOrigin)
+      reply.header('access-control-expose-headers', EXPOSED_HEADERS)
+      if (settings.corsOrigin !== '*') reply.header('vary', 'Origin')
+    }
+    if (request.method === 'OPTIONS') return
+    const name = streamName(urlPath(request.url).path, prefix, settings.maxStreamPathLength)
+    let context: unknown = null
+    try {
+      context = await host.authenticate(request)
+    } catch (err) {
+      if (host.authFailure !== 'anonymous') {
+        app.log.debug({ err }, 'fastify-streams: auth failed')
+        throw new UnauthorizedError()
+      }
+    }
+    const operation = OPERATIONS[request.method]
+    if (operation === undefined) return
+    await authorize(request.method, name, operation, context)
+    const source = request.method === 'PUT' ? header(request, 'stream-forked-from') : null
+    // Forking copies the source's data, so it needs the right to read the source too.
+    if (source !== null) await authorize('GET', streamName(source, prefix, settings.maxStreamPathLength), 'read', context)
+    request[TARGET] = { name, context }
+  })
+
+  app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    let error = err
+    if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') error = new PayloadTooLargeError(settings.maxAppendBytes)
+    else if (err.code?.startsWith('FST_ERR_CTP')) error = new StreamRequestError(err.message)
+    const status = error.statusCode ?? 500
+    if (status >= 500 && error.code !== 'STREAMS_ERR_TOO_MANY_READERS') request.log.error({ err: error }, 'fastify-streams: durable stream request failed')
+    for (const [name, value] of Object.entries(error.headers ?? {})) reply.header(name, value)
+    reply.header('cache-control', 'no-store')
+    reply.code(status).send({ code: error.code ?? 'STREAMS_ERR_INTERNAL', message: status >= 500 && error.code === undefined ? 'Internal error' : error.message })
+  })
+
+  function describe (reply: FastifyReply, info: StreamInfo, next: Position = info.tail): void {
+    reply.header('content-type', info.contentType)
+    reply.header('stream-next-offset', formatOffset(next))
+    if (info.closed && next === info.tail) reply.header('stream-closed', 'true')
+  }
+
+  async function create (request: StreamRequest, reply: FastifyReply, target: Target): Promise<void> {
+    const ttl = header(request, 'stream-ttl')
+    const expires = header(request, 'stream-expires-at')
+    if (ttl !== null && expires !== null) throw new StreamRequestError('give Stream-TTL or Stream-Expires-At, not both')
+    let expiresAt: number | null = null
+    if (expires !== null) {
+      expiresAt = Date.parse(expires)
+      if (!RFC3339.test(expires.trim()) || Number.isNaN(expiresAt)) throw new StreamRequestError('Stream-Expires-At is an RFC 3339 timestamp')
+    }
+    const source = header(request, 'stream-forked-from')
+    const forkOffset = header(request, 'stream-fork-offset')
+    const subOffsetHeader = header(request, 'stream-fork-sub-offset')
+    if (source === null && (forkOffset !== null || subOffsetHeader !== null)) throw new StreamRequestError('fork headers need Stream-Forked-From')
+    const subOffset = subOffsetHeader === null ? 0 : decimal(subOffsetHeader, 'Stream-Fork-Sub-Offset')
+    if (subOffset > 0 && forkOffset === null) throw new StreamRequestError('Stream-Fork-Sub-Offset needs Stream-Fork-Offset')
+    let offset: Position | null = null
+    if (forkOffset !== null) {
+      offset = parseOffset(forkOffset)
+      if (offset === null) throw new StreamRequestError('Stream-Fork-Offset is not an offset')
+    }
+    const createRequest: CreateRequest = {
+      contentType: header(request, 'content-type'),
+      ttlSeconds: ttl === null ? null : decimal(ttl, 'Stream-TTL'),
+      expiresAt,
+      closed: closedFlag(request),
+      body: bodyOf(request),
+      fork: source === null ? null : { source: streamName(source, prefix, settings.maxStreamPathLength), offset, subOffset }
+    }
+    const { created, info } = await store.create(target.name, createRequest)
+    describe(reply, info)
+    if (created) reply.header('location', `${request.protocol}://${request.host}${prefix}/${encodeURI(target.name)}`)
+    reply.code(created ? 201 : 200).send()
+  }
+
+  async function append (request: StreamRequest, reply: FastifyReply, target: Target): Promise<void> {
+    const body = bodyOf(request)
+    const close = closedFlag(request)
+    if (body.length === 0 && !close) throw new StreamRequestError('an append needs a body (or Stream-Closed: true)')
+    const appendRequest: AppendRequest = {
+      contentType: header(request, 'content-type'),
+      body,
+      close,
+      streamSeq: header(request, 'stream-seq'),
+      producer: producerClaim(request)
+    }
+    if (appendRequest.streamSeq === '') throw new StreamRequestError('Stream-Seq may not be empty')
+    const result = await store.append(target.name, appendRequest)
+    reply.header('stream-next-offset', formatOffset(result.info.tail))
+    if (result.info.closed) reply.header('stream-closed', 'true')
+    if (result.producer !== null) {
+      reply.header('producer-epoch', String(result.producer.epoch))
+      reply.header('producer-seq', String(result.producer.seq))
+    }
+    // With producer headers new data answers 200 and a retry 204; a close alone and plain appends answer 204.
+    const fresh = result.outcome === 'appended' && appendRequest.producer !== null && body.length > 0
+    reply.code(fresh ? 200 : 204).send()
+  }
+
+  async function head (reply: FastifyReply, target: Target): Promise<void> {
+    const info = await store.head(target.name)
+    describe(reply, info)
+    if (info.ttlSeconds !== null) reply.header('stream-ttl', String(info.ttlSeconds))
+    if (info.expiresAt !== null) reply.header('stream-expires-at', new Date(info.expiresAt).toISOString())
+    reply.header('cache-control', 'no-store')
+    reply.code(200).send()
+  }
+
+  async function remove (reply: FastifyReply, target: Target): Promise<void> {
+    await store.delete(target.name)
+    reply.code(204).send()
+  }
+
+  /** A catch-up read's (or a long-poll's data) response: ETag, caching, up-to-date and closed markers. */
+  function sendRead (request: FastifyRequest, reply: FastifyReply, result: ReadResult, tailRequest: boolean): void {
+    const { info, next } = result
+    describe(reply, info, next)
+    const atTail = next === info.tail
+    if (atTail) reply.header('stream-up-to-date', 'true')
+    if (tailRequest) {
+      reply.header('cache-control', 'no-store')
+    } else {
+      const etag = `"${info.id}:${formatOffset(result.from)}:${formatOffset(next)}${info.closed && atTail ? ':closed' : ''}"`
+      reply.header('etag', etag)
+      // A read that reached the tail of an open stream changes with the next append: revalidate it.
+      reply.header('cache-control', atTail && !info.closed ? 'no-cache' : cacheable)
+      if (header(request, 'if-none-match') === etag) {
+        reply.code(304).send()
+        return
+      }
+    }
+    reply.code(200).send(payloadBody(result.payload))
+  }
+
+  /** Watches `name` for the caller's whole wait: `pending` tells a change arrived since it was last cleared. */
+  function watcher (name: string): { pending: boolean, wake: (() => void) | null, stop: () => void } {
+    const watch = {
+      pending: false,
+      wake: null as (() => void) | null,
+      stop: () => {}
+    }
+    watch.stop = store.watch(name, () => {
+      watch.pending = true
+      watch.wake?.()
+    })
+    return watch
+  }
+
+  function sendTail (reply: FastifyReply, info: StreamInfo, position: Position): void {
+    describe(reply, info, position)
+    reply.header('stream-up-to-date', 'true')
+    reply.header('cache-control', 'no-store')
+    reply.code(204).send()
+  }
+
+  async function longPoll (request: FastifyRequest, reply: FastifyReply, target: Target, from: Position | null, cursor: string | null): Promise<void> {
+    reply.header('stream-cursor', nextCursor(cursor))
+    const deadline = Date.now() + settings.longPollTimeoutMs
+    const watch = watcher(target.name)
+    try {
+      const position = from ?? (await store.head(target.name)).tail
+      for (;;) {
+        watch.pending = false
+        const result = await store.read(target.name, position, settings.readChunkBytes)
+        if (!payloadEmpty(result.payload)) return sendRead(request, reply, result, false)
+        const remaining = deadline - Date.now()
+        if (result.info.closed || remaining <= 0) return sendTail(reply, result.info, position)
+        if (watch.pending) continue
+        const outcome = await waitForChange(listener => {
+          watch.wake = listener
+          return () => { watch.wake = null }
+        }, remaining, readers, request.raw)
+        if (outcome === 'ended') return sendTail(reply, result.info, position)
+      }
+    } finally {
+      watch.stop()
+    }
+  }
+
+  async function sse (request: FastifyRequest, reply: FastifyReply, target: Target, from: Position | null, cursor: string | null): Promise<void> {
+    const reader = { ended: false }
+    const watch = watcher(target.name)
+    const finish = (): void => {
+      reader.ended = true
+      watch.wake?.()
+    }
+    let release: () => void
+    let first: ReadResult
+    try {
+      release = readers.admit(finish)
+      try {
+        first = await store.read(target.name, from, settings.readChunkBytes)
+      } catch (err) {
+        release()
+        throw err
+      }
+    } catch (err) {
+      watch.stop()
+      throw err
+    }
+    const encoding = sseEncoding(first.info.contentType)
+    const timer = setTimeout(finish, settings.sseMaxDurationMs)
+    timer.unref()
+    reply.hijack()
+    const response = reply.raw
+    const headers: Record<string, string | number | string[]> = {}
+    for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value
+    headers['content-type'] = 'text/event-stream'
+    headers['cache-control'] = 'no-cache'
+    if (encoding === 'base64') headers['stream-sse-data-encoding'] = 'base64'
+    response.writeHead(200, headers)
+    response.on('close', finish)
+    const writer = new SseWriter(response)
+    try {
+      let result: ReadResult | null = first
+      let position = first.from
+      let announced = false
+      while (!reader.ended) {
+        watch.pending = false
+        result ??= await store.read(target.name, position, settings.readChunkBytes)
+        if (encoding === 'text') result = wholeCharacters(result)
+        const { info, next, payload } = result
+        result = null
+        const hasData = !payloadEmpty(payload)
+        const atTail = next === info.tail
+        let writable = true
+        if (hasData) writable = writer.event('data', sseData(payload, encoding))
+        if (atTail && info.closed) {
+          writer.event('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })])
+          break
+        }
+        if (hasData || !announced) {
+          const control: Record<string, unknown> = { streamNextOffset: formatOffset(next), streamCursor: nextCursor(cursor) }
+          if (atTail) control.upToDate = true
+          writable = writer.event('control', [JSON.stringify(control)]) && writable
+          announced = true
+        }
+        position = next
+        if (!writable) await writer.drained()
+        if (atTail && !watch.pending && !reader.ended) {
+          await new Promise<void>(resolve => { watch.wake = resolve })
+          watch.wake = null
+        }
+      }
+    } catch (err) {
+      // The stream was deleted or expired under the reader: end the response, the client's next request says why.
+      request.log.debug({ err }, 'fastify-streams: SSE reader ended')
+    } finally {
+      clearTimeout(timer)
+      watch.stop()
+      release()
+      response.end()
+    }
+  }
+
+  async function read (request: StreamRequest, reply: FastifyReply, target: Target): Promise<void> {
+    const { query } = urlPath(request.url)
+    const offsets = query.getAll('offset')
+    const lives = query.getAll('live')
+    if (offsets.length > 1 || lives.length > 1) throw new StreamRequestError('offset and live are given at most once')
+    const live = lives[0] ?? null
+    if (live !== null && live !== 'long-poll' && live !== 'sse') throw new StreamRequestError('live is long-poll or sse')
+    const token = offsets[0] ?? null
+    if (live !== null && token === null) throw new StreamRequestError('live reads need an offset')
+    let from: Position | null = 0
+    if (token === 'now') from = null
+    else if (token !== null) {
+      from = parseOffset(token)
+      if (from === null) throw new StreamRequestError('malformed offset')
+    }
+    const cursor = query.get('cursor')
+    if (live === 'long-poll') return longPoll(request, reply, target, from, cursor)
+    if (live === 'sse') return sse(request, reply, target, from, cursor)
+    const result = await store.read(target.name, from, settings.readChunkBytes)
+    sendRead(request, reply, result, from === null)
+  }
+
+  app.route({
+    method: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'OPTIONS'],
+    url: `${prefix}/*`,
+    exposeHeadRoute: false,
+    handler: async (request: StreamRequest, reply) => {
+      if (request.method === 'OPTIONS') {
+        reply.header('access-control-allow-methods', 'GET, HEAD, PUT, POST, DELETE, OPTIONS')
+        reply.header('access-control-allow-headers', header(request, 'access-control-request-headers') ?? ALLOWED_HEADERS)
+        reply.header('access-control-max-age', '86400')
+        return reply.code(204).send()
+      }
+      const target = request[TARGET]!
+      switch (request.method) {
+        case 'PUT': return create(request, reply, target)
+        case 'POST': return append(request, reply, target)
+        case 'HEAD': return head(reply, target)
+        case 'DELETE': return remove(reply, target)
+        default: return read(request, reply, target)
+      }
+    }
+  })
+
+  app.addHook('preClose', async () => { readers.endAll() })
+  app.addHook('onClose', async () => { await store.close() })
+}

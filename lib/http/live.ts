@@ -1,0 +1,106 @@
+// Live HTTP reads, independent of what is read: the registry of open long-poll and SSE responses (bounded,
+// ended together when the app closes), waiting for a change with a time-out, SSE framing, and CDN cursors.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { TooManyReadersError } from '../errors.js'
+
+/** Open live responses, at most `max`; `endAll` finishes every one of them (the app is closing). */
+export class LiveReaders {
+  private readonly open = new Set<() => void>()
+  private ended = false
+
+  constructor (private readonly max: number) {}
+
+  get size (): number {
+    return this.open.size
+  }
+
+  /** Registers a live response ended by `end`; returns its release. Refuses (503) past the limit or once closing. */
+  admit (end: () => void): () => void {
+    if (this.ended || this.open.size >= this.max) throw new TooManyReadersError(this.open.size)
+    this.open.add(end)
+    return () => { this.open.delete(end) }
+  }
+
+  endAll (): void {
+    this.ended = true
+    for (const end of [...this.open]) end()
+    this.open.clear()
+  }
+}
+
+export type WaitOutcome = 'changed' | 'timeout' | 'ended'
+
+/**
+ * Resolves on the first of: `subscribe`'s listener firing ('changed'), `timeoutMs` passing ('timeout'), the
+ * client going away or the app closing ('ended'). Always unsubscribes and releases its slot.
+ */
+export function waitForChange (subscribe: (listener: () => void) => () => void, timeoutMs: number, readers: LiveReaders,
+  request: IncomingMessage): Promise<WaitOutcome> {
+  return new Promise((resolve, reject) => {
+    let release: () => void = () => {}
+    let unsubscribe: () => void = () => {}
+    const finish = (outcome: WaitOutcome): void => {
+      clearTimeout(timer)
+      unsubscribe()
+      release()
+      request.off('close', onGone)
+      resolve(outcome)
+    }
+    const onGone = (): void => finish('ended')
+    const timer = setTimeout(() => finish('timeout'), timeoutMs)
+    timer.unref()
+    try {
+      release = readers.admit(() => finish('ended'))
+    } catch (err) {
+      clearTimeout(timer)
+      reject(err)
+      return
+    }
+    unsubscribe = subscribe(() => finish('changed'))
+    request.once('close', onGone)
+  })
+}
+
+/** Writes Server-Sent Events; every payload line gets its own `data:` line, so payloads cannot forge events. */
+export class SseWriter {
+  constructor (private readonly response: ServerResponse) {}
+
+  /** Returns false when the socket's buffer is full (wait for `drained` before writing more). */
+  event (type: string, lines: string[]): boolean {
+    let frame = `event: ${type}\n`
+    for (const line of lines) frame += `data:${line}\n`
+    return this.response.write(frame + '\n')
+  }
+
+  drained (): Promise<void> {
+    return new Promise(resolve => {
+      const done = (): void => {
+        this.response.off('drain', done)
+        this.response.off('close', done)
+        resolve()
+      }
+      this.response.once('drain', done)
+      this.response.once('close', done)
+    })
+  }
+}
+
+/** Splits text into SSE data lines on every line break form, so a CR or LF inside a payload stays data. */
+export function sseLines (text: string): string[] {
+  return text.split(/\r\n|\r|\n/)
+}
+
+const CURSOR_EPOCH_MS = Date.UTC(2024, 9, 9)
+const CURSOR_INTERVAL_MS = 20_000
+const CURSOR_MAX_JITTER_INTERVALS = 180
+
+/**
+ * The protocol's CDN cursor: the current 20 s interval since 2024-10-09, and always past the client's own
+ * cursor (by a random jitter) so a cached response can never send a client round in a loop.
+ */
+export function nextCursor (clientCursor: string | null, now = Date.now()): string {
+  const interval = Math.floor((now - CURSOR_EPOCH_MS) / CURSOR_INTERVAL_MS)
+  const echoed = clientCursor !== null && /^\d{1,15}$/.test(clientCursor) ? Number(clientCursor) : -1
+  if (echoed < interval) return String(interval)
+  return String(echoed + 1 + Math.floor(Math.random() * CURSOR_MAX_JITTER_INTERVALS))
+}

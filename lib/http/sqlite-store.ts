@@ -1,0 +1,149 @@
+// Durable streams in the SQLite file of the file_based KvStore (tables ds_*, their own connection): an
+// append is acknowledged once its transaction is committed to the write-ahead log, so it survives SIGKILL.
+import { mkdir } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import type { Database } from 'sqlite3'
+import { StorageError } from '../errors.js'
+import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import type { Position, ProducerState } from './store.js'
+
+/** Rows fetched per query when a read walks a stream's entries. */
+const ENTRY_PAGE = 64
+
+const SCHEMA = [
+  'PRAGMA journal_mode = WAL',
+  'PRAGMA synchronous = NORMAL',
+  'PRAGMA busy_timeout = 5000',
+  'CREATE TABLE IF NOT EXISTS ds_streams (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, row TEXT NOT NULL)',
+  'CREATE TABLE IF NOT EXISTS ds_entries (stream_id TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, json INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (stream_id, start)) WITHOUT ROWID',
+  'CREATE TABLE IF NOT EXISTS ds_producers (stream_id TEXT NOT NULL, producer_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream_id, producer_id)) WITHOUT ROWID'
+]
+
+interface EntryRow { start: number, end: number, json: number, data: Buffer }
+
+function toEntry (row: EntryRow): StoredEntry {
+  // JSON messages are canonical JSON texts, which never hold a raw newline: one per line.
+  return {
+    start: row.start,
+    end: row.end,
+    payload: row.json === 1 ? { kind: 'json', messages: row.data.toString('utf8').split('\n') } : { kind: 'bytes', bytes: row.data }
+  }
+}
+
+class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransaction {
+  constructor (private readonly db: Database) {
+    super()
+  }
+
+  private exec (sql: string, params: unknown[] = []): Promise<void> {
+    return new Promise((resolve, reject) => this.db.run(sql, params, (err) => err === null ? resolve() : reject(err)))
+  }
+
+  private one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
+    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => err === null ? resolve(row as T | undefined) : reject(err)))
+  }
+
+  private all<T> (sql: string, params: unknown[]): Promise<T[]> {
+    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => err === null ? resolve(rows as T[]) : reject(err)))
+  }
+
+  async migrate (): Promise<void> {
+    for (const statement of SCHEMA) await this.exec(statement)
+  }
+
+  run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+    return this.serial(async () => {
+      await this.exec('BEGIN IMMEDIATE')
+      try {
+        const value = await work(this)
+        await this.exec('COMMIT')
+        return value
+      } catch (err) {
+        await this.exec('ROLLBACK')
+        throw err
+      }
+    })
+  }
+
+  async names (): Promise<string[]> {
+    return (await this.all<{ name: string }>('SELECT name FROM ds_streams', [])).map(row => row.name)
+  }
+
+  publish (name: string): void {
+    this.emit(name)
+  }
+
+  async close (): Promise<void> {
+    await this.settle()
+    await new Promise<void>((resolve, reject) => this.db.close((err) => err === null ? resolve() : reject(err)))
+  }
+
+  async stream (name: string): Promise<StoredStream | null> {
+    const row = await this.one<{ row: string }>('SELECT row FROM ds_streams WHERE name = ?', [name])
+    return row === undefined ? null : JSON.parse(row.row) as StoredStream
+  }
+
+  async streamById (id: string): Promise<StoredStream | null> {
+    const row = await this.one<{ row: string }>('SELECT row FROM ds_streams WHERE id = ?', [id])
+    return row === undefined ? null : JSON.parse(row.row) as StoredStream
+  }
+
+  async put (stream: StoredStream): Promise<void> {
+    await this.exec('INSERT INTO ds_streams (id, name, row) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET row = excluded.row',
+      [stream.id, stream.name, JSON.stringify(stream)])
+  }
+
+  async remove (stream: StoredStream): Promise<void> {
+    await this.exec('DELETE FROM ds_streams WHERE id = ?', [stream.id])
+    await this.exec('DELETE FROM ds_entries WHERE stream_id = ?', [stream.id])
+    await this.exec('DELETE FROM ds_producers WHERE stream_id = ?', [stream.id])
+  }
+
+  async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
+    // Entries are contiguous: the first one wanted is the last one starting at or before `from`. Sizes are
+    // read first, so no more data than `maxBytes` (plus one entry) is ever loaded.
+    const spans = await this.all<{ start: number, end: number, size: number }>(
+      `SELECT start, end, length(data) AS size FROM ds_entries WHERE stream_id = ?1 AND start < ?3 AND start >=
+         coalesce((SELECT max(start) FROM ds_entries WHERE stream_id = ?1 AND start <= ?2), 0)
+       ORDER BY start LIMIT ${ENTRY_PAGE}`, [id, from, to])
+    const wanted = withinBudget(spans.filter(span => span.end > from), maxBytes)
+    if (wanted.length === 0) return []
+    const rows = await this.all<EntryRow>('SELECT start, end, json, data FROM ds_entries WHERE stream_id = ? AND start >= ? AND start <= ? ORDER BY start',
+      [id, wanted[0].start, wanted[wanted.length - 1].start])
+    return rows.map(toEntry)
+  }
+
+  async addEntry (id: string, entry: StoredEntry): Promise<void> {
+    const { payload } = entry
+    const data = payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.messages.join('\n'))
+    await this.exec('INSERT INTO ds_entries (stream_id, start, end, json, data) VALUES (?, ?, ?, ?, ?)',
+      [id, entry.start, entry.end, payload.kind === 'json' ? 1 : 0, data])
+  }
+
+  async producer (id: string, producerId: string): Promise<ProducerState | null> {
+    return await this.one<ProducerState>('SELECT epoch, seq FROM ds_producers WHERE stream_id = ? AND producer_id = ?', [id, producerId]) ?? null
+  }
+
+  async setProducer (id: string, producerId: string, state: ProducerState): Promise<void> {
+    await this.exec('INSERT INTO ds_producers (stream_id, producer_id, epoch, seq) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq',
+      [id, producerId, state.epoch, state.seq])
+  }
+}
+
+/** Opens (creating when needed) the durable stream tables in the SQLite file at `filePath`. */
+export async function createSqliteDurableStore (filePath: string): Promise<StreamEngine> {
+  const file = resolve(filePath)
+  // sqlite3 is loaded only when a file-based store is configured.
+  const { default: sqlite3 } = await import('sqlite3')
+  try {
+    await mkdir(dirname(file), { recursive: true })
+    const db = await new Promise<Database>((resolve, reject) => {
+      const opened: Database = new sqlite3.Database(file, (err) => err === null ? resolve(opened) : reject(err))
+    })
+    const backend = new SqliteBackend(db)
+    await backend.migrate()
+    return new StreamEngine(backend)
+  } catch (err) {
+    throw new StorageError(`cannot open ${filePath} for durable streams: ${(err as Error).message}`)
+  }
+}

@@ -1,0 +1,368 @@
+// The durable stream operations over any StreamBackend: creation and forks, appends under the protocol's
+// rules, chunked reads across fork chains, expiry, deletion with fork reference counts. A backend only
+// stores rows and entries and runs each operation alone and atomically.
+import { randomUUID } from 'node:crypto'
+import { StreamConflictError, StreamGoneError, StreamNotFoundError, StreamRequestError } from '../errors.js'
+import {
+  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonMessages, mediaType,
+  type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type Payload,
+  type Position, type ProducerClaim, type ProducerState, type ReadResult, type StreamConfig, type StreamInfo
+} from './store.js'
+
+const DEFAULT_CONTENT_TYPE = 'application/octet-stream'
+/** How often expired streams nobody asked about are dropped. */
+const SWEEP_INTERVAL_MS = 60_000
+
+/** A stream as a backend keeps it. A fork reads its source (`parentId`) below `base`; its own entries start there. */
+export interface StoredStream extends StreamConfig {
+  name: string
+  id: string
+  touchedAt: number
+  closed: boolean
+  closedBy: ProducerClaim | null
+  lastStreamSeq: string | null
+  parentId: string | null
+  base: Position
+  tail: Position
+  /** Forks reading this stream: a deleted or expired stream with forks is kept, answering 410. */
+  forks: number
+  gone: boolean
+}
+
+/** One append (a batch of messages in JSON mode) covering [start, end). */
+export interface StoredEntry { start: Position, end: Position, payload: Payload }
+
+export interface StreamTransaction {
+  /** The stream currently under `name`, gone or not. */
+  stream (name: string): Promise<StoredStream | null>
+  streamById (id: string): Promise<StoredStream | null>
+  /** Inserts or updates the stream's row. */
+  put (stream: StoredStream): Promise<void>
+  /** Removes the stream's row, entries and producer states. */
+  remove (stream: StoredStream): Promise<void>
+  /** Entries of stream `id` overlapping [from, to), in order, until their sizes reach `maxBytes` (at least one). */
+  entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]>
+  addEntry (id: string, entry: StoredEntry): Promise<void>
+  producer (id: string, producerId: string): Promise<ProducerState | null>
+  setProducer (id: string, producerId: string, state: ProducerState): Promise<void>
+}
+
+export interface StreamBackend {
+  /** Runs `work` alone and atomically (on a throw, nothing it wrote stays). */
+  run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T>
+  /** Names of every stored stream (for the expiry sweep). */
+  names (): Promise<string[]>
+  /** Tells the watchers of `name`, on every node sharing the backend, that it changed. */
+  publish (name: string): void
+  /** Registers the listener of every published change (local and from other nodes). */
+  onChange (listener: (name: string) => void): () => void
+  close (): Promise<void>
+}
+
+/** What every backend shares: one operation at a time in this process, and the listeners of changes. */
+export abstract class SerialBackend {
+  private readonly listeners = new Set<(name: string) => void>()
+  private queue: Promise<unknown> = Promise.resolve()
+
+  /** Runs `task` once every earlier task settled. */
+  protected serial<T> (task: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(task)
+    this.queue = result.catch(() => {})
+    return result
+  }
+
+  /** Waits for the running tasks, then forgets the listeners (closing). */
+  protected async settle (): Promise<void> {
+    this.listeners.clear()
+    await this.queue
+  }
+
+  /** Tells this process's listeners that `name` changed. */
+  protected emit (name: string): void {
+    for (const listener of [...this.listeners]) listener(name)
+  }
+
+  onChange (listener: (name: string) => void): () => void {
+    this.listeners.add(listener)
+    return () => { this.listeners.delete(listener) }
+  }
+}
+
+/** The first spans whose sizes add up to `maxBytes` (at least one): what a read loads at once. */
+export function withinBudget<T extends { size: number }> (spans: T[], maxBytes: number): T[] {
+  let weight = 0
+  let count = 0
+  while (count < spans.length && (count === 0 || weight < maxBytes)) weight += spans[count++].size
+  return spans.slice(0, count)
+}
+
+function entrySize (payload: Payload): number {
+  return payload.kind === 'bytes' ? payload.bytes.length : payload.messages.length
+}
+
+/** The part [from, to) of an entry. */
+function slice (entry: StoredEntry, from: Position, to: Position): Payload {
+  const a = from - entry.start
+  const b = to - entry.start
+  return entry.payload.kind === 'bytes'
+    ? { kind: 'bytes', bytes: entry.payload.bytes.subarray(a, b) }
+    : { kind: 'json', messages: entry.payload.messages.slice(a, b) }
+}
+
+function info (stream: StoredStream): StreamInfo {
+  return { id: stream.id, contentType: stream.contentType, tail: stream.tail, closed: stream.closed, ttlSeconds: stream.ttlSeconds, expiresAt: stream.expiresAt }
+}
+
+export class StreamEngine implements DurableStreamStore {
+  private readonly watchers = new Map<string, Set<() => void>>()
+  private readonly stopChanges: () => void
+  private readonly sweeper: NodeJS.Timeout
+  /** Streams the running operation deleted or expired: their watchers are told once it committed. */
+  private changed: string[] = []
+
+  constructor (private readonly backend: StreamBackend, private readonly now: () => number = Date.now) {
+    this.stopChanges = backend.onChange((name) => {
+      const set = this.watchers.get(name)
+      if (set !== undefined) for (const listener of [...set]) listener()
+    })
+    this.sweeper = setInterval(() => { this.sweep().catch(() => {}) }, SWEEP_INTERVAL_MS)
+    this.sweeper.unref()
+  }
+
+  async create (name: string, request: CreateRequest): Promise<CreateResult> {
+    return this.run(async (tx) => {
+      const existing = await this.lookup(tx, name)
+      if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
+      const source = request.fork === null ? null : await this.lookup(tx, request.fork.source)
+      if (request.fork !== null && source === null) throw new StreamNotFoundError()
+      if (source !== null && source.gone) throw new StreamConflictError('the fork source is deleted')
+      const fork = source === null ? null : await this.forkPoint(tx, source, request)
+      if (existing !== null) {
+        checkSameConfig(existing, request, fork)
+        return { created: false, info: info(existing) }
+      }
+      const contentType = request.contentType ?? source?.contentType ?? DEFAULT_CONTENT_TYPE
+      if (source !== null && mediaType(contentType) !== mediaType(source.contentType)) {
+        throw new StreamConflictError('a fork keeps its source\'s content type')
+      }
+      const initial: Payload = isJsonType(contentType)
+        ? { kind: 'json', messages: jsonMessages(request.body, true) }
+        : { kind: 'bytes', bytes: request.body }
+      const inherit = source !== null && request.ttlSeconds === null && request.expiresAt === null
+      const base = fork?.offset ?? 0
+      const stream: StoredStream = {
+        name,
+        id: randomUUID(),
+        contentType,
+        ttlSeconds: inherit ? source.ttlSeconds : request.ttlSeconds,
+        expiresAt: inherit ? source.expiresAt : request.expiresAt,
+        fork,
+        touchedAt: this.now(),
+        closed: request.closed,
+        closedBy: null,
+        lastStreamSeq: null,
+        parentId: source?.id ?? null,
+        base,
+        tail: base,
+        forks: 0,
+        gone: false
+      }
+      if (source !== null) {
+        source.forks++
+        await tx.put(source)
+      }
+      await tx.put(stream)
+      if (entrySize(initial) > 0) {
+        await this.push(tx, stream, initial)
+        await tx.put(stream)
+      }
+      return { created: true, info: info(stream) }
+    })
+  }
+
+  async append (name: string, request: AppendRequest): Promise<AppendResult> {
+    const result = await this.run(async (tx) => {
+      const stream = await this.existing(tx, name)
+      const claim = request.producer
+      const known = claim === null ? null : await tx.producer(stream.id, claim.id)
+      const decision = decideAppend({ ...stream, producer: known }, request)
+      stream.touchedAt = this.now()
+      if (decision.kind === 'duplicate') {
+        if (stream.ttlSeconds !== null) await tx.put(stream)
+        return { info: info(stream), outcome: 'duplicate' as const, producer: decision.producer, changed: false }
+      }
+      if (decision.payload !== null) await this.push(tx, stream, decision.payload)
+      if (claim !== null && decision.producer !== null) await tx.setProducer(stream.id, claim.id, decision.producer)
+      if (request.streamSeq !== null && decision.payload !== null) stream.lastStreamSeq = request.streamSeq
+      if (decision.close) {
+        stream.closed = true
+        stream.closedBy = claim
+      }
+      await tx.put(stream)
+      return { info: info(stream), outcome: 'appended' as const, producer: decision.producer, changed: decision.payload !== null || decision.close }
+    })
+    if (result.changed) this.backend.publish(name)
+    return { info: result.info, outcome: result.outcome, producer: result.producer }
+  }
+
+  async head (name: string): Promise<StreamInfo> {
+    return this.run(async (tx) => info(await this.existing(tx, name)))
+  }
+
+  async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
+    return this.run(async (tx) => {
+      const stream = await this.existing(tx, name)
+      if (stream.ttlSeconds !== null) {
+        stream.touchedAt = this.now()
+        await tx.put(stream)
+      }
+      const start = from ?? stream.tail
+      if (start > stream.tail) throw new StreamRequestError('the offset is beyond the end of the stream')
+      const json = isJsonType(stream.contentType)
+      const parts: Buffer[] = []
+      const messages: string[] = []
+      let position = start
+      let bytes = 0
+      // Full once the budget is spent or the next message does not fit in it.
+      let full = false
+      while (!full && position < stream.tail) {
+        const { owner, limit } = await this.owner(tx, stream, position)
+        const entries = await tx.entries(owner.id, position, limit, maxBytes - bytes)
+        if (entries.length === 0) break
+        for (const entry of entries) {
+          let end = Math.min(entry.end, limit)
+          if (!json) end = Math.min(end, position + Math.max(1, maxBytes - bytes))
+          const part = slice(entry, position, end)
+          if (part.kind === 'bytes') {
+            parts.push(part.bytes)
+            bytes += part.bytes.length
+          } else {
+            // Whole messages only, at least one per read.
+            let taken = 0
+            for (const message of part.messages) {
+              if (messages.length > 0 && bytes + message.length > maxBytes) break
+              messages.push(message)
+              bytes += message.length
+              taken++
+            }
+            end = position + taken
+          }
+          position = end
+          full = bytes >= maxBytes || end < Math.min(entry.end, limit)
+          if (full) break
+        }
+      }
+      const payload: Payload = json ? { kind: 'json', messages } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
+      return { info: info(stream), from: start, next: position, payload }
+    })
+  }
+
+  async delete (name: string): Promise<void> {
+    await this.run(async (tx) => {
+      await this.drop(tx, await this.existing(tx, name))
+      this.changed.push(name)
+    })
+  }
+
+  watch (name: string, listener: () => void): () => void {
+    let set = this.watchers.get(name)
+    if (set === undefined) this.watchers.set(name, set = new Set())
+    set.add(listener)
+    return () => {
+      set.delete(listener)
+      if (set.size === 0 && this.watchers.get(name) === set) this.watchers.delete(name)
+    }
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.sweeper)
+    this.stopChanges()
+    this.watchers.clear()
+    await this.backend.close()
+  }
+
+  /** Runs an operation on the backend; once it committed, tells the watchers of streams it removed. */
+  private async run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+    const result = await this.backend.run(async (tx) => {
+      this.changed = []
+      return work(tx)
+    }).finally(() => {
+      for (const name of this.changed) this.backend.publish(name)
+      this.changed = []
+    })
+    return result
+  }
+
+  /** The stream holding `position` as `stream` sees it, and where that view of it ends. */
+  private async owner (tx: StreamTransaction, stream: StoredStream, position: Position): Promise<{ owner: StoredStream, limit: Position }> {
+    let owner = stream
+    let limit = stream.tail
+    while (position < owner.base && owner.parentId !== null) {
+      limit = Math.min(limit, owner.base)
+      const parent = await tx.streamById(owner.parentId)
+      if (parent === null) break
+      owner = parent
+    }
+    return { owner, limit }
+  }
+
+  private async push (tx: StreamTransaction, stream: StoredStream, payload: Payload): Promise<void> {
+    const size = entrySize(payload)
+    if (size === 0) return
+    await tx.addEntry(stream.id, { start: stream.tail, end: stream.tail + size, payload })
+    stream.tail += size
+  }
+
+  /** The fork point a PUT asks for, checked against the source (a sub-offset counts within one append). */
+  private async forkPoint (tx: StreamTransaction, source: StoredStream, request: CreateRequest): Promise<NonNullable<StreamConfig['fork']>> {
+    const fork = request.fork!
+    const offset = fork.offset ?? source.tail
+    if (offset > source.tail) throw new StreamRequestError('the fork offset is beyond the end of the source')
+    if (fork.subOffset > 0) {
+      const { owner, limit } = await this.owner(tx, source, offset)
+      const [entry] = offset < limit ? await tx.entries(owner.id, offset, limit, 1) : []
+      if (entry === undefined || fork.subOffset > Math.min(entry.end, limit) - offset) {
+        throw new StreamRequestError('the fork sub-offset is beyond the append at the fork offset')
+      }
+    }
+    return { source: source.name, offset: offset + fork.subOffset, subOffset: fork.subOffset }
+  }
+
+  /** The stream under `name` after applying its expiry, or null. */
+  private async lookup (tx: StreamTransaction, name: string): Promise<StoredStream | null> {
+    const stream = await tx.stream(name)
+    if (stream === null || stream.gone) return stream
+    const expiry = expiryTime(stream, stream.touchedAt)
+    if (expiry === null || this.now() < expiry) return stream
+    await this.drop(tx, stream)
+    this.changed.push(name)
+    return tx.stream(name)
+  }
+
+  private async existing (tx: StreamTransaction, name: string): Promise<StoredStream> {
+    const stream = await this.lookup(tx, name)
+    if (stream === null) throw new StreamNotFoundError()
+    if (stream.gone) throw new StreamGoneError()
+    return stream
+  }
+
+  /** Deletes a stream: kept as gone while forks read it; otherwise removed, releasing its own source. */
+  private async drop (tx: StreamTransaction, stream: StoredStream): Promise<void> {
+    if (stream.forks > 0) {
+      stream.gone = true
+      await tx.put(stream)
+      return
+    }
+    await tx.remove(stream)
+    if (stream.parentId === null) return
+    const parent = await tx.streamById(stream.parentId)
+    if (parent === null) return
+    parent.forks--
+    if (parent.gone && parent.forks === 0) await this.drop(tx, parent)
+    else await tx.put(parent)
+  }
+
+  private async sweep (): Promise<void> {
+    for (const name of await this.backend.names()) await this.run(async (tx) => { await this.lookup(tx, name) })
+  }
+}

@@ -1,0 +1,331 @@
+// Durable streams beyond the conformance suite: options, refusals of bad input, auth and authorization,
+// live reader limits and shutdown, and the official client's producer and live reader.
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Agent, request as httpRequest, type ClientRequest } from 'node:http'
+import { test } from 'tap'
+import Fastify from 'fastify'
+import { DurableStream, IdempotentProducer, stream } from '@durable-streams/client'
+import streams, { type StreamsOptions } from '../../lib/index.js'
+import { serve } from '../helpers/app.js'
+
+async function serveHttp (options: StreamsOptions, setup?: Parameters<typeof serve>[1]): Promise<{ base: string, close: () => Promise<void> }> {
+  const { app, url } = await serve({ durable_streams: true, ...options }, setup)
+  return { base: url.replace('ws://', 'http://').replace(/\/$/, ''), close: () => app.close() }
+}
+
+/** A request whose path goes out byte for byte (fetch would normalise `..` and encoded characters). */
+function rawRequest (base: string, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number, body: any }> {
+  const { hostname, port } = new URL(base)
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ hostname, port, method, path, headers }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString()
+        resolve({ status: res.statusCode ?? 0, body: text.startsWith('{') ? JSON.parse(text) : text })
+      })
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+async function put (base: string, name: string, headers: Record<string, string> = { 'content-type': 'text/plain' }, body?: string): Promise<Response> {
+  return fetch(`${base}/v1/stream/${name}`, { method: 'PUT', headers, body })
+}
+
+test('durable_streams is off by default and its options are checked before anything starts', async (t) => {
+  const { app, url } = await serve({})
+  t.teardown(() => app.close())
+  const res = await fetch(`${url.replace('ws://', 'http://')}v1/stream/a`, { method: 'PUT' })
+  t.equal(res.status, 404, 'no durable stream routes without the option')
+
+  for (const [value, key] of [['yes', 'durable_streams'], [{ path: 'v1' }, 'durable_streams.path'], [{ path: '/v1/' }, 'durable_streams.path'],
+    [{ long_poll_timeout_ms: 0 }, 'durable_streams.long_poll_timeout_ms'], [{ colour: 'red' }, 'durable_streams.colour'],
+    [{ authorize_function: 3 }, 'durable_streams.authorize_function']] as const) {
+    const bad = Fastify()
+    await t.rejects(async () => { await bad.register(streams, { durable_streams: value as never }) }, { code: 'STREAMS_ERR_INVALID_OPTION', key }, `${JSON.stringify(value)} is refused`)
+    await bad.close()
+  }
+})
+
+test('durable_streams.path moves the stream URLs', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { path: '/streams' } })
+  t.teardown(close)
+  t.equal((await fetch(`${base}/streams/a`, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'x' })).status, 201)
+  t.equal(await (await fetch(`${base}/streams/a`)).text(), 'x')
+  t.equal((await fetch(`${base}/v1/stream/a`)).status, 404, 'the default path is not served')
+})
+
+test('bad input gets a coded refusal and the stream stays intact', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { max_append_bytes: 1024 } })
+  t.teardown(close)
+  t.equal((await put(base, 'ok', { 'content-type': 'text/plain' }, 'kept')).status, 201)
+  const url = `${base}/v1/stream/ok`
+
+  const big = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x'.repeat(2048) })
+  t.equal(big.status, 413, 'an oversized body is 413')
+  t.equal((await big.json()).code, 'STREAMS_ERR_PAYLOAD_TOO_LARGE')
+  t.equal(big.headers.get('x-content-type-options'), 'nosniff', 'refusals carry the browser security headers')
+
+  for (const offset of ['abc', '0000_12', '0000000000000000_000000000000001x', '-2', '00000000000000000000000000000000']) {
+    const res = await fetch(`${url}?offset=${encodeURIComponent(offset)}`)
+    t.equal(res.status, 400, `offset ${offset} is refused`)
+    t.equal((await res.json()).code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+  const beyond = await fetch(`${url}?offset=0000000000000000_0000000000009999`)
+  t.equal(beyond.status, 400, 'an offset past the tail is refused')
+  t.equal((await fetch(`${url}?offset=-1&live=forever`)).status, 400, 'an unknown live mode is refused')
+
+  for (const headers of [
+    { 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '01' },
+    { 'producer-id': 'p', 'producer-epoch': '9007199254740993', 'producer-seq': '0' },
+    { 'producer-id': 'p', 'producer-seq': '0' },
+    { 'stream-closed': 'maybe' },
+    { 'stream-seq': '' }
+  ] as Array<Record<string, string>>) {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: 'no' })
+    t.equal(res.status, 400, `${JSON.stringify(headers)} is refused`)
+    t.equal((await res.json()).code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+  for (const headers of [{ 'stream-ttl': '1.5' }, { 'stream-expires-at': '2030-01-01' }, { 'stream-fork-offset': START }] as Array<Record<string, string>>) {
+    const res = await put(base, 'other', { 'content-type': 'text/plain', ...headers })
+    t.equal(res.status, 400, `PUT with ${JSON.stringify(headers)} is refused`)
+  }
+
+  for (const path of ['/v1/stream/a/../ok', '/v1/stream/a/./b', '/v1/stream/a%2Fb', '/v1/stream/a%2fb', '/v1/stream/a%00b', '/v1/stream/a%5Cb',
+    '/v1/stream/a//b', `/v1/stream/${'n'.repeat(1025)}`]) {
+    const res = await rawRequest(base, 'PUT', path, { 'content-type': 'text/plain' }, 'evil')
+    t.equal(res.status, 400, `${path.slice(0, 40)} is refused`)
+    t.equal(res.body.code, 'STREAMS_ERR_STREAM_REQUEST')
+  }
+
+  t.equal((await rawRequest(base, 'GET', '/v1/stream/%E0%A4%A')).status, 400, 'broken percent-encoding is refused (by Fastify)')
+
+  const read = await fetch(url)
+  t.equal(await read.text(), 'kept', 'the stream holds exactly what was accepted')
+  t.equal(read.headers.get('stream-next-offset'), '0000000000000000_0000000000000004')
+})
+
+const START = '0000000000000000_0000000000000000'
+
+test('every request is authenticated; authorize_function sees each operation and may refuse it', async (t) => {
+  const seen: Array<{ method: string, path: string, operation: string, context: unknown }> = []
+  const { base, close } = await serveHttp({
+    auth_function: 'auth',
+    durable_streams: { authorize_function: 'authorize' }
+  }, (app) => {
+    app.streams.registerFunction({
+      function_path: 'auth',
+      handler: (input: { headers: Record<string, string> }) => {
+        if (input.headers.authorization === undefined) throw new Error('no token')
+        return { context: { user: input.headers.authorization } }
+      }
+    })
+    app.streams.registerFunction({
+      function_path: 'authorize',
+      handler: (input: { method: string, path: string, operation: string, context: { user: string } }) => {
+        seen.push(input)
+        if (input.path.startsWith('/v1/stream/private/')) return input.context.user === 'admin'
+        return input.operation === 'delete' ? { unauthorized: true } : true
+      }
+    })
+  })
+  t.teardown(close)
+  const ana = { authorization: 'ana', 'content-type': 'text/plain' }
+
+  const anonymous = await fetch(`${base}/v1/stream/doc`, { method: 'PUT', headers: { 'content-type': 'text/plain' } })
+  t.equal(anonymous.status, 401)
+  t.equal((await anonymous.json()).code, 'STREAMS_ERR_UNAUTHORIZED')
+
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'PUT', headers: ana, body: 'a' })).status, 201)
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'POST', headers: ana, body: 'b' })).status, 204)
+  t.equal(await (await fetch(`${base}/v1/stream/doc`, { headers: ana })).text(), 'ab')
+  t.equal((await fetch(`${base}/v1/stream/doc`, { method: 'HEAD', headers: ana })).status, 200)
+  const refused = await fetch(`${base}/v1/stream/doc`, { method: 'DELETE', headers: ana })
+  t.equal(refused.status, 403)
+  t.equal((await refused.json()).code, 'STREAMS_ERR_FORBIDDEN')
+  t.same(seen.map(input => input.operation), ['create', 'append', 'read', 'head', 'delete'])
+  t.same(seen[0], { method: 'PUT', path: '/v1/stream/doc', operation: 'create', context: { user: 'ana' } })
+
+  const admin = { authorization: 'admin', 'content-type': 'text/plain' }
+  t.equal((await fetch(`${base}/v1/stream/private/notes`, { method: 'PUT', headers: admin, body: 'secret' })).status, 201)
+  t.equal((await fetch(`${base}/v1/stream/private/notes`, { headers: ana })).status, 403, 'ana may not read it')
+  const fork = await fetch(`${base}/v1/stream/copy`, { method: 'PUT', headers: { ...ana, 'stream-forked-from': '/v1/stream/private/notes' } })
+  t.equal(fork.status, 403, 'nor copy it into a fork of her own')
+  t.equal((await fetch(`${base}/v1/stream/copy`, { headers: ana })).status, 404, 'the refused fork does not exist')
+})
+
+test('live readers are bounded, and closing the app ends open SSE and long-poll responses', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { max_live_readers: 2, long_poll_timeout_ms: 600_000 } })
+  t.equal((await put(base, 'live')).status, 201)
+  const url = `${base}/v1/stream/live?offset=-1`
+
+  const poll = fetch(`${url}&live=long-poll`)
+  // SSE readers take a slot before their headers go out: open them until the limit refuses one.
+  const open: Response[] = []
+  let refused: Response
+  for (;;) {
+    const res = await fetch(`${url}&live=sse`)
+    if (res.status !== 200) {
+      refused = res
+      break
+    }
+    open.push(res)
+  }
+  t.equal(refused.status, 503, 'a live reader past the limit is refused')
+  t.equal((await refused.json()).code, 'STREAMS_ERR_TOO_MANY_READERS')
+  t.equal(open.length, 1, 'the long-poll and one SSE reader hold the two slots')
+  const sseText = open[0].text()
+
+  await close()
+  const polled = await poll
+  t.equal(polled.status, 204, 'the waiting long-poll answers 204 on shutdown')
+  t.equal(polled.headers.get('stream-up-to-date'), 'true')
+  t.match(await sseText, /event: control\ndata:\{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
+})
+
+test('the official client: an IdempotentProducer\'s batches reach a live stream() reader exactly once', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const url = `${base}/v1/stream/tokens`
+  const handle = await DurableStream.create({ url, contentType: 'application/json' })
+  const received: unknown[] = []
+  const done = new Promise<void>((resolve, reject) => {
+    stream<{ n: number }>({ url, offset: '-1', live: 'sse' }).then((response) => {
+      response.subscribeJson(async (batch) => {
+        received.push(...batch.items)
+        if (received.length >= 500) {
+          response.cancel()
+          resolve()
+        }
+      })
+    }, reject)
+  })
+  const producer = new IdempotentProducer(handle, 'writer-1', { lingerMs: 1 })
+  for (let n = 0; n < 500; n++) producer.append(JSON.stringify({ n }))
+  await producer.flush()
+  await done
+  t.same(received, Array.from({ length: 500 }, (_, n) => ({ n })), 'every message once, in order')
+  const all = await (await fetch(url)).json()
+  t.equal(all.length, 500, 'the stream holds each message once')
+})
+
+test('two thousand idle SSE readers each get the next append, and a reader that leaves frees its slot', async (t) => {
+  const READERS = 2000
+  const { base, close } = await serveHttp({ durable_streams: { max_live_readers: READERS } })
+  t.teardown(close)
+  t.equal((await put(base, 'fanout')).status, 201)
+  const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+  t.teardown(() => agent.destroy())
+  const { hostname, port } = new URL(base)
+  const readers = await Promise.all(Array.from({ length: READERS }, () => new Promise<{ text: () => string, req: ClientRequest }>((resolve, reject) => {
+    const req = httpRequest({ hostname, port, agent, path: '/v1/stream/fanout?offset=-1&live=sse' }, (res) => {
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => {
+        text += chunk
+        // Ready once the first control event (caught up) is in.
+        if (text.includes('"upToDate":true')) resolve({ text: () => text, req })
+      })
+    })
+    req.on('error', reject)
+    req.end()
+  })))
+  const refused = await fetch(`${base}/v1/stream/fanout?offset=-1&live=sse`)
+  t.equal(refused.status, 503, 'the limit holds')
+  readers[0].req.destroy()
+  let admitted: Response
+  // The server frees the slot when it sees the socket close.
+  do admitted = await fetch(`${base}/v1/stream/fanout?offset=-1&live=sse`, { signal: AbortSignal.timeout(2000) })
+  while (admitted.status === 503)
+  t.equal(admitted.status, 200, 'a reader that left freed its slot')
+  await admitted.body?.cancel()
+
+  t.equal((await fetch(`${base}/v1/stream/fanout`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'marker' })).status, 204)
+  const waiting = readers.slice(1)
+  const deadline = Date.now() + 30_000
+  while (waiting.some(reader => !reader.text().includes('data:marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata:marker\n')).length, READERS - 1, 'every remaining reader got the append')
+  for (const reader of waiting) reader.req.destroy()
+})
+
+test('app.streams.durable and the registry functions write and read streams without HTTP; HTTP readers see it', async (t) => {
+  const { app, url } = await serve({ durable_streams: true }, (app) => {
+    app.post('/progress/:job', async (request) => app.streams.durable!.append(`jobs/${(request.params as { job: string }).job}`, request.body))
+  })
+  t.teardown(() => app.close())
+  const base = url.replace('ws://', 'http://').replace(/\/$/, '')
+  const durable = app.streams.durable!
+  t.same(await durable.create('jobs/7', { contentType: 'application/json', data: [{ step: 0 }] }), { created: true, offset: '0000000000000000_0000000000000001' })
+  const poll = fetch(`${base}/v1/stream/jobs/7?offset=0000000000000000_0000000000000001&live=long-poll`)
+  const posted = await fetch(`${base}/progress/7`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ step: 1 }) })
+  t.same(await posted.json(), { offset: '0000000000000000_0000000000000002', duplicate: false, closed: false }, 'a route handler appended')
+  t.same(await (await poll).json(), [{ step: 1 }], 'the waiting HTTP long-poll got it')
+
+  t.same(await app.streams.call('durable_streams.append', { name: 'jobs/7', data: [{ step: 2 }, { step: 3 }] }), { offset: '0000000000000000_0000000000000004', duplicate: false, closed: false })
+  await durable.close('jobs/7')
+  t.same(await durable.read('jobs/7'), { messages: [{ step: 0 }, { step: 1 }, { step: 2 }, { step: 3 }], nextOffset: '0000000000000000_0000000000000004', upToDate: true, closed: true })
+  t.same(await app.streams.call('durable_streams.head', { name: 'jobs/7' }), { contentType: 'application/json', offset: '0000000000000000_0000000000000004', closed: true, ttlSeconds: null, expiresAt: null })
+  await t.rejects(durable.append('jobs/7', { late: true }), { code: 'STREAMS_ERR_STREAM_CLOSED' }, 'the rules hold without HTTP too')
+  await t.rejects(durable.create('../etc'), { code: 'STREAMS_ERR_STREAM_REQUEST' }, 'names are checked as URL paths are')
+
+  await durable.create('log', { contentType: 'text/plain' })
+  await durable.append('log', 'a\n')
+  await durable.append('log', new Uint8Array([98]))
+  t.equal((await durable.read('log')).data?.toString(), 'a\nb')
+  await t.rejects(durable.append('log', { not: 'bytes' }), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
+  await durable.delete('log')
+  await t.rejects(durable.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' })
+})
+
+test('catch-up reads come in chunks of read_chunk_bytes, on memory and on SQLite', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-chunks-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  for (const [label, adapter] of [['memory', undefined], ['SQLite', { class: 'modules::streams::adapters::KvStore', config: { store_method: 'file_based', file_path: join(dir, 'chunks.db') } }]] as const) {
+    const { base, close } = await serveHttp({ adapter, durable_streams: { read_chunk_bytes: 1000 } })
+    t.equal((await put(base, 'bytes', { 'content-type': 'application/octet-stream' })).status, 201)
+    t.equal((await put(base, 'json', { 'content-type': 'application/json' })).status, 201)
+    for (let n = 0; n < 200; n++) {
+      await fetch(`${base}/v1/stream/bytes`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.alloc(100, n) })
+      await fetch(`${base}/v1/stream/json`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n, pad: 'x'.repeat(80) }) })
+    }
+    for (const name of ['bytes', 'json']) {
+      const sizes: number[] = []
+      const parts: Buffer[] = []
+      const messages: unknown[] = []
+      let offset = '-1'
+      for (;;) {
+        const res = await fetch(`${base}/v1/stream/${name}?offset=${offset}`)
+        const body = Buffer.from(await res.arrayBuffer())
+        sizes.push(body.length)
+        if (name === 'json') messages.push(...JSON.parse(body.toString()))
+        else parts.push(body)
+        offset = res.headers.get('stream-next-offset')!
+        if (res.headers.get('stream-up-to-date') === 'true') break
+      }
+      t.ok(sizes.length >= 20 && Math.max(...sizes) <= 1100, `${label} ${name}: ${sizes.length} reads of at most about 1000 bytes`)
+      if (name === 'json') t.same(messages, Array.from({ length: 200 }, (_, n) => ({ n, pad: 'x'.repeat(80) })), `${label}: every message once, in order`)
+      else t.same(Buffer.concat(parts), Buffer.concat(Array.from({ length: 200 }, (_, n) => Buffer.alloc(100, n))), `${label}: every byte once, in order`)
+    }
+    await close()
+  }
+})
+
+test('SSE never splits a UTF-8 character of a text stream across data events', async (t) => {
+  const { base, close } = await serveHttp({ durable_streams: { read_chunk_bytes: 4 } })
+  t.teardown(close)
+  const text = 'héllo wörld, ≈ 🌍 done'
+  t.equal((await put(base, 'utf8', { 'content-type': 'text/plain; charset=utf-8' }, text)).status, 201)
+  const res = await fetch(`${base}/v1/stream/utf8?offset=-1&live=sse`)
+  const reader = res.body!.getReader()
+  let raw = ''
+  while (!raw.includes('"upToDate":true')) raw += Buffer.from((await reader.read()).value!).toString()
+  await reader.cancel()
+  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => block.split('\n').slice(1).map(line => line.slice(5)).join('\n'))
+  t.ok(data.length > 5, `${data.length} data events`)
+  t.notOk(data.some(chunk => chunk.includes('\uFFFD')), 'no event holds a broken character')
+  t.equal(data.join(''), text, 'together they are the text')
+})
