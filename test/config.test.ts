@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path'
 import t from 'tap'
 import { cliModule, importAppModule, loadConfig, parseConfig } from '../lib/config.js'
 import { run } from './helpers/cli.js'
-import { freePort } from './helpers/wait.js'
+import { freePort, waitFor } from './helpers/wait.js'
 
 function tmp (): string {
   const dir = mkdtempSync(join(tmpdir(), 'streams-config-'))
@@ -371,14 +371,6 @@ t.test('error: a module without a plugin as default export, and one that does no
 
 // ---- the standalone command ------------------------------------------------------------------------------
 
-async function until (check: () => boolean, ms = 15000): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error('timed out')
-    await new Promise(resolve => setTimeout(resolve, 25))
-  }
-}
-
 t.test('bin: serves a config, answers a stream client, exits 0 on SIGTERM', async t => {
   const dir = tmp()
   write(dir, 'app.js', `export default async function (app) {
@@ -395,7 +387,7 @@ app_modules: [./app.js]
   const port = await freePort()
   const server = run(['--config', file], { TEST_STREAMS_PORT: String(port) })
   t.teardown(() => { server.child.kill('SIGKILL') })
-  await until(() => server.stdout().includes(`ws://127.0.0.1:${port}/`) || server.child.exitCode !== null)
+  await waitFor(() => server.stdout().includes(`ws://127.0.0.1:${port}/`) || server.child.exitCode !== null, 'the command to listen', 15_000)
   t.equal(server.child.exitCode, null, `running; stderr: ${server.stderr()}`)
   const res = await fetch(`http://127.0.0.1:${port}/hello`)
   t.same(await res.json(), { hello: [] }, 'the app module is registered after the plugin')
@@ -420,7 +412,7 @@ t.test('bin: --port and --module flags override the config', async t => {
   const port = await freePort()
   const server = run(['--port', String(port), '--host', '127.0.0.1', '--module', join(dir, 'mod.js')])
   t.teardown(() => { server.child.kill('SIGKILL') })
-  await until(() => server.stdout().includes(`ws://127.0.0.1:${port}/`) || server.child.exitCode !== null)
+  await waitFor(() => server.stdout().includes(`ws://127.0.0.1:${port}/`) || server.child.exitCode !== null, 'the command to listen', 15_000)
   t.same(await (await fetch(`http://127.0.0.1:${port}/mod`)).json(), { ok: true })
   server.child.kill('SIGINT')
   t.equal(await server.exit, 0)

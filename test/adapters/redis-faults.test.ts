@@ -1,13 +1,13 @@
 // Redis faults with a real redis-server: stopped under traffic, writes and reads fail fast with a code and the
 // stream sockets stay open; restarted, every open subscription gets a fresh sync and new writes flow again.
 // A dead Redis at start fails `register` with a code within a bounded time.
-import { createServer } from 'node:net'
 import t from 'tap'
 import Fastify from 'fastify'
 import { Stream } from '@motiadev/stream-client-node'
 import streams from '../../lib/index.js'
 import { RawClient, serve, until, type Served } from '../helpers/app.js'
 import { startRedisServer, type RedisServer } from '../helpers/redis-server.js'
+import { freePort } from '../helpers/wait.js'
 
 const REDIS = 'modules::streams::adapters::RedisAdapter'
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -30,19 +30,6 @@ async function openStream (url: string): Promise<Stream> {
   // The stock client joins on open; close() before open would throw inside ws.
   await until(() => (stream as unknown as { ws: { isOpen(): boolean } }).ws.isOpen(), 'the stock client to connect')
   return stream
-}
-
-/** A free TCP port with nothing listening on it. */
-function deadPort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 t.test('redis-server stopped under traffic, then restarted', async t => {
@@ -159,7 +146,7 @@ t.test('redis-server stopped under traffic, then restarted', async t => {
 })
 
 t.test('a dead Redis at start fails register with STREAMS_ERR_BACKEND_UNAVAILABLE in bounded time', async t => {
-  const port = await deadPort()
+  const port = await freePort()
   const app = Fastify({ logger: false })
   t.teardown(() => app.close().catch(() => {}))
   const started = Date.now()

@@ -6,19 +6,12 @@ import { normalizeRedisConfig } from '../../lib/adapters/redis-config.js'
 import type { StreamEvent } from '../../lib/adapters/adapter.js'
 import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
 import { until } from '../helpers/app.js'
+import { waitFor } from '../helpers/wait.js'
 import { adapterContract } from './contract.js'
 
 /** A RedisAdapter from a config as a user writes it, checked the way the plugin checks it. */
 const createRedisAdapter = (config: Record<string, unknown>) => new RedisAdapter(normalizeRedisConfig(config))
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-async function waitFor (what: string, check: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(5)
-  }
-}
 
 function feed (adapter: RedisAdapter): StreamEvent[] {
   const events: StreamEvent[] = []
@@ -92,7 +85,7 @@ t.test('set, get, delete and their events', async (t) => {
   t.same(await adapter.get('todo', 'inbox', 't1'), null)
   t.match(await adapter.set('todo', 'inbox', 'scalar', 42), { old_value: null, new_value: 42 })
   t.same(await adapter.get('todo', 'inbox', 'scalar'), 42)
-  await waitFor('4 events', () => events.length >= 4)
+  await waitFor(() => events.length >= 4, '4 events')
   await sleep(50)
   t.same(events.map((e) => [e.event.type, e.id, e.rev, (e.event as { data: unknown }).data]), [
     ['create', 't1', 1, { id: 't1', n: 1 }],
@@ -118,7 +111,7 @@ t.test('engine-compatible layout and exact wire envelope on stream::events', asy
   await adapter.delete('todo', 'in:box', 't"1')
   await adapter.publish('todo', 'in:box', null, { type: 'event', event: { type: 'typing', data: { user: 'ana' } } })
   await adapter.publish('todo', 'in:box', 'i1', { type: 'event', event: { type: 'ping', data: undefined } })
-  await waitFor('4 messages', () => messages.length >= 4)
+  await waitFor(() => messages.length >= 4, '4 messages')
   const stored = JSON.stringify({ id: 't"1', big: 2 ** 70, f: 1.5, nested: { z: 1, a: [2] } })
   const parsed = messages.map((m) => JSON.parse(m))
   const ts = parsed.map((m) => m.timestamp as number)
@@ -224,7 +217,7 @@ t.test('update: ops, per-op errors, prepare, missing item', async (t) => {
   t.same(second.new_value, { tags: 'a', id: 'x', m: { deep: true } })
   t.same(second.errors?.map((e) => [e.op_index, e.code]), [[0, 'increment.not_number'], [3, 'set.path.proto_polluted']])
   t.same(await adapter.get('s', 'g', 'x'), { tags: 'a', id: 'x', m: { deep: true } })
-  await waitFor('2 events', () => events.length >= 2)
+  await waitFor(() => events.length >= 2, '2 events')
   t.same(events.map((e) => [e.event.type, e.rev]), [['create', 1], ['update', 2]])
   await t.rejects(adapter.update('s', 'g', 'x', 'nope' as never), { code: 'STREAMS_ERR_INVALID_ARGUMENT' })
 })
@@ -239,7 +232,7 @@ t.test('200 concurrent increments from two adapters end with the exact sum', asy
   t.same(await a.get('s', 'g', 'counter'), { n: 200 })
   const seen = results.map((r) => (r.new_value as { n: number }).n).sort((x, y) => x - y)
   t.same(seen, Array.from({ length: 200 }, (_, i) => i + 1), 'every update saw a distinct predecessor')
-  await waitFor('200 events', () => eventsA.length >= 200)
+  await waitFor(() => eventsA.length >= 200, '200 events')
   t.same(eventsA.map((e) => e.rev), Array.from({ length: 200 }, (_, i) => i + 1), 'one revision per change, in commit order')
   t.same(eventsA.map((e) => ((e.event as { data: { n: number } }).data.n)), Array.from({ length: 200 }, (_, i) => i + 1))
 })
@@ -259,7 +252,7 @@ t.test('revisions and timestamps across two nodes; every node delivers the same 
   }
   await Promise.all(writes)
   const snapshots = { g1: await a.snapshotGroup('s', 'g1'), g2: await a.snapshotGroup('s', 'g2') }
-  await waitFor('same count on both nodes', () => eventsA.length === eventsB.length && eventsA.length >= 270)
+  await waitFor(() => eventsA.length === eventsB.length && eventsA.length >= 270, 'same count on both nodes')
   await sleep(100)
   t.equal(eventsA.length, eventsB.length, 'no duplicates')
   t.same(eventsB, eventsA, 'B delivers exactly what A delivers, in the same order')
@@ -288,7 +281,7 @@ t.test('malformed channel messages are ignored', async (t) => {
   }
   await client.publish('stream::events', '{"type":"stream","timestamp":7,"streamName":"s","groupId":"g","id":"e","event":{"type":"create","data":{"a":1}}}')
   await adapter.set('s', 'g', 'x', 1)
-  await waitFor('2 events', () => events.length >= 2)
+  await waitFor(() => events.length >= 2, '2 events')
   await sleep(30)
   t.same(events.map((e) => [e.id, e.rev]), [['e', 0], ['x', 1]], 'garbage dropped, engine-style message delivered')
 })
@@ -300,10 +293,10 @@ t.test('a listener that throws does not stop the others; unsubscribe works', asy
   const off = adapter.subscribe((e) => { seen.push(`1:${e.id}`) })
   adapter.subscribe((e) => { seen.push(`2:${e.id}`) })
   await adapter.set('s', 'g', 'a', 1)
-  await waitFor('a', () => seen.length === 2)
+  await waitFor(() => seen.length === 2, 'a')
   off()
   await adapter.set('s', 'g', 'b', 1)
-  await waitFor('b', () => seen.length === 3)
+  await waitFor(() => seen.length === 3, 'b')
   t.same(seen, ['1:a', '2:a', '2:b'])
 })
 
@@ -326,7 +319,7 @@ t.test('key prefix isolates data and events', async (t) => {
   t.same(await prefixed.listAll(), { stream: [{ id: 's', groups: ['g', 'h'] }], count: 1 })
   t.equal(await client.hget('app1:stream:s:g', 'x'), '"prefixed"')
   t.equal(prefixed.channel, 'app1:stream::events')
-  await waitFor('events', () => plainEvents.length >= 1 && prefixedEvents.length >= 2)
+  await waitFor(() => plainEvents.length >= 1 && prefixedEvents.length >= 2, 'events')
   await sleep(30)
   t.same(plainEvents.map((e) => e.event), [{ type: 'create', data: 'plain' }])
   t.same(prefixedEvents.map((e) => e.event), [{ type: 'create', data: 'prefixed' }, { type: 'create', data: 1 }])
@@ -339,7 +332,7 @@ t.test('a borrowed client is used, duplicated for the subscriber, and never clos
   await adapter.start()
   const events = feed(adapter)
   await adapter.set('s', 'g', 'x', 1)
-  await waitFor('event', () => events.length === 1)
+  await waitFor(() => events.length === 1, 'event')
   const clientsBefore = replyText(await server.command('CLIENT', 'LIST')).trim().split('\n').length
   await adapter.close()
   await adapter.close()
@@ -410,7 +403,7 @@ t.test('fault: redis-server stops and comes back', async (t) => {
   a.onResync(() => { resyncs++ })
   const eventsB = feed(b)
   await a.set('s', 'g', 'before', 1)
-  await waitFor('event before', () => eventsB.length === 1)
+  await waitFor(() => eventsB.length === 1, 'event before')
   t.equal(resyncs, 0, 'no resync on the first connect')
 
   await own.stop()
@@ -422,7 +415,7 @@ t.test('fault: redis-server stops and comes back', async (t) => {
   }
 
   await own.restart()
-  await waitFor('resync', () => resyncs === 1, 5000)
+  await waitFor(() => resyncs === 1, 'resync')
   // the command connection may need a moment more than the subscriber
   const deadline = Date.now() + 5000
   for (;;) {
@@ -434,7 +427,7 @@ t.test('fault: redis-server stops and comes back', async (t) => {
       await sleep(50)
     }
   }
-  await waitFor('event after on B', () => eventsB.some((e) => e.id === 'after'), 5000)
+  await waitFor(() => eventsB.some((e) => e.id === 'after'), 'event after on B')
   t.same(await b.get('s', 'g', 'after'), 2)
   t.equal(resyncs, 1, 'one resync per loss')
 })

@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import type { ChangeRecord } from '../../lib/adapters/adapter.js'
+import { waitFor } from '../helpers/wait.js'
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/sqlite-writer.ts', import.meta.url))
 // The TypeScript loader tap itself runs tests with, resolved from here (no absolute path baked in).
@@ -35,14 +36,6 @@ function start (args: string[]): { child: ChildProcess, lines: string[], exited:
   // 'close': the process is gone and its stdout fully read.
   const exited = new Promise<number | string | null>(resolve => child.once('close', (code, signal) => resolve(signal ?? code)))
   return { child, lines, exited, stderr: () => stderr }
-}
-
-async function waitFor (check: () => boolean, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
 }
 
 /** Runs a writer until it acknowledged at least `minAcks` writes and ran `ms`, then SIGKILLs it. */
