@@ -5,26 +5,9 @@ import type { StreamEvent } from './adapters/adapter.js'
 import type { NormalizedOptions } from './options.js'
 import type { Subscription } from './protocol.js'
 import type { Registry } from './registry.js'
+import type { ChangePayload, JoinInput } from './types.js'
 
-/** What join and leave triggers receive: the engine's snake_case subscription, with the auth context. */
-export interface JoinInput {
-  subscription_id: string
-  stream_name: string
-  group_id: string
-  id: string | null
-  context: unknown
-}
-
-/** What `stream` triggers (and their conditions) receive: exactly the wire frame of the change. */
-export interface ChangePayload {
-  type: 'stream'
-  timestamp: number
-  streamName: string
-  groupId: string
-  id: string | null
-  event: StreamEvent['event']
-  rev: number
-}
+export type { ChangePayload, JoinInput }
 
 function joinInput (sub: Subscription, context: unknown): JoinInput {
   return { subscription_id: sub.subscriptionId, stream_name: sub.streamName, group_id: sub.groupId, id: sub.id, context }

@@ -56,6 +56,8 @@ export interface ChangePayload {
   groupId: string
   id: string | null
   event: StreamEventBody
+  /** The change's position in the group's log. */
+  rev: number
 }
 
 // ---------------------------------------------------------------------------------------------------------
