@@ -255,15 +255,21 @@ function normalizeAdapter (value: unknown, factories: Record<string, AdapterFact
   return adapter.fail(key, `unknown adapter "${id}" (expected KvStore, RedisAdapter, kv, redis, a name given in adapters${key === 'class' ? ', or a module path or package name' : ''})`)
 }
 
+/** An option that is off (absent, false), on with its defaults (true) or on with settings: null when off. */
+function switchedSection (raw: OptionReader, key: string): OptionReader | null {
+  const value = raw.get(key)
+  if (value === undefined || value === false) return null
+  if (value !== true && !isPlainObject(value)) return raw.fail(key, 'expected true, false or an object')
+  return value === true ? new OptionReader(undefined, raw.label(key)) : raw.section(key)
+}
+
 const DURABLE_STREAMS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxAppendBytes', 'readChunkBytes', 'maxLiveReaders',
   'maxStreamPathLength', 'corsOrigin', 'authorizeFunction']
 
 /** Checks and defaults the `durable_streams` option: false/absent is off, true takes every default. */
 function durableStreamsSettings (raw: OptionReader): DurableStreamsSettings | null {
-  const value = raw.get('durableStreams')
-  if (value === undefined || value === false) return null
-  if (value !== true && !isPlainObject(value)) return raw.fail('durableStreams', 'expected true, false or an object')
-  const settings = value === true ? new OptionReader(undefined, raw.label('durableStreams')) : raw.section('durableStreams')
+  const settings = switchedSection(raw, 'durableStreams')
+  if (settings === null) return null
   settings.allowKeys(DURABLE_STREAMS_KEYS)
   const path = settings.nonEmptyString('path', DEFAULT_DURABLE_STREAMS_PATH)
   if (!/^\/[^?#]*[^/?#]$/.test(path)) settings.fail('path', 'expected a path starting with "/", not ending with "/"')
@@ -341,10 +347,8 @@ const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveRea
 
 /** Checks and defaults the `feeds` option: off (absent, false), on with defaults (true) or on with settings. */
 function normalizeFeeds (raw: OptionReader): FeedsConfig | null {
-  const value = raw.get('feeds')
-  if (value === undefined || value === false) return null
-  if (value !== true && !isPlainObject(value)) return raw.fail('feeds', 'expected true, false or an object')
-  const feeds = value === true ? new OptionReader(undefined, raw.label('feeds')) : raw.section('feeds')
+  const feeds = switchedSection(raw, 'feeds')
+  if (feeds === null) return null
   feeds.allowKeys(FEEDS_KEYS)
   const path = feeds.nonEmptyString('path', DEFAULT_FEEDS_PATH)
   if (!/^\/[^?#:*]*[^/?#:*]$/.test(path)) feeds.fail('path', 'expected a path starting with "/", not ending with "/", without ?, #, : or *')

@@ -12,6 +12,7 @@ import {
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
+import { nextCursor } from './live.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
 export interface FeedsHost {
@@ -34,11 +35,6 @@ export interface FeedsHost {
 export const FEED_EVENT_OPERATION = 'event'
 /** Seconds a reader refused for lack of room is told to wait (Retry-After). */
 export const FEED_BUSY_RETRY_AFTER_S = 5
-
-// Cursors as the protocol describes them: 20-second intervals counted from 2024-10-09T00:00:00Z.
-const CURSOR_EPOCH_MS = Date.UTC(2024, 9, 9)
-const CURSOR_INTERVAL_MS = 20_000
-const CURSOR_MAX_JITTER_INTERVALS = 180
 
 const NO_STORE = 'no-store'
 const PRIVATE_NO_STORE = 'private, no-store'
@@ -122,14 +118,6 @@ function roomKey (stream: string, group: string): string {
   return `${stream}\u0000${group}`
 }
 
-/** The cursor for a live response: the current interval, or past the one the reader echoed (no cache loops). */
-function nextCursor (echoed: string | undefined): string {
-  const interval = Math.floor((Date.now() - CURSOR_EPOCH_MS) / CURSOR_INTERVAL_MS)
-  const previous = echoed !== undefined && /^\d{1,15}$/.test(echoed) ? Number(echoed) : -1
-  if (previous < interval) return String(interval)
-  return String(previous + 1 + Math.floor(Math.random() * CURSOR_MAX_JITTER_INTERVALS))
-}
-
 function iso (timestamp: number): string {
   return new Date(timestamp).toISOString()
 }
@@ -201,7 +189,7 @@ function parseRead (request: FastifyRequest, config: FeedsConfig, maxNameLength:
   const limitText = single(query, 'limit')
   if (limitText !== undefined && !/^[1-9]\d*$/.test(limitText)) throw new FeedRequestError('limit must be a positive integer')
   const limit = limitText === undefined ? config.maxPageChanges : Math.min(Number(limitText), config.maxPageChanges)
-  return { stream, group, offset, offsetText, live: live ?? null, cursor: nextCursor(single(query, 'cursor')), limit }
+  return { stream, group, offset, offsetText, live: live ?? null, cursor: nextCursor(single(query, 'cursor') ?? null), limit }
 }
 
 /** What the feeds lend the socket path. */
