@@ -30,6 +30,7 @@ export const DEFAULT_TOKENS = Object.freeze({ 'ana-token': 'ana', 'bob-token': '
 const publicDir = join(dirname(fileURLToPath(import.meta.url)), 'public')
 const STATIC_FILES = {
   'index.html': 'text/html; charset=utf-8',
+  'todo.css': 'text/css; charset=utf-8',
   'bundle.js': 'text/javascript; charset=utf-8',
   'react.html': 'text/html; charset=utf-8',
   'react.js': 'text/javascript; charset=utf-8',
