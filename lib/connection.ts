@@ -19,6 +19,14 @@ export const CLOSE_SLOW_CONSUMER = 1013
 export const MAX_PENDING_FRAMES = 1024
 /** Queued bytes past which a socket's outbox is written at once rather than at the end of the turn. */
 export const OUTBOX_FLUSH_BYTES = 64 * 1024
+/**
+ * Waits before each new try of a re-sync that failed, then RESYNC_RETRY_MS's last step forever: Phoenix's
+ * reconnect schedule (phoenix.js reconnectAfterMs). A client is never left silently stale.
+ */
+export const RESYNC_RETRY_MS = [10, 50, 100, 150, 200, 250, 500, 1000, 2000, 5000]
+
+/** A sync frame written to the socket and maybe not read yet: `end` is its last byte's place in what was written. */
+interface DrainingSync { end: number, bytes: number, deadline: number }
 
 /** What a connection needs from the plugin around it. */
 export interface ConnectionHost {
@@ -50,8 +58,16 @@ export class Connection implements Member, Flushable {
   /** For logs: which socket a line is about. */
   readonly id = ++lastConnectionId
   private readonly frameBudget: TokenBucket
-  /** When the sync being read started (see synced). */
+  /** When the sync being read started (see sendSync). */
   private syncStarted = 0
+  /** Bytes of frames handed to the socket so far (the place of each DrainingSync is counted in these). */
+  private written = 0
+  /** Sync frames not yet taken by the socket, oldest first: they do not count against max_buffered_bytes. */
+  private readonly draining: DrainingSync[] = []
+  /** Fires at the oldest draining sync's deadline. */
+  private drainTimer: NodeJS.Timeout | null = null
+  /** Re-syncs that failed, waiting to be tried again, by subscription. */
+  private readonly resyncRetries = new Map<Subscription, NodeJS.Timeout>()
 
   constructor (private readonly socket: WebSocket, readonly context: unknown, private readonly host: ConnectionHost) {
     this.frameBudget = new TokenBucket(host.options.limits.maxFrameRate, host.options.limits.frameBurst)
@@ -82,19 +98,64 @@ export class Connection implements Member, Flushable {
     this.send(textFrame(payload))
   }
 
+  /**
+   * Queues a sync frame. It may be far larger than max_buffered_bytes (a big group) and is shared with other
+   * joiners: the socket keeps a reference, and the cap counts only what is queued beyond it while it drains
+   * (at most sync_drain_timeout_ms).
+   */
+  sendSync (frame: Buffer): void {
+    if (this.closed) return
+    this.host.metrics.synced(frame.length, (performance.now() - this.syncStarted) / 1000)
+    this.send(frame)
+    this.draining.push({ end: this.written + this.outboxBytes, bytes: frame.length, deadline: performance.now() + this.host.options.limits.syncDrainTimeoutMs })
+    this.drainTimer ??= setTimeout(this.checkDrain, this.host.options.limits.syncDrainTimeoutMs).unref()
+  }
+
+  /**
+   * Bytes queued on the socket that its reader has not taken, minus what is left of the syncs still draining.
+   * `written - bufferedAmount` is what the socket has taken so far (ws control frames, a few bytes, aside).
+   */
+  private bytesBehind (): number {
+    const buffered = this.socket.bufferedAmount
+    const taken = this.written - buffered
+    while (this.draining.length > 0 && this.draining[0].end <= taken) this.draining.shift()
+    let syncLeft = 0
+    for (const sync of this.draining) syncLeft += Math.min(sync.bytes, sync.end - taken)
+    return buffered - syncLeft
+  }
+
+  /** At the oldest draining sync's deadline: closes the socket if that sync is still not taken, else waits for the next. */
+  private readonly checkDrain = (): void => {
+    this.drainTimer = null
+    if (this.closed) return
+    this.bytesBehind()
+    const oldest = this.draining[0]
+    if (oldest === undefined) return
+    const now = performance.now()
+    if (oldest.deadline <= now) {
+      this.host.log.debug({ socket: this.id, bytes: oldest.bytes, reason: 'sync_drain_timeout' }, 'fastify-streams: closing a socket that did not read its sync in time')
+      this.host.metrics.slowConsumerClosed(CLOSE_SLOW_CONSUMER)
+      this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
+      return
+    }
+    this.drainTimer = setTimeout(this.checkDrain, oldest.deadline - now).unref()
+  }
+
   flush (): void {
     const frames = this.outbox
     const bytes = this.outboxBytes
     this.outbox = null
     this.outboxBytes = 0
     if (this.closed || frames === null || this.socket.readyState !== this.socket.OPEN) return
-    if (this.socket.bufferedAmount > this.host.options.maxBufferedBytes) {
-      this.host.log.warn({ socket: this.id, buffered: this.socket.bufferedAmount }, 'fastify-streams: closing a socket past its byte cap')
+    const behind = this.bytesBehind()
+    if (behind > this.host.options.maxBufferedBytes) {
+      this.host.log.warn({ socket: this.id, buffered: behind }, 'fastify-streams: closing a socket past its byte cap')
       this.host.metrics.slowConsumerClosed(CLOSE_SLOW_CONSUMER)
       this.close(CLOSE_SLOW_CONSUMER, 'slow consumer')
       return
     }
     this.host.metrics.framesOut(Buffer.isBuffer(frames) ? 1 : frames.length, bytes)
+    this.written += bytes
     // Complete text frames (browsers hand binary ones over as Blobs the client cannot parse), written as is.
     writeFrames(this.socket, frames)
   }
@@ -189,10 +250,6 @@ export class Connection implements Member, Flushable {
     this.host.log.debug({ socket: this.id, reason, stream: sub.streamName, group: sub.groupId, id: sub.id }, 'fastify-streams: join refused')
   }
 
-  synced (bytes: number): void {
-    this.host.metrics.synced(bytes, (performance.now() - this.syncStarted) / 1000)
-  }
-
   /** The client is told with an error event; the log gets the cause. */
   private syncFailed (sub: Subscription, err: unknown): void {
     this.host.log.warn({ err }, 'fastify-streams: could not read the state for a sync')
@@ -203,14 +260,37 @@ export class Connection implements Member, Flushable {
   /** Re-sends every open subscription its current state (after a shared backend's feed may have missed events). */
   resync (): void {
     if (this.closed) return
-    this.enqueue(async () => {
-      for (const sub of this.subscriptions.values()) {
-        if (this.closed) return
-        // A failed re-sync keeps the subscription: the next reconnect of the backend re-syncs it again.
-        this.syncStarted = performance.now()
-        await this.host.hub.sync(this, sub, () => this.host.syncState(sub)).catch((err: unknown) => this.syncFailed(sub, err))
-      }
-    })
+    for (const sub of this.subscriptions.values()) {
+      this.cancelRetry(sub)
+      this.enqueue(() => this.resyncOne(sub, 0))
+    }
+  }
+
+  /**
+   * Re-syncs `sub`, if the socket still holds it. A failure tells the client (an error event, on the first try)
+   * and tries again after the attempt's RESYNC_RETRY_MS step, until a try succeeds or the subscription is gone.
+   */
+  private async resyncOne (sub: Subscription, attempt: number): Promise<void> {
+    if (this.closed || this.subscriptions.get(sub.subscriptionId) !== sub) return
+    this.syncStarted = performance.now()
+    try {
+      await this.host.hub.sync(this, sub, () => this.host.syncState(sub))
+    } catch (err) {
+      if (attempt === 0) this.syncFailed(sub, err)
+      else this.host.log.debug({ err, socket: this.id, attempt }, 'fastify-streams: a re-sync failed again')
+      if (this.closed) return
+      this.cancelRetry(sub)
+      const delay = RESYNC_RETRY_MS[Math.min(attempt, RESYNC_RETRY_MS.length - 1)]
+      this.resyncRetries.set(sub, setTimeout(() => {
+        this.resyncRetries.delete(sub)
+        this.enqueue(() => this.resyncOne(sub, attempt + 1))
+      }, delay).unref())
+    }
+  }
+
+  private cancelRetry (sub: Subscription): void {
+    clearTimeout(this.resyncRetries.get(sub))
+    this.resyncRetries.delete(sub)
   }
 
   private async leave (sub: Subscription): Promise<void> {
@@ -219,6 +299,7 @@ export class Connection implements Member, Flushable {
     const existing = this.subscriptions.get(sub.subscriptionId)
     if (existing === undefined) return
     this.subscriptions.delete(sub.subscriptionId)
+    this.cancelRetry(existing)
     this.host.hub.remove(this, existing)
     this.host.metrics.left(1)
     await this.host.triggers.runLeave(existing, this.context)
@@ -227,6 +308,9 @@ export class Connection implements Member, Flushable {
   private onClose (): void {
     if (this.closed) return
     this.closed = true
+    if (this.drainTimer !== null) clearTimeout(this.drainTimer)
+    for (const timer of this.resyncRetries.values()) clearTimeout(timer)
+    this.resyncRetries.clear()
     this.host.forget(this)
     this.host.log.debug({ socket: this.id }, 'fastify-streams: disconnect')
     // After any join still in flight: every subscription left open gets its leave, once.

@@ -9,8 +9,11 @@ import { eventEnvelope, syncEnvelope, textFrame, type Subscription } from './pro
 export interface Member {
   /** Queues one complete WebSocket frame (see textFrame) for the socket. */
   send(frame: Buffer): void
-  /** Told the size of each sync frame sent to it (for metrics). */
-  synced?(bytes: number): void
+  /**
+   * Queues a sync frame (send when absent). The frame may be shared with every other joiner of the same state,
+   * whatever its size: the member must keep a reference to it, never a copy.
+   */
+  sendSync?(frame: Buffer): void
 }
 
 interface Membership {
@@ -21,10 +24,27 @@ interface Membership {
 
 interface HeldEvent { event: StreamEvent, frame: Buffer }
 
+/**
+ * One read of a group's state that every group join arriving while it is in flight waits for, instead of
+ * reading the group again: a herd of joins of a big group costs one snapshot and one frame.
+ */
+interface SharedRead {
+  state: Promise<SyncState>
+  /**
+   * Events dispatched to the room since the read started. The read may or may not contain them; a joiner that
+   * came in after the start was not held for them, so it takes them as held events (the newer ones follow its sync).
+   */
+  since: HeldEvent[]
+  /** The sync frame built from this read, once. */
+  frame: Buffer | null
+}
+
 interface Room {
   members: Map<Member, Membership>
   /** Events held back from members whose join is reading its sync; null while no join is in flight. */
   holds: Map<Member, HeldEvent[]> | null
+  /** The group read in flight, shared by the group joins that came while it runs; null when none. */
+  read: SharedRead | null
 }
 
 /**
@@ -43,6 +63,12 @@ export interface SyncState {
 export const SYNC_CACHE_BYTES = 32 * 1024 * 1024
 
 interface CachedSync { rev: number, timestamp: number, frame: Buffer }
+
+/**
+ * A sync frame too big for the cache, remembered only while something else (a socket's write queue) holds
+ * it: a join of the unchanged group then shares it rather than building a copy, and nothing is pinned for it.
+ */
+interface LargeSync { rev: number, timestamp: number, frame: WeakRef<Buffer> }
 
 /** The stream's length first: no separator a name could also hold, so distinct (stream, group) pairs never meet. */
 function roomKey (stream: string, group: string): string {
@@ -70,6 +96,8 @@ export class Hub {
   /** The last group sync frame per room, valid while the group's revision and timestamp are unchanged. */
   private readonly syncFrames = new Map<string, CachedSync>()
   private syncBytes = 0
+  /** Sync frames over a quarter of SYNC_CACHE_BYTES, per room, held weakly. */
+  private readonly largeSyncFrames = new Map<string, LargeSync>()
 
   /**
    * The join handshake, in one call: adds `sub` to its room, holds the room's events for `member` while
@@ -91,6 +119,9 @@ export class Hub {
   /**
    * Sends an existing subscription its state again, with the same guarantees as join (after a shared
    * backend's feed may have missed events). When `read` fails, the subscription stays and the error is thrown.
+   * A group subscription that is the member's only one in its room shares the room's group read in flight
+   * (group reads of one room are interchangeable): the events dispatched since that read started are held for
+   * it as if it had been waiting from the start.
    */
   async sync (member: Member, sub: Subscription, read: () => Promise<SyncState>): Promise<void> {
     const key = roomKey(sub.streamName, sub.groupId)
@@ -98,24 +129,47 @@ export class Hub {
     if (room === undefined) return
     room.holds ??= new Map()
     if (room.holds.has(member)) throw new Error('a member joins one subscription at a time')
+    // Sharing needs that no event of the room went to the member before its hold: only a lone group subscription.
+    const membership = room.members.get(member)
     const held: HeldEvent[] = []
     room.holds.set(member, held)
+    let shared: SharedRead | null = null
+    if (sub.id === null && membership?.groupSubscriptions === 1 && (membership.itemSubscriptions?.size ?? 0) === 0) {
+      shared = room.read
+      if (shared !== null) held.push(...shared.since)
+      else shared = this.startRead(room, read)
+    }
     let state: SyncState | null = null
     try {
-      state = await read()
+      state = await (shared === null ? read() : shared.state)
     } finally {
       room.holds.delete(member)
       if (room.holds.size === 0) room.holds = null
-      this.release(member, room, sub, held, state === null ? null : { state, key })
+      let frame: Buffer | null = null
+      if (state !== null) {
+        frame = shared?.frame ?? this.syncFrame(key, sub, state)
+        if (shared !== null) shared.frame = frame
+      }
+      this.release(member, room, sub, held, state === null ? null : { timestamp: state.timestamp, frame: frame! })
       this.dropIfEmpty(key, room)
     }
+  }
+
+  /** Starts the room's shared group read; it stops collecting events once it settles. */
+  private startRead (room: Room, read: () => Promise<SyncState>): SharedRead {
+    // `read` runs once the read is in place (a microtask later): events it lets through are in `since`.
+    const shared: SharedRead = { state: Promise.resolve().then(read), since: [], frame: null }
+    room.read = shared
+    const done = (): void => { if (room.read === shared) room.read = null }
+    shared.state.then(done, done)
+    return shared
   }
 
   private add (member: Member, sub: Subscription): void {
     const key = roomKey(sub.streamName, sub.groupId)
     let room = this.rooms.get(key)
     if (room === undefined) {
-      room = { members: new Map(), holds: null }
+      room = { members: new Map(), holds: null, read: null }
       this.rooms.set(key, room)
     }
     let membership = room.members.get(member)
@@ -161,6 +215,10 @@ export class Hub {
     if (room === undefined) return
     this.dropSync(key)
     let frame: Buffer | undefined
+    if (room.read !== null) {
+      frame = textFrame(eventEnvelope(event, offset))
+      room.read.since.push({ event, frame })
+    }
     for (const [member, membership] of room.members) {
       const held = room.holds?.get(member)
       if (held === undefined && !owes(membership, event.id)) continue
@@ -175,17 +233,16 @@ export class Hub {
    * another subscription of the socket is owed them; then the sync (when the read succeeded); then newer
    * events, to the new subscription and to the others that are owed them.
    */
-  private release (member: Member, room: Room, sub: Subscription, held: HeldEvent[], synced: { state: SyncState, key: string } | null): void {
+  private release (member: Member, room: Room, sub: Subscription, held: HeldEvent[], synced: { timestamp: number, frame: Buffer } | null): void {
     const membership = room.members.get(member)
     if (membership === undefined) return
-    const timestamp = synced?.state.timestamp ?? -Infinity
+    const timestamp = synced?.timestamp ?? -Infinity
     for (const { event, frame } of held) {
       if (event.timestamp <= timestamp && owesWithout(membership, sub, event.id)) member.send(frame)
     }
     if (synced !== null) {
-      const frame = this.syncFrame(synced.key, sub, synced.state)
-      member.send(frame)
-      member.synced?.(frame.length)
+      if (member.sendSync === undefined) member.send(synced.frame)
+      else member.sendSync(synced.frame)
     }
     for (const { event, frame } of held) {
       if (event.timestamp <= timestamp) continue
@@ -195,17 +252,25 @@ export class Hub {
 
   /**
    * The sync frame. A group's stored state is the same bytes for every group subscriber of the room, so joins
-   * that read the same revision and timestamp share one serialisation.
+   * that read the same revision and timestamp share one serialisation: from the cache up to SYNC_CACHE_BYTES,
+   * and, for a frame too big for it, for as long as some socket still holds it.
    */
   private syncFrame (key: string, sub: Subscription, state: SyncState): Buffer {
     // A stock client drops a message whose timestamp is not above its last (0 at first): never send 0.
     const build = (): Buffer => textFrame(syncEnvelope(sub, Math.max(state.timestamp, 1), state.rev, state.data))
     if (sub.id !== null || !state.shared) return build()
+    const same = (cached: { rev: number, timestamp: number } | undefined): boolean => cached !== undefined && cached.rev === state.rev && cached.timestamp === state.timestamp
     const cached = this.syncFrames.get(key)
-    if (cached !== undefined && cached.rev === state.rev && cached.timestamp === state.timestamp) return cached.frame
+    if (same(cached)) return cached!.frame
+    const large = this.largeSyncFrames.get(key)
+    const held = same(large) ? large!.frame.deref() : undefined
+    if (held !== undefined) return held
     this.dropSync(key)
     const frame = build()
-    if (frame.length > SYNC_CACHE_BYTES / 4) return frame
+    if (frame.length > SYNC_CACHE_BYTES / 4) {
+      this.largeSyncFrames.set(key, { rev: state.rev, timestamp: state.timestamp, frame: new WeakRef(frame) })
+      return frame
+    }
     for (const oldest of this.syncFrames.keys()) {
       if (this.syncBytes + frame.length <= SYNC_CACHE_BYTES) break
       this.dropSync(oldest)
@@ -216,6 +281,7 @@ export class Hub {
   }
 
   private dropSync (key: string): void {
+    this.largeSyncFrames.delete(key)
     const cached = this.syncFrames.get(key)
     if (cached === undefined) return
     this.syncFrames.delete(key)

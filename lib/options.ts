@@ -30,6 +30,11 @@ export const DEFAULT_PING_INTERVAL_MS = 25_000
 export const DEFAULT_MAX_VALUE_DEPTH = 64
 export const DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 export const DEFAULT_MAX_UPDATE_OPS = 1000
+/**
+ * How long a sync frame may take to reach the client's socket before the socket is closed (1013): a sync is
+ * exempt from max_buffered_bytes while it drains, so this is what bounds it. 60 s, nginx's send_timeout default.
+ */
+export const DEFAULT_SYNC_DRAIN_TIMEOUT_MS = 60_000
 export const DEFAULT_FEEDS_PATH = '/v1/groups'
 export const DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS = 30_000
 export const DEFAULT_FEEDS_SSE_MAX_DURATION_MS = 60_000
@@ -138,6 +143,9 @@ export interface StreamsOptions {
   max_value_bytes?: number
   maxUpdateOps?: number
   max_update_ops?: number
+  /** How long a sync frame (exempt from `max_buffered_bytes`) may take to drain before the socket is closed (1013). */
+  syncDrainTimeoutMs?: number
+  sync_drain_timeout_ms?: number
   healthPath?: string
   health_path?: string
   metricsPath?: string
@@ -209,6 +217,7 @@ export interface LimitOptions {
   maxValueDepth: number
   maxValueBytes: number
   maxUpdateOps: number
+  syncDrainTimeoutMs: number
 }
 
 export interface OperationOptions {
@@ -295,7 +304,7 @@ function durableStreamsSettings (raw: OptionReader): DurableStreamsSettings | nu
 const TOP_KEYS = ['path', 'authFunction', 'authFailure', 'joinFailure', 'adapter', 'adapters', 'injectId', 'maxPayload', 'maxNameLength',
   'maxSubscriptionsPerSocket', 'maxBufferedBytes', 'maxInvalidFrames', 'feeds', 'durableStreams', 'port', 'host',
   'maxConnections', 'maxConnectionsPerIp', 'allowedOrigins', 'authTimeoutMs', 'maxFrameRate', 'frameBurst', 'pingIntervalMs',
-  'maxValueDepth', 'maxValueBytes', 'maxUpdateOps', 'healthPath', 'metricsPath', 'metricsRegistry']
+  'maxValueDepth', 'maxValueBytes', 'maxUpdateOps', 'syncDrainTimeoutMs', 'healthPath', 'metricsPath', 'metricsRegistry']
 
 /** The limits that protect the server from its clients (README "Limits and protection"). */
 function limitOptions (raw: OptionReader): LimitOptions {
@@ -318,7 +327,8 @@ function limitOptions (raw: OptionReader): LimitOptions {
     pingIntervalMs: raw.integer('pingIntervalMs', DEFAULT_PING_INTERVAL_MS, 0),
     maxValueDepth: raw.positiveInt('maxValueDepth', DEFAULT_MAX_VALUE_DEPTH),
     maxValueBytes: raw.positiveInt('maxValueBytes', DEFAULT_MAX_VALUE_BYTES),
-    maxUpdateOps: raw.positiveInt('maxUpdateOps', DEFAULT_MAX_UPDATE_OPS)
+    maxUpdateOps: raw.positiveInt('maxUpdateOps', DEFAULT_MAX_UPDATE_OPS),
+    syncDrainTimeoutMs: raw.positiveInt('syncDrainTimeoutMs', DEFAULT_SYNC_DRAIN_TIMEOUT_MS)
   }
 }
 
