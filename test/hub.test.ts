@@ -2,7 +2,7 @@
 // nor sent twice, nor sent ahead of the sync, whatever moment the read captures the state.
 import t from 'tap'
 import type { StreamEvent } from '../lib/adapters/adapter.js'
-import { Hub, type Member, type SyncState } from '../lib/hub.js'
+import { Hub, SYNC_CACHE_BYTES, type Member, type SyncState } from '../lib/hub.js'
 import type { Subscription } from '../lib/protocol.js'
 import type { Envelope } from './helpers/app.js'
 
@@ -192,4 +192,59 @@ t.test('a re-sync of an open subscription: the new sync replaces what it contain
     hub.sync(member, sub('a'), async () => group.state()),
     hub.sync(member, sub('a'), async () => group.state())
   ]), 'one handshake at a time per member and room')
+})
+
+t.test('concurrent group joins of one room share one read and one frame; a join that came during the read still gets what the read missed', async t => {
+  const hub = new Hub()
+  const group = new FakeGroup(hub)
+  group.write('a', { id: 'a', v: 1 })
+  let reads = 0
+  let finish: () => void = () => {}
+  const read = async (): Promise<SyncState> => {
+    reads++
+    await new Promise<void>(resolve => { finish = resolve })
+    return state
+  }
+  let state = group.state()
+  const members = Array.from({ length: 5 }, () => new FakeMember())
+  const frames: Buffer[] = []
+  for (const member of members) member.sendSync = (frame) => { frames.push(frame); member.send(frame) }
+  const joins = [hub.join(members[0], sub('x'), read)]
+  await Promise.resolve()
+  // Captured before the next write, which reaches the room while the read is still in flight.
+  state = group.state()
+  group.write('b', { id: 'b', v: 1 })
+  for (const member of members.slice(1)) joins.push(hub.join(member, sub('x'), read))
+  await new Promise(resolve => setImmediate(resolve))
+  finish()
+  await Promise.all(joins)
+  group.write('a', { id: 'a', v: 2 })
+  t.equal(reads, 1, 'one read for five joins')
+  t.equal(frames.length, 5, 'five syncs')
+  t.ok(frames.every(frame => frame === frames[0]), 'one frame buffer for all')
+  for (const [index, member] of members.entries()) {
+    const { state: replayed, beforeSync, revs, syncRev } = replay(member.frames, null)
+    t.equal(beforeSync, 0, `member ${index}: nothing before the sync`)
+    t.ok(consecutive(revs, syncRev), `member ${index}: every event after the sync's revision once (${revs.join(',')} after ${syncRev})`)
+    t.same(Object.fromEntries(replayed as Map<string, unknown>), Object.fromEntries(group.items), `member ${index}: the store's state`)
+  }
+  const next = new FakeMember()
+  await hub.join(next, sub('x'), async () => { reads++; return group.state() })
+  t.equal(reads, 2, 'a join after the read settled reads again')
+})
+
+t.test('a sync frame too big for the cache is shared by a later join of the unchanged group while a socket still holds it', async t => {
+  const hub = new Hub()
+  const group = new FakeGroup(hub)
+  group.write('big', { id: 'big', blob: 'x'.repeat(SYNC_CACHE_BYTES / 4) })
+  const held: Buffer[] = []
+  const members = [0, 1].map(() => ({ send: (frame: Buffer) => { held.push(frame) } }))
+  await hub.join(members[0], sub('x'), async () => group.state())
+  t.ok(held[0].length > SYNC_CACHE_BYTES / 4, 'over the cache\'s per-frame limit')
+  await hub.join(members[1], sub('x'), async () => group.state())
+  t.equal(held[1], held[0], 'the same buffer, not a second copy')
+  group.write('small', { id: 'small' })
+  const late = { send: (frame: Buffer) => { held.push(frame) } }
+  await hub.join(late, sub('x'), async () => group.state())
+  t.not(held[2], held[0], 'a change ends the sharing')
 })
