@@ -106,21 +106,23 @@ export class Connection implements Member, Flushable {
   sendSync (frame: Buffer): void {
     if (this.closed) return
     this.host.metrics.synced(frame.length, (performance.now() - this.syncStarted) / 1000)
+    const timeout = this.host.options.limits.syncDrainTimeoutMs
+    this.draining.push({ end: this.written + this.outboxBytes + frame.length, bytes: frame.length, deadline: performance.now() + timeout })
+    this.drainTimer ??= setTimeout(this.checkDrain, timeout).unref()
     this.send(frame)
-    this.draining.push({ end: this.written + this.outboxBytes, bytes: frame.length, deadline: performance.now() + this.host.options.limits.syncDrainTimeoutMs })
-    this.drainTimer ??= setTimeout(this.checkDrain, this.host.options.limits.syncDrainTimeoutMs).unref()
   }
 
   /**
-   * Bytes queued on the socket that its reader has not taken, minus what is left of the syncs still draining.
-   * `written - bufferedAmount` is what the socket has taken so far (ws control frames, a few bytes, aside).
+   * Bytes queued on the socket that its reader has not taken, minus what is left there of the syncs still
+   * draining. `written - bufferedAmount` is what the socket has taken so far (ws control frames, a few bytes,
+   * aside); a sync still in the outbox is not on the socket yet.
    */
   private bytesBehind (): number {
     const buffered = this.socket.bufferedAmount
     const taken = this.written - buffered
     while (this.draining.length > 0 && this.draining[0].end <= taken) this.draining.shift()
     let syncLeft = 0
-    for (const sync of this.draining) syncLeft += Math.min(sync.bytes, sync.end - taken)
+    for (const sync of this.draining) syncLeft += Math.max(0, Math.min(sync.end, this.written) - Math.max(taken, sync.end - sync.bytes))
     return buffered - syncLeft
   }
 

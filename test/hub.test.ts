@@ -15,6 +15,7 @@ function payloadOf (frame: Buffer): string {
 
 class FakeMember implements Member {
   readonly frames: Envelope[] = []
+  sendSync?: (frame: Buffer) => void
   send (frame: Buffer): void {
     this.frames.push(JSON.parse(payloadOf(frame)))
   }

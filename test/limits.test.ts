@@ -7,7 +7,8 @@ import streams from '../lib/index.js'
 import { effectiveMaxConnections } from '../lib/limits.js'
 import {
   DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_FRAME_BURST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_FRAME_RATE,
-  DEFAULT_MAX_UPDATE_OPS, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH, DEFAULT_PING_INTERVAL_MS, FD_RESERVE, normalizeOptions
+  DEFAULT_MAX_UPDATE_OPS, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH, DEFAULT_PING_INTERVAL_MS, DEFAULT_SYNC_DRAIN_TIMEOUT_MS, FD_RESERVE,
+  normalizeOptions
 } from '../lib/options.js'
 import { RawClient, serve, until } from './helpers/app.js'
 import { handshake, type Handshake } from './helpers/handshake.js'
@@ -235,10 +236,11 @@ t.test('the new options: snake_case and camelCase, named defaults, bad values re
     pingIntervalMs: DEFAULT_PING_INTERVAL_MS,
     maxValueDepth: DEFAULT_MAX_VALUE_DEPTH,
     maxValueBytes: DEFAULT_MAX_VALUE_BYTES,
-    maxUpdateOps: DEFAULT_MAX_UPDATE_OPS
+    maxUpdateOps: DEFAULT_MAX_UPDATE_OPS,
+    syncDrainTimeoutMs: DEFAULT_SYNC_DRAIN_TIMEOUT_MS
   })
   t.same(defaults.operations, { healthPath: null, metricsPath: null, metricsRegistry: null })
-  const numeric = ['max_connections', 'max_connections_per_ip', 'auth_timeout_ms', 'max_frame_rate', 'frame_burst', 'max_value_depth', 'max_value_bytes', 'max_update_ops']
+  const numeric = ['max_connections', 'max_connections_per_ip', 'auth_timeout_ms', 'max_frame_rate', 'frame_burst', 'max_value_depth', 'max_value_bytes', 'max_update_ops', 'sync_drain_timeout_ms']
   for (const snake of numeric) {
     const camel = snake.replace(/_([a-z])/g, (_, letter: string) => letter.toUpperCase())
     t.equal((normalizeOptions({ [snake]: 7 }).limits as unknown as Record<string, number>)[camel], 7, `${snake} read`)
