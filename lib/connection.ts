@@ -25,6 +25,9 @@ export const OUTBOX_FLUSH_BYTES = 64 * 1024
  */
 export const RESYNC_RETRY_MS = [10, 50, 100, 150, 200, 250, 500, 1000, 2000, 5000]
 
+/** How often a join waiting for the socket to take its earlier syncs looks again (see roomForSync). */
+export const SYNC_ROOM_POLL_MS = 20
+
 /** A sync frame written to the socket and maybe not read yet: `end` is its last byte's place in what was written. */
 interface DrainingSync { end: number, bytes: number, deadline: number }
 
@@ -118,19 +121,37 @@ export class Connection implements Member, Flushable {
    * aside); a sync still in the outbox is not on the socket yet.
    */
   private bytesBehind (): number {
-    const buffered = this.socket.bufferedAmount
-    const taken = this.written - buffered
+    return this.socket.bufferedAmount - this.syncBytesLeft(this.written)
+  }
+
+  /**
+   * Bytes of draining syncs not taken by the socket yet, among the first `upTo` bytes queued for it (`written`:
+   * those on the socket; more: the outbox too). Forgets the syncs taken whole.
+   */
+  private syncBytesLeft (upTo: number): number {
+    const taken = this.written - this.socket.bufferedAmount
     while (this.draining.length > 0 && this.draining[0].end <= taken) this.draining.shift()
-    let syncLeft = 0
-    for (const sync of this.draining) syncLeft += Math.max(0, Math.min(sync.end, this.written) - Math.max(taken, sync.end - sync.bytes))
-    return buffered - syncLeft
+    let left = 0
+    for (const sync of this.draining) left += Math.max(0, Math.min(sync.end, upTo) - Math.max(taken, sync.end - sync.bytes))
+    return left
+  }
+
+  /**
+   * Before a join or re-sync reads a sync: waits while this socket's syncs not yet taken exceed max_buffered_bytes,
+   * so one socket holds at most one sync beyond its cap, however many big groups it joins at once (a socket that
+   * never reads is closed at sync_drain_timeout_ms, which ends the wait).
+   */
+  private async roomForSync (): Promise<void> {
+    while (!this.closed && this.syncBytesLeft(Infinity) > this.host.options.maxBufferedBytes) {
+      await new Promise(resolve => setTimeout(resolve, SYNC_ROOM_POLL_MS))
+    }
   }
 
   /** At the oldest draining sync's deadline: closes the socket if that sync is still not taken, else waits for the next. */
   private readonly checkDrain = (): void => {
     this.drainTimer = null
     if (this.closed) return
-    this.bytesBehind()
+    this.syncBytesLeft(this.written)
     const oldest = this.draining[0]
     if (oldest === undefined) return
     const now = performance.now()
@@ -232,6 +253,7 @@ export class Connection implements Member, Flushable {
       this.sendText(unauthorizedEnvelope(sub, Date.now()))
       return
     }
+    await this.roomForSync()
     if (this.closed) return
     if (replaced !== undefined) this.host.hub.remove(this, replaced)
     this.subscriptions.set(sub.subscriptionId, sub)
@@ -273,6 +295,7 @@ export class Connection implements Member, Flushable {
    * and tries again after the attempt's RESYNC_RETRY_MS step, until a try succeeds or the subscription is gone.
    */
   private async resyncOne (sub: Subscription, attempt: number): Promise<void> {
+    await this.roomForSync()
     if (this.closed || this.subscriptions.get(sub.subscriptionId) !== sub) return
     this.syncStarted = performance.now()
     try {

@@ -153,3 +153,30 @@ t.test('a re-sync that fails is tried again until the client has the current sta
   t.equal(errors.length, 1, 'the client was told once that its state could not be read')
   t.same(group.getState().map(item => item.id).sort(), ['a', 'b'])
 })
+
+t.test('a socket that joins several big groups at once holds one sync beyond its cap: the next is read once it has taken the last', async t => {
+  const registry = new Registry()
+  const { app, url } = await serve({ max_buffered_bytes: 256 * 1024, metrics_registry: registry })
+  t.teardown(() => app.close())
+  const blob = 'x'.repeat(4096)
+  for (const group of ['g1', 'g2', 'g3']) {
+    for (let i = 0; i < 2000; i += 500) await Promise.all(Array.from({ length: 500 }, (_, j) => app.streams.set('big', group, `k${i + j}`, { blob })))
+  }
+  const syncsSent = async (): Promise<number> => {
+    const metric = await registry.getSingleMetricAsString('fastify_streams_sync_bytes')
+    return Number(/fastify_streams_sync_bytes_count (\d+)/.exec(metric)?.[1] ?? 0)
+  }
+  const client = new RawClient(url)
+  t.teardown(() => client.close())
+  await new Promise(resolve => client.socket.once('open', resolve))
+  const raw = (client.socket as unknown as { _socket: { pause(): void, resume(): void } })._socket
+  raw.pause()
+  for (const group of ['g1', 'g2', 'g3']) client.join('big', group)
+  await waitFor(async () => await syncsSent() >= 1, 'the first sync')
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(await syncsSent(), 1, 'the second sync waits while the client has not taken the first')
+  raw.resume()
+  await waitFor(() => client.frames.length === 3, 'all three syncs once the client reads', 20_000)
+  t.same(client.frames.map(frame => [frame.groupId, (frame.event.data as unknown[]).length]), [['g1', 2000], ['g2', 2000], ['g3', 2000]])
+  t.equal(client.closeCode, null, 'still open')
+})
