@@ -105,11 +105,17 @@ export class Hub {
    * the new subscription twice, and none reaches it ahead of its sync. When `read` fails, the subscription is
    * removed again and the error is thrown. A member joins one subscription at a time (a connection handles
    * its frames in order).
+   *
+   * A group subscription that is the member's only one in its room shares the room's group read in flight
+   * (group reads of one room are interchangeable): the events dispatched since that read started are held for
+   * it as if it had been waiting from the start. None of them went to the member, which had no subscription there.
    */
   async join (member: Member, sub: Subscription, read: () => Promise<SyncState>): Promise<void> {
     this.add(member, sub)
     try {
-      await this.sync(member, sub, read)
+      const membership = this.rooms.get(roomKey(sub.streamName, sub.groupId))?.members.get(member)
+      const alone = sub.id === null && membership?.groupSubscriptions === 1 && (membership.itemSubscriptions?.size ?? 0) === 0
+      await this.handshake(member, sub, read, alone)
     } catch (err) {
       this.remove(member, sub)
       throw err
@@ -119,22 +125,24 @@ export class Hub {
   /**
    * Sends an existing subscription its state again, with the same guarantees as join (after a shared
    * backend's feed may have missed events). When `read` fails, the subscription stays and the error is thrown.
-   * A group subscription that is the member's only one in its room shares the room's group read in flight
-   * (group reads of one room are interchangeable): the events dispatched since that read started are held for
-   * it as if it had been waiting from the start.
+   * It reads on its own: the events of a read already in flight went to this subscription live, and some
+   * would reach it a second time after the sync. (Its frame is still shared through the cache.)
    */
   async sync (member: Member, sub: Subscription, read: () => Promise<SyncState>): Promise<void> {
+    await this.handshake(member, sub, read, false)
+  }
+
+  /** Holds the room's events for `member` while the state is read (its own read, or the room's shared one), then releases them. */
+  private async handshake (member: Member, sub: Subscription, read: () => Promise<SyncState>, share: boolean): Promise<void> {
     const key = roomKey(sub.streamName, sub.groupId)
     const room = this.rooms.get(key)
     if (room === undefined) return
     room.holds ??= new Map()
     if (room.holds.has(member)) throw new Error('a member joins one subscription at a time')
-    // Sharing needs that no event of the room went to the member before its hold: only a lone group subscription.
-    const membership = room.members.get(member)
     const held: HeldEvent[] = []
     room.holds.set(member, held)
     let shared: SharedRead | null = null
-    if (sub.id === null && membership?.groupSubscriptions === 1 && (membership.itemSubscriptions?.size ?? 0) === 0) {
+    if (share) {
       shared = room.read
       if (shared !== null) held.push(...shared.since)
       else shared = this.startRead(room, read)

@@ -249,3 +249,22 @@ t.test('a sync frame too big for the cache is shared by a later join of the unch
   await hub.join(late, sub('x'), async () => group.state())
   t.not(held[2], held[0], 'a change ends the sharing')
 })
+
+t.test('a re-sync does not share a join\'s read in flight: an event it already got live is not sent again', async t => {
+  const hub = new Hub()
+  const group = new FakeGroup(hub)
+  const open = new FakeMember()
+  await hub.join(open, sub('x'), async () => group.state())
+  let finish: () => void = () => {}
+  const joining = hub.join(new FakeMember(), sub('y'), async () => {
+    const state = group.state()
+    await new Promise<void>(resolve => { finish = resolve })
+    return state
+  })
+  await new Promise(resolve => setImmediate(resolve))
+  group.send(null, 'ping')
+  const resync = hub.sync(open, sub('x'), async () => group.state())
+  finish()
+  await Promise.all([joining, resync])
+  t.same(open.frames.map(frame => frame.event.type), ['sync', 'event', 'sync'], 'the custom event once, the re-sync after it')
+})
