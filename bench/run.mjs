@@ -822,6 +822,14 @@ function report (meta, all, startedAt, endedAt, notes) {
 
 // ---------------------------------------------------------------------------------------------------------
 
+// Sections written by hand below this line of the report (other scripts' figures) are kept when it is rewritten.
+const KEEP_MARK = '<!-- Written by hand below this line: kept when run.mjs rewrites this file. -->'
+function writeReport (outFile, md) {
+  const previous = fs.existsSync(outFile) ? fs.readFileSync(outFile, 'utf8') : ''
+  const kept = previous.includes(KEEP_MARK) ? previous.slice(previous.indexOf(KEEP_MARK)) : ''
+  fs.writeFileSync(outFile, kept ? `${md.trimEnd()}\n\n${kept}` : md)
+}
+
 let saveState = null
 /** Writes the raw JSON (and, when final or interrupted, the Markdown report) of what has run so far. */
 function save (final) {
@@ -839,7 +847,7 @@ function save (final) {
   const extra = final === true ? [] : ['**Interrupted run**: only the runs finished before the interruption are reported.']
   const md = report(meta, all, startedAt, endedAt, [...extra, ...notes])
   const outFile = opt('out', null) || path.join(BENCH, SMOKE ? 'RESULTS-smoke.md' : 'RESULTS.md')
-  fs.writeFileSync(outFile, md)
+  writeReport(outFile, md)
   return outFile
 }
 
@@ -902,7 +910,7 @@ function reportOnly (file) {
   raw.meta.rawFile = path.basename(file)
   const md = report(raw.meta, raw.scenarios, raw.meta.startedAt ?? 0, raw.meta.endedAt ?? 0, raw.notes || [])
   const outFile = opt('out', null) || path.join(BENCH, raw.meta.smoke ? 'RESULTS-smoke.md' : 'RESULTS.md')
-  fs.writeFileSync(outFile, md)
+  writeReport(outFile, md)
   console.log(`wrote ${outFile}`)
 }
 

@@ -1,0 +1,616 @@
+// The Durable Streams server of fastify-streams (`durable_streams: true` on memory, SQLite and Redis) next to the
+// reference server `@durable-streams/server` (in memory), side by side in one run (issue 12). Needs `npm run build`.
+//
+//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference]
+//        [--messages N] [--connections N] [--readers N] [--rate N] [--seconds S] [--mb N] [--runs N] [--out FILE]
+//
+// appends  (a) 100-byte JSON messages: (i) --messages appends batched by `IdempotentProducer` (@durable-streams/client,
+//          default linger and batch size), (ii) single-message POSTs from --connections keep-alive connections for
+//          --seconds. Measured: appends/s and server CPU µs per append.
+// fanout   (b) --readers raw SSE readers of one stream, --rate appends/s for --seconds. Each message carries its
+//          scheduled append time; latency = receipt − that time. Measured: server CPU µs per delivered message,
+//          p50/p99/max latency, share delivered.
+// catchup  (c) a stream of --mb MB (100-byte messages appended in 1 MB batches) read from the start by plain GETs
+//          following Stream-Next-Offset. Measured: MB/s and server RSS: before the read (after a GC) and its peak
+//          during the read (VmHWM after resetting it; else 10 ms samples).
+// Each server runs in a child pinned to CPU 0 (with redis-server); this runner pins itself to CPU 1. Server CPU is
+// utime+stime from /proc/<pid>/stat, RSS from /proc/<pid>/status. Defaults are the issue's sizes; the machine may be
+// shared, so pass smaller ones for a check. Writes the report to --out (default bench/results/durable-<time>.md)
+// and the raw figures beside it (.json).
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import http from 'node:http'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { nowNs, procCpuMs, procRssKb, startControl, ticker, watchParent, control } from './lib/common.mjs'
+import { CLK_TCK, HAS_TASKSET, ensureFileLimit, pinSelf, startNode, startRedis, stopChild } from './lib/procs.mjs'
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url))
+const ROOT = path.dirname(BENCH)
+const SELF = fileURLToPath(import.meta.url)
+
+const { values: args } = parseArgs({
+  options: {
+    scenarios: { type: 'string', default: 'appends,fanout,catchup' },
+    systems: { type: 'string', default: 'memory,sqlite,redis,reference' },
+    messages: { type: 'string', default: '100000' },
+    connections: { type: 'string', default: '32' },
+    readers: { type: 'string', default: '1000' },
+    rate: { type: 'string', default: '100' },
+    seconds: { type: 'string', default: '10' },
+    mb: { type: 'string', default: '100' },
+    runs: { type: 'string', default: '1' },
+    out: { type: 'string' },
+    server: { type: 'string' }
+  }
+})
+
+const STREAM_PATH = '/v1/stream/bench'
+const JSON_TYPE = 'application/json'
+const MESSAGE_BYTES = 100
+
+/** A 100-byte JSON message; `ts` (scheduled time, monotonic ns) comes first so readers find it cheaply. */
+function message (seq, ts = 0) {
+  const head = `{"ts":${ts},"seq":${seq},"pad":"`
+  return head + 'x'.repeat(Math.max(0, MESSAGE_BYTES - head.length - 2)) + '"}'
+}
+
+// ---- the server (child process, pinned to CPU 0) ----
+
+async function serve ({ system, sqlitePath, redisUrl }) {
+  let port
+  if (system === 'reference') {
+    const { DurableStreamTestServer } = await import('@durable-streams/server')
+    // Responses are not compressed by fastify-streams: the reference does not compress either (the runner's
+    // requests do not ask for it anyway).
+    const server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', compression: false })
+    await server.start()
+    port = Number(new URL(server.url).port)
+  } else {
+    const { default: Fastify } = await import('fastify')
+    const { default: streams } = await import(new URL('../dist/index.js', import.meta.url).href)
+    const adapter = system === 'redis'
+      ? { class: 'modules::streams::adapters::RedisAdapter', config: { redis_url: redisUrl } }
+      : { class: 'modules::streams::adapters::KvStore', config: system === 'sqlite' ? { store_method: 'file_based', file_path: sqlitePath } : { store_method: 'in_memory' } }
+    const app = Fastify({ logger: false })
+    await app.register(streams, { adapter, durable_streams: { max_live_readers: 1_000_000 } })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    port = app.server.address().port
+  }
+  const controlServer = await startControl({}, { system })
+  process.stdout.write(`READY ${JSON.stringify({ port, control: controlServer.address().port, pid: process.pid })}\n`)
+  watchParent()
+}
+
+// ---- HTTP from the runner ----
+
+const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 256 })
+
+/** One request; resolves with { status, headers, bytes, text? } (text only when `keep` is set). */
+function request (port, method, urlPath, { body = null, headers = {}, keep = false, agent = keepAlive } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, agent, headers: body === null ? headers : { 'content-type': JSON_TYPE, 'content-length': Buffer.byteLength(body), ...headers } }, (res) => {
+      let bytes = 0
+      const chunks = []
+      res.on('data', (chunk) => {
+        bytes += chunk.length
+        if (keep) chunks.push(chunk)
+      })
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, bytes, text: keep ? Buffer.concat(chunks).toString('utf8') : undefined }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(body ?? undefined)
+  })
+}
+
+async function createStream (port) {
+  const res = await request(port, 'PUT', STREAM_PATH, { headers: { 'content-type': JSON_TYPE } })
+  if (res.status !== 201 && res.status !== 200) throw new Error(`PUT ${STREAM_PATH}: ${res.status}`)
+}
+
+async function append (port, body) {
+  const res = await request(port, 'POST', STREAM_PATH, { body })
+  if (res.status !== 204 && res.status !== 200) throw new Error(`POST ${STREAM_PATH}: ${res.status}`)
+  return res
+}
+
+/**
+ * Reads the stream from the start by catch-up GETs; answers bytes read, messages counted (`countMessages`) and
+ * the number of requests.
+ */
+async function readAll (port, { countMessages = false } = {}) {
+  let offset = '-1'
+  let bytes = 0
+  let messages = 0
+  let requests = 0
+  for (;;) {
+    const res = await request(port, 'GET', `${STREAM_PATH}?offset=${encodeURIComponent(offset)}`, { keep: countMessages })
+    requests++
+    if (res.status !== 200) throw new Error(`GET ${STREAM_PATH}: ${res.status}`)
+    bytes += res.bytes
+    if (countMessages) for (let at = res.text.indexOf('"seq":'); at >= 0; at = res.text.indexOf('"seq":', at + 6)) messages++
+    const next = res.headers['stream-next-offset']
+    if (res.headers['stream-up-to-date'] === 'true' || next === undefined || next === offset) break
+    offset = next
+  }
+  return { bytes, messages, requests }
+}
+
+// ---- measuring ----
+
+const cpuMs = (pid) => procCpuMs(pid, CLK_TCK)
+
+/** Server CPU (and redis-server's, when there is one) from now until `end()`. */
+function cpuMeter (server, redis) {
+  const start = { server: cpuMs(server.pid), redis: redis ? cpuMs(redis.pid) : 0, runner: process.cpuUsage(), at: performance.now() }
+  return () => {
+    const runner = process.cpuUsage(start.runner)
+    const wallMs = performance.now() - start.at
+    return {
+      wallMs,
+      serverCpuMs: cpuMs(server.pid) - start.server,
+      redisCpuMs: redis ? cpuMs(redis.pid) - start.redis : null,
+      runnerCpuPct: Math.round((runner.user + runner.system) / 10 / wallMs)
+    }
+  }
+}
+
+function percentile (sorted, p) {
+  if (sorted.length === 0) return null
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]
+}
+
+const round = (x, digits = 2) => x == null || !Number.isFinite(x) ? null : Math.round(x * 10 ** digits) / 10 ** digits
+
+// ---- (a) appends ----
+
+async function appendsProducer (server, redis, count) {
+  const { DurableStream, IdempotentProducer } = await import('@durable-streams/client')
+  await createStream(server.port)
+  const stream = new DurableStream({ url: `http://127.0.0.1:${server.port}${STREAM_PATH}`, contentType: JSON_TYPE })
+  let errors = 0
+  let firstError = null
+  // Batches in flight can reach the server out of order; it answers 409 and the producer resends: counted.
+  const statuses = {}
+  const countingFetch = async (...request) => {
+    const response = await fetch(...request)
+    statuses[response.status] = (statuses[response.status] ?? 0) + 1
+    return response
+  }
+  const producer = new IdempotentProducer(stream, 'bench-producer', {
+    fetch: countingFetch,
+    onError: (err) => {
+      errors++
+      firstError ??= String(err?.message ?? err)
+    }
+  })
+  const end = cpuMeter(server, redis)
+  // Appends come in slices, so batches go out while later messages are still being produced.
+  for (let i = 0; i < count;) {
+    for (const stop = Math.min(count, i + 1000); i < stop; i++) producer.append(message(i))
+    await new Promise(resolve => setImmediate(resolve))
+  }
+  await producer.flush()
+  const cost = end()
+  await producer.detach()
+  const check = await readAll(server.port, { countMessages: true })
+  if (check.messages !== count) throw new Error(`producer: the stream holds ${check.messages} messages, ${count} appended (${errors} errors: ${firstError})`)
+  return { ...summariseAppends(cost, count, errors, firstError), batches: Object.values(statuses).reduce((a, b) => a + b, 0), statuses }
+}
+
+async function appendsPosts (server, redis, connections, seconds) {
+  await createStream(server.port)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: connections })
+  let done = 0
+  let errors = 0
+  let firstError = null
+  const end = cpuMeter(server, redis)
+  const deadline = performance.now() + seconds * 1000
+  await Promise.all(Array.from({ length: connections }, async () => {
+    while (performance.now() < deadline) {
+      try {
+        const res = await request(server.port, 'POST', STREAM_PATH, { body: message(done), agent })
+        if (res.status === 204 || res.status === 200) done++
+        else throw new Error(`status ${res.status}`)
+      } catch (err) {
+        errors++
+        firstError ??= String(err?.message ?? err)
+        if (errors > 1000) return
+      }
+    }
+  }))
+  const cost = end()
+  agent.destroy()
+  return summariseAppends(cost, done, errors, firstError)
+}
+
+function summariseAppends (cost, appends, errors, firstError) {
+  return {
+    appends,
+    appendsPerSec: Math.round(appends / (cost.wallMs / 1000)),
+    serverCpuUsPerAppend: round((cost.serverCpuMs * 1000) / appends),
+    redisCpuUsPerAppend: cost.redisCpuMs == null ? null : round((cost.redisCpuMs * 1000) / appends),
+    serverCpuPct: Math.round((100 * cost.serverCpuMs) / cost.wallMs),
+    runnerCpuPct: cost.runnerCpuPct,
+    errors,
+    firstError
+  }
+}
+
+// ---- (b) live fan-out ----
+
+const sseAgent = new http.Agent({ keepAlive: false, maxSockets: Infinity })
+
+/**
+ * A raw SSE reader: splits events, records the latency of every message it gets (from its `ts`), keeps the last
+ * offset and reconnects from it when the server ends the response (the protocol's ~60 s rotation).
+ */
+function sseReader (port, offset, sink) {
+  const reader = { offset, received: 0, lastSeq: -1, ready: false, closed: false, reconnects: 0, errors: 0 }
+  const connect = () => {
+    if (reader.closed) return
+    const req = http.get({ host: '127.0.0.1', port, path: `${STREAM_PATH}?offset=${encodeURIComponent(reader.offset)}&live=sse`, agent: sseAgent }, (res) => {
+      if (res.statusCode !== 200) {
+        reader.errors++
+        res.resume()
+        return setTimeout(connect, 100)
+      }
+      res.setEncoding('utf8')
+      let buffer = ''
+      res.on('data', (chunk) => {
+        const at = nowNs()
+        buffer += chunk
+        let end
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const event = buffer.slice(0, end)
+          buffer = buffer.slice(end + 2)
+          if (event.startsWith('event: data')) {
+            for (let i = event.indexOf('"ts":'); i >= 0; i = event.indexOf('"ts":', i + 5)) {
+              const ts = Number(event.slice(i + 5, event.indexOf(',', i)))
+              const seqAt = event.indexOf('"seq":', i) + 6
+              reader.lastSeq = Number(event.slice(seqAt, event.indexOf(',', seqAt)))
+              reader.received++
+              sink(at - ts, reader)
+            }
+          } else if (event.startsWith('event: control')) {
+            const match = /"streamNextOffset":"([^"]+)"/.exec(event)
+            if (match) reader.offset = match[1]
+            reader.ready = true
+          }
+        }
+      })
+      res.on('close', () => {
+        if (reader.closed) return
+        reader.reconnects++
+        setTimeout(connect, 20)
+      })
+    })
+    req.on('error', () => {
+      reader.errors++
+      if (!reader.closed) setTimeout(connect, 100)
+    })
+    reader.request = req
+  }
+  reader.close = () => {
+    reader.closed = true
+    reader.request?.destroy()
+  }
+  connect()
+  return reader
+}
+
+async function until (check, ms) {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) return false
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+  return true
+}
+
+async function fanout (server, redis, { readers: count, rate, seconds }) {
+  await createStream(server.port)
+  const head = await request(server.port, 'HEAD', STREAM_PATH)
+  const tail = head.headers['stream-next-offset']
+  if (!tail) throw new Error('HEAD gave no Stream-Next-Offset')
+  const total = Math.round(rate * seconds)
+  // Every delivery inside the measured window, in µs.
+  const latencies = new Float64Array(total * count)
+  let recorded = 0
+  const sink = (ns) => { if (recorded < latencies.length) latencies[recorded++] = ns / 1000 }
+  const readers = []
+  for (let i = 0; i < count; i++) {
+    readers.push(sseReader(server.port, tail, sink))
+    if (i % 100 === 99) await new Promise(resolve => setTimeout(resolve, 20))
+  }
+  if (!(await until(() => readers.every(r => r.ready), 60_000))) throw new Error(`fan-out: ${readers.filter(r => !r.ready).length} readers not connected after 60 s`)
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  const appender = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  let appendErrors = 0
+  let firstError = null
+  const pending = []
+  const end = cpuMeter(server, redis)
+  await ticker({
+    rate,
+    durationMs: seconds * 1000,
+    startNs: nowNs() + 20e6,
+    onTick: (seq, ts) => {
+      pending.push(request(server.port, 'POST', STREAM_PATH, { body: message(seq, ts), agent: appender }).then((res) => {
+        if (res.status !== 204 && res.status !== 200) throw new Error(`status ${res.status}`)
+      }).catch((err) => {
+        appendErrors++
+        firstError ??= String(err?.message ?? err)
+      }))
+    }
+  })
+  await Promise.all(pending)
+  // Drain: until every reader has the last message, at most 10 s.
+  const drained = await until(() => readers.every(r => r.lastSeq === total - 1), 10_000)
+  const cost = end()
+  for (const reader of readers) reader.close()
+  appender.destroy()
+  const delivered = readers.reduce((sum, r) => sum + r.received, 0)
+  const sorted = latencies.subarray(0, recorded).sort()
+  return {
+    readers: count,
+    rate,
+    seconds,
+    appends: total,
+    appendErrors,
+    firstError,
+    delivered,
+    deliveredPct: round((100 * delivered) / (total * count), 1),
+    drained,
+    reconnects: readers.reduce((sum, r) => sum + r.reconnects, 0),
+    serverCpuUsPerDelivery: round((cost.serverCpuMs * 1000) / delivered, 3),
+    redisCpuUsPerDelivery: cost.redisCpuMs == null ? null : round((cost.redisCpuMs * 1000) / delivered, 3),
+    serverCpuPct: Math.round((100 * cost.serverCpuMs) / cost.wallMs),
+    runnerCpuPct: cost.runnerCpuPct,
+    latencyMs: { p50: round(percentile(sorted, 50) / 1000), p99: round(percentile(sorted, 99) / 1000), max: round(sorted[sorted.length - 1] / 1000) }
+  }
+}
+
+// ---- (c) catch-up read ----
+
+/** Resets the kernel's peak-RSS mark (VmHWM) of `pid`; false when this kernel or the permissions do not allow it. */
+function resetPeakRss (pid) {
+  try {
+    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
+    return true
+  } catch {
+    return false
+  }
+}
+
+function peakRssKb (pid) {
+  return Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1])
+}
+
+async function catchup (server, redis, { mb }) {
+  await createStream(server.port)
+  const perBatch = Math.floor((1024 * 1024) / (MESSAGE_BYTES + 1))
+  const batch = '[' + Array.from({ length: perBatch }, (_, i) => message(i)).join(',') + ']'
+  const batches = Math.ceil((mb * 1024 * 1024) / Buffer.byteLength(batch))
+  const fillStarted = performance.now()
+  for (let i = 0; i < batches; i++) await append(server.port, batch)
+  const fillMs = performance.now() - fillStarted
+  await control(server.control, 'gc')
+  await new Promise(resolve => setTimeout(resolve, 200))
+  const rssBeforeKb = procRssKb(server.pid)
+  const hwmReset = resetPeakRss(server.pid)
+  let sampledPeakKb = rssBeforeKb
+  const sampler = setInterval(() => { sampledPeakKb = Math.max(sampledPeakKb, procRssKb(server.pid)) }, 10)
+  const end = cpuMeter(server, redis)
+  const read = await readAll(server.port)
+  const cost = end()
+  clearInterval(sampler)
+  sampledPeakKb = Math.max(sampledPeakKb, procRssKb(server.pid))
+  const peakKb = hwmReset ? Math.max(peakRssKb(server.pid), sampledPeakKb) : sampledPeakKb
+  const streamBytes = batches * Buffer.byteLength(batch)
+  if (read.bytes < streamBytes * 0.99) throw new Error(`catch-up: read ${read.bytes} bytes of a ${streamBytes}-byte stream`)
+  return {
+    streamMb: round(streamBytes / 2 ** 20, 1),
+    fillMbPerSec: round(streamBytes / 2 ** 20 / (fillMs / 1000), 1),
+    readMb: round(read.bytes / 2 ** 20, 1),
+    requests: read.requests,
+    mbPerSec: round(read.bytes / 2 ** 20 / (cost.wallMs / 1000), 1),
+    serverCpuMsPerMb: round(cost.serverCpuMs / (read.bytes / 2 ** 20)),
+    rssBeforeMb: round(rssBeforeKb / 1024, 1),
+    rssPeakMb: round(peakKb / 1024, 1),
+    rssGrowthMb: round((peakKb - rssBeforeKb) / 1024, 1),
+    peakFrom: hwmReset ? 'VmHWM' : '10 ms samples',
+    runnerCpuPct: cost.runnerCpuPct
+  }
+}
+
+// ---- the runner ----
+
+const LABELS = { memory: 'ours, memory', sqlite: 'ours, SQLite', redis: 'ours, Redis', reference: 'reference (@durable-streams/server, memory)' }
+const SCENARIOS = {
+  'appends-producer': (server, redis, sizes) => appendsProducer(server, redis, sizes.messages),
+  'appends-posts': (server, redis, sizes) => appendsPosts(server, redis, sizes.connections, sizes.seconds),
+  fanout,
+  catchup
+}
+
+function pkgVersion (name) {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version
+  } catch {
+    return 'n/a'
+  }
+}
+
+async function withServer (system, redis, work) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'durable-bench-'))
+  if (redis) spawnSync('redis-cli', ['-p', String(redis.port), 'flushall'])
+  const server = await startNode([SELF, '--server', JSON.stringify({ system, sqlitePath: path.join(dir, 'streams.db'), redisUrl: redis?.url })], { cpu: 0, nodeArgs: ['--expose-gc'] })
+  try {
+    return await work(server)
+  } finally {
+    await stopChild(server.child)
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const median = (xs) => {
+  const values = xs.filter(x => x != null && Number.isFinite(x)).sort((a, b) => a - b)
+  return values.length === 0 ? null : values[Math.floor(values.length / 2)]
+}
+
+function report (raw) {
+  const { meta, results } = raw
+  const systems = meta.systems
+  const get = (scenario, system, key) => median((results[scenario]?.[system] ?? []).map(r => key.split('.').reduce((o, k) => o?.[k], r)))
+  // Always ours ÷ reference: above 1 is better for rates, below 1 is better for CPU.
+  const ratio = (scenario, system, key) => {
+    const a = get(scenario, system, key)
+    const b = get(scenario, 'reference', key)
+    if (a == null || b == null || system === 'reference' || a === 0 || b === 0) return '–'
+    return `${(a / b).toFixed(2)}×`
+  }
+  const cell = (x) => x == null ? '–' : typeof x === 'number' ? x.toLocaleString('en-US') : String(x)
+  const lines = [
+    '# Durable Streams: fastify-streams vs the reference server (issue 12)',
+    '',
+    `Made by \`${meta.command}\` on ${meta.date} (${meta.cpu}, ${meta.cores} cores, Node ${meta.node}, ${meta.redis}; ` +
+      `@durable-streams/server ${meta.versions.server}, @durable-streams/client ${meta.versions.client}; taskset: ${meta.taskset ? 'server and redis-server on CPU 0, this runner on CPU 1' : 'not available, runs not pinned'}).`,
+    `${meta.runs} run(s), systems interleaved, a fresh server per measurement; cells are medians. Server CPU = utime+stime of the server process ` +
+      '(`/proc/<pid>/stat`); for Redis the redis-server CPU is given apart. Every ratio is ours ÷ reference: above 1 is better for rates, below 1 for CPU.',
+    ''
+  ]
+  if (meta.notes.length) lines.push(...meta.notes.map(n => `- ${n}`), '')
+  const table = (scenario, heading, columns) => {
+    if (!results[scenario]) return
+    lines.push(`## ${heading}`, '', `| system | ${columns.map(c => c.name).join(' | ')} |`, `|---|${columns.map(() => '---').join('|')}|`)
+    for (const system of systems) {
+      if (!results[scenario][system]) continue
+      const errors = results[scenario][system].filter(r => r.error)
+      if (errors.length) lines.push(`| ${LABELS[system]} | error: ${errors[0].error.split('\n')[0].slice(0, 200)} |`)
+      else lines.push(`| ${LABELS[system]} | ${columns.map(c => c.value(system)).join(' | ')} |`)
+    }
+    lines.push('')
+  }
+  const appendColumns = (scenario) => [
+    { name: 'appends/s', value: s => cell(get(scenario, s, 'appendsPerSec')) },
+    { name: 'vs reference', value: s => ratio(scenario, s, 'appendsPerSec') },
+    { name: 'server CPU µs/append', value: s => cell(get(scenario, s, 'serverCpuUsPerAppend')) },
+    { name: 'vs reference', value: s => ratio(scenario, s, 'serverCpuUsPerAppend') },
+    { name: 'redis-server µs/append', value: s => cell(get(scenario, s, 'redisCpuUsPerAppend')) },
+    { name: 'runner CPU %', value: s => cell(get(scenario, s, 'runnerCpuPct')) },
+    { name: 'errors', value: s => cell(get(scenario, s, 'errors')) },
+    ...scenario === 'appends-producer' ? [{ name: 'batch requests (of which 409, resent)', value: s => `${cell(get(scenario, s, 'batches'))} (${cell(get(scenario, s, 'statuses.409') ?? 0)})` }] : []
+  ]
+  table('appends-producer', `a(i) Appends of 100-byte JSON messages batched by IdempotentProducer (${meta.sizes.messages.toLocaleString('en-US')} messages)`, appendColumns('appends-producer'))
+  table('appends-posts', `a(ii) Single-message POSTs, ${meta.sizes.connections} keep-alive connections, ${meta.sizes.seconds} s`, appendColumns('appends-posts'))
+  table('fanout', `b Live fan-out: ${meta.sizes.readers.toLocaleString('en-US')} SSE readers × ${meta.sizes.rate} appends/s for ${meta.sizes.seconds} s`, [
+    { name: 'delivered %', value: s => cell(get('fanout', s, 'deliveredPct')) },
+    { name: 'server CPU µs/delivery', value: s => cell(get('fanout', s, 'serverCpuUsPerDelivery')) },
+    { name: 'vs reference', value: s => ratio('fanout', s, 'serverCpuUsPerDelivery') },
+    { name: 'redis-server µs/delivery', value: s => cell(get('fanout', s, 'redisCpuUsPerDelivery')) },
+    { name: 'server CPU %', value: s => cell(get('fanout', s, 'serverCpuPct')) },
+    { name: 'latency p50 / p99 / max (ms)', value: s => `${cell(get('fanout', s, 'latencyMs.p50'))} / ${cell(get('fanout', s, 'latencyMs.p99'))} / ${cell(get('fanout', s, 'latencyMs.max'))}` },
+    { name: 'runner CPU %', value: s => cell(get('fanout', s, 'runnerCpuPct')) }
+  ])
+  table('catchup', `c Catch-up read of a ${meta.sizes.mb} MB stream (100-byte JSON messages, appended in 1 MB batches)`, [
+    { name: 'read MB/s', value: s => cell(get('catchup', s, 'mbPerSec')) },
+    { name: 'vs reference', value: s => ratio('catchup', s, 'mbPerSec') },
+    { name: 'GETs', value: s => cell(get('catchup', s, 'requests')) },
+    { name: 'server CPU ms/MB', value: s => cell(get('catchup', s, 'serverCpuMsPerMb')) },
+    { name: 'RSS before → peak (MB)', value: s => `${cell(get('catchup', s, 'rssBeforeMb'))} → ${cell(get('catchup', s, 'rssPeakMb'))}` },
+    { name: 'RSS growth during the read (MB)', value: s => cell(get('catchup', s, 'rssGrowthMb')) },
+    { name: 'fill MB/s', value: s => cell(get('catchup', s, 'fillMbPerSec')) }
+  ])
+  const target = (name, bar, value, met) => lines.push(`| ${name} | ${bar} | ${value ?? '–'} | ${value == null ? '–' : met ? 'met' : '**missed**'} |`)
+  lines.push('## Targets of issue 12 (memory adapter vs the reference)', '', '| target | bar | measured | |', '|---|---|---|---|')
+  for (const [scenario, what] of [['appends-producer', 'batched by IdempotentProducer'], ['appends-posts', 'single-message POSTs']]) {
+    const a = get(scenario, 'memory', 'appendsPerSec')
+    const b = get(scenario, 'reference', 'appendsPerSec')
+    const r = a && b ? a / b : null
+    target(`appends/s, ${what}`, '≥ 1.5× the reference', r && `${r.toFixed(2)}×`, r >= 1.5)
+  }
+  const a = get('fanout', 'memory', 'serverCpuUsPerDelivery')
+  const b = get('fanout', 'reference', 'serverCpuUsPerDelivery')
+  const r = a && b ? a / b : null
+  target('fan-out server CPU per delivery', '≤ 0.7× the reference', r && `${r.toFixed(2)}×`, r <= 0.7)
+  for (const system of systems.filter(s => s !== 'reference')) {
+    const growth = get('catchup', system, 'rssGrowthMb')
+    const size = get('catchup', system, 'streamMb')
+    target(`catch-up RSS growth, ${LABELS[system]}`, 'bounded: < 25 % of the stream', growth != null && `${growth} MB for a ${size} MB stream`, growth != null && growth < size / 4)
+  }
+  lines.push('', `Raw figures: \`${path.relative(ROOT, meta.rawFile)}\`.`, '')
+  return lines.join('\n')
+}
+
+async function run () {
+  const sizes = {
+    messages: Number(args.messages),
+    connections: Number(args.connections),
+    readers: Number(args.readers),
+    rate: Number(args.rate),
+    seconds: Number(args.seconds),
+    mb: Number(args.mb)
+  }
+  const runs = Number(args.runs)
+  const systems = args.systems.split(',')
+  const scenarios = args.scenarios.split(',').flatMap(s => s === 'appends' ? ['appends-producer', 'appends-posts'] : [s])
+  for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario ${s}`)
+  for (const s of systems) if (!LABELS[s]) throw new Error(`unknown system ${s}`)
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'index.js')) && systems.some(s => s !== 'reference')) throw new Error('dist/index.js is missing: run `npm run build` first')
+  const limit = ensureFileLimit(sizes.readers + 1000)
+  const notes = []
+  if (limit < sizes.readers + 100) notes.push(`\`ulimit -n\` is ${limit}: too low for ${sizes.readers} readers.`)
+  const pinnedRunner = pinSelf(1)
+  const started = new Date()
+  const stamp = started.toISOString().replace(/[:.]/g, '-')
+  const out = args.out ?? path.join(BENCH, 'results', `durable-${stamp}.md`)
+  const meta = {
+    command: `node bench/durable.mjs ${process.argv.slice(2).join(' ')}`.trim(),
+    date: started.toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+    cpu: os.cpus()[0]?.model,
+    cores: os.cpus().length,
+    node: process.version,
+    redis: spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout?.split(' ').slice(0, 3).join(' ') || 'redis-server not found',
+    versions: { server: pkgVersion('@durable-streams/server'), client: pkgVersion('@durable-streams/client') },
+    taskset: HAS_TASKSET && pinnedRunner,
+    runs,
+    systems,
+    sizes,
+    notes,
+    rawFile: out.replace(/\.md$/, '') + '.json'
+  }
+  const results = {}
+  const redis = systems.includes('redis') ? await startRedis({ cpu: 0 }) : null
+  const log = (text) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${text}`)
+  try {
+    for (const scenario of scenarios) {
+      for (let rep = 0; rep < runs; rep++) {
+        for (const system of systems) {
+          let result
+          try {
+            result = await withServer(system, system === 'redis' ? redis : null, server => SCENARIOS[scenario](server, system === 'redis' ? redis : null, sizes))
+          } catch (err) {
+            result = { error: String(err?.stack ?? err) }
+          }
+          ;(results[scenario] ??= {})[system] ??= []
+          results[scenario][system].push(result)
+          log(`${scenario} #${rep + 1} ${system}: ${JSON.stringify(result)}`)
+        }
+      }
+    }
+  } finally {
+    await redis?.stop()
+  }
+  fs.mkdirSync(path.dirname(out), { recursive: true })
+  fs.writeFileSync(meta.rawFile, JSON.stringify({ meta, results }, null, 1))
+  const markdown = report({ meta, results })
+  fs.writeFileSync(out, markdown)
+  console.log('\n' + markdown)
+  log(`wrote ${out} and ${meta.rawFile}`)
+}
+
+if (args.server !== undefined) await serve(JSON.parse(args.server))
+else await run()
