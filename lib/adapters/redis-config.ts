@@ -10,6 +10,11 @@ export const DEFAULT_REDIS_URL = 'redis://localhost:6379'
 export const DEFAULT_KEY_PREFIX = ''
 export const DEFAULT_REDIS_CONNECT_TIMEOUT_MS = 5000
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 2000
+/**
+ * Items a group snapshot reads per Redis command (HSCAN COUNT, ZRANGEBYSCORE LIMIT, XRANGE COUNT). A group of at
+ * most this many items is read by one script; a bigger one in pages, so Redis serves other clients between them.
+ */
+export const DEFAULT_SNAPSHOT_PAGE_SIZE = 1000
 
 /** RedisAdapter's config as a user writes it; every key also in camelCase. */
 export interface RedisAdapterConfig {
@@ -25,6 +30,8 @@ export interface RedisAdapterConfig {
   connectTimeoutMs?: number
   command_timeout_ms?: number
   commandTimeoutMs?: number
+  snapshot_page_size?: number
+  snapshotPageSize?: number
   change_log?: ChangeLogOptions
   changeLog?: ChangeLogOptions
 }
@@ -36,10 +43,11 @@ export interface RedisConfig {
   keyPrefix: string
   connectTimeoutMs: number
   commandTimeoutMs: number
+  snapshotPageSize: number
   changeLog: ChangeLogRetention
 }
 
-const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'changeLog']
+const REDIS_KEYS = ['redisUrl', 'client', 'keyPrefix', 'connectTimeoutMs', 'commandTimeoutMs', 'snapshotPageSize', 'changeLog']
 
 /**
  * Checks and defaults a RedisAdapter config; throws InvalidOptionError naming the key as spelled, under `where`
@@ -65,6 +73,7 @@ export function normalizeRedisConfig (raw: unknown, where = ''): RedisConfig {
     keyPrefix,
     connectTimeoutMs: config.positiveInt('connectTimeoutMs', DEFAULT_REDIS_CONNECT_TIMEOUT_MS),
     commandTimeoutMs: config.positiveInt('commandTimeoutMs', DEFAULT_REDIS_COMMAND_TIMEOUT_MS),
+    snapshotPageSize: config.positiveInt('snapshotPageSize', DEFAULT_SNAPSHOT_PAGE_SIZE),
     changeLog: readChangeLog(config, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES)
   }
 }

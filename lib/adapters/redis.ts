@@ -7,7 +7,8 @@
 //   stream-meta:{stream}:{group}   hash   rev (stored changes so far), ts (last timestamp handed out)
 //   stream-order:{stream}:{group}  zset   item id → rev of its first insert (getGroup order)
 //   stream-log:{stream}:{group}    stream the group's change log: entry id `<rev>-0`, fields t (timestamp),
-//                                         b (event body JSON), i (item id, absent for a group event)
+//                                         b (event body JSON), i (item id, absent for a group event), p ('1' on
+//                                         an event `publish` logged: it stored nothing in the group's hash)
 //   stream-epoch                   string the store's epoch (random, made with SET NX)
 // The meta, order, log and epoch keys do not match `stream:*`, so engines scanning that pattern never see them.
 // Meta keys outlive their group on purpose: rev and ts must keep growing if the group is re-created.
@@ -31,6 +32,17 @@ import type { RedisConfig } from './redis-config.js'
 /** How many times `update` re-reads and retries its compare-and-set before giving up with ConflictError. */
 export const MAX_UPDATE_ATTEMPTS = 20
 const SCAN_COUNT = 1000
+/**
+ * How many times a paged group snapshot starts again when the change log no longer holds what it must replay
+ * (trimmed by a write burst while the pages were read, or off) before it fails with BackendUnavailableError.
+ */
+export const MAX_SNAPSHOT_ATTEMPTS = 5
+/**
+ * The deepest nesting a stored value may have and still be served. JSON.stringify (a reply, a sync frame, a feed
+ * message) overflows the stack near 2 000 levels; a value deeper than this, written past this plugin's
+ * `max_value_depth` check (by an engine or an older version), is skipped by every read instead.
+ */
+export const MAX_STORED_VALUE_DEPTH = 512
 const QUIT_TIMEOUT_MS = 1000
 
 // ---------------------------------------------------------------------------------------------------------
@@ -71,7 +83,7 @@ end
 // (entries older than maxAge before this one, looked at from the oldest, a bounded number per write).
 // maxChanges 0: the log is off, and what an earlier run logged is dropped so the log never has a gap.
 const LOG = EPOCH + `
-local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxChanges, maxAge)
+local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxChanges, maxAge, published)
   epoch(epochKey, candidate)
   if maxChanges == '0' then
     redis.call('DEL', logKey)
@@ -81,6 +93,10 @@ local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxC
   if id then
     entry[#entry + 1] = 'i'
     entry[#entry + 1] = id
+  end
+  if published then
+    entry[#entry + 1] = 'p'
+    entry[#entry + 1] = '1'
   end
   local added = redis.pcall(unpack(entry))
   if type(added) == 'table' and added.err then
@@ -152,7 +168,7 @@ const PUBLISH_SCRIPT = PRELUDE + `
 local revs, tss = stamp(KEYS[1], true)
 local id = nil
 if ARGV[4] ~= '' then id = string.sub(ARGV[4], 2) end
-logChange(KEYS[2], KEYS[3], ARGV[7], revs, tss, id, ARGV[3], ARGV[5], ARGV[6])
+logChange(KEYS[2], KEYS[3], ARGV[7], revs, tss, id, ARGV[3], ARGV[5], ARGV[6], true)
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2] .. ',"rev":' .. revs .. '}')
 return {revs, tss}
 `
@@ -172,12 +188,19 @@ local function raise (metaKey, stored, floor)
 end
 `
 
-// KEYS: hash, meta, order, epoch. ARGV: floor, epoch candidate. Returns {rev, ts, epoch, id, value, id, value...}:
-// items in first-insert order, then items the order index does not know (written by an engine) sorted by id.
+// KEYS: hash, meta, order, epoch. ARGV: floor, epoch candidate, most items read whole.
+// Returns {rev, ts, epoch, whole, id, value, id, value...}. A group of at most ARGV[3] items is read whole (whole
+// '1'): items in first-insert order, then items the order index does not know (written by an engine) sorted by
+// id. A bigger one (whole '0') only gets its rev and epoch here: it is read in pages (readPaged), never by one
+// script, which would block every other Redis client while it runs.
 const SNAPSHOT_GROUP_SCRIPT = RAISE + EPOCH + `
-local all = redis.call('HGETALL', KEYS[1])
 local meta = redis.call('HMGET', KEYS[2], 'rev', 'ts')
-local out = {meta[1] or '0', raise(KEYS[2], meta[2], ARGV[1]), epoch(KEYS[4], ARGV[2])}
+local out = {meta[1] or '0', raise(KEYS[2], meta[2], ARGV[1]), epoch(KEYS[4], ARGV[2]), '1'}
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[3]) then
+  out[4] = '0'
+  return out
+end
+local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return out end
 local values = {}
 for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
@@ -198,6 +221,12 @@ for _, field in ipairs(rest) do
   out[#out + 1] = values[field]
 end
 return out
+`
+
+// KEYS: meta, epoch. ARGV: floor, epoch candidate. Returns {rev, ts, epoch}: the revision a paged snapshot is at.
+const SNAPSHOT_MARK_SCRIPT = RAISE + EPOCH + `
+local meta = redis.call('HMGET', KEYS[1], 'rev', 'ts')
+return {meta[1] or '0', raise(KEYS[1], meta[2], ARGV[1]), epoch(KEYS[2], ARGV[2])}
 `
 
 // KEYS: hash, meta. ARGV: id. Returns {value|nil, rev, ts}.
@@ -242,6 +271,7 @@ const SCRIPTS = {
   delete: script(DELETE_SCRIPT, 5),
   publish: script(PUBLISH_SCRIPT, 3),
   snapshotGroup: script(SNAPSHOT_GROUP_SCRIPT, 4),
+  snapshotMark: script(SNAPSHOT_MARK_SCRIPT, 2),
   snapshotItem: script(SNAPSHOT_ITEM_SCRIPT, 2),
   readChanges: script(READ_CHANGES_SCRIPT, 3)
 }
@@ -274,6 +304,31 @@ function decode (text: unknown, where: string): unknown {
   } catch {
     throw new StorageError(`${where} does not hold valid JSON`)
   }
+}
+
+/** Marks a stored value no read can serve (see readStored). */
+const UNREADABLE = Symbol('unreadable')
+
+/** True when `text` (JSON) nests arrays and objects deeper than `limit`; a scan of the text, nothing is parsed. */
+export function nestsDeeper (text: string, limit: number): boolean {
+  // Each level takes two characters at least: a shorter text cannot be deeper.
+  if (text.length <= 2 * limit) return false
+  let depth = 0
+  let inString = false
+  for (let at = 0; at < text.length; at++) {
+    const char = text.charCodeAt(at)
+    if (inString) {
+      if (char === 0x5c) at++ // backslash: skip the escaped character
+      else if (char === 0x22) inString = false
+    } else if (char === 0x22) {
+      inString = true
+    } else if (char === 0x5b || char === 0x7b) {
+      if (++depth > limit) return true
+    } else if (char === 0x5d || char === 0x7d) {
+      depth--
+    }
+  }
+  return false
 }
 
 /** Parses an old value returned by a write that already committed: never throws, keeps the raw text. */
@@ -349,19 +404,56 @@ function epochCandidate (): string {
   return randomBytes(8).toString('hex')
 }
 
-/** One XRANGE entry of a group log: `[<rev>-0, [t, ts, b, body, (i, id)]]`. */
-function parseLogEntry (entry: unknown): ChangeRecord {
+interface LogEntry { rev: number, id: string | null, timestamp: number, body: string, published: boolean }
+
+/** One XRANGE entry of a group log, `[<rev>-0, [t, ts, b, body, (i, id), (p, 1)]]`, its body still JSON text. */
+function readLogEntry (entry: unknown): LogEntry {
   const [entryId, fields] = entry as [string, string[]]
-  let id: string | null = null
-  let timestamp = 0
-  let body = 'null'
+  const read: LogEntry = { rev: Number(entryId.slice(0, entryId.indexOf('-'))), id: null, timestamp: 0, body: 'null', published: false }
   for (let at = 0; at < fields.length; at += 2) {
-    if (fields[at] === 't') timestamp = Number(fields[at + 1])
-    else if (fields[at] === 'b') body = fields[at + 1]
-    else if (fields[at] === 'i') id = fields[at + 1]
+    if (fields[at] === 't') read.timestamp = Number(fields[at + 1])
+    else if (fields[at] === 'b') read.body = fields[at + 1]
+    else if (fields[at] === 'i') read.id = fields[at + 1]
+    else if (fields[at] === 'p') read.published = true
   }
-  return { id, rev: Number(entryId.slice(0, entryId.indexOf('-'))), timestamp, event: decode(body, 'a change-log entry') as StreamEventBody }
+  return read
 }
+
+function parseLogEntry (entry: unknown): ChangeRecord {
+  const { id, rev, timestamp, body } = readLogEntry(entry)
+  return { id, rev, timestamp, event: decode(body, 'a change-log entry') as StreamEventBody }
+}
+
+// The write scripts log a change as `{"type":"<kind>","data":` + the stored JSON text + `}`.
+const STORED_BODY_HEADS = new Map(['create', 'update', 'delete'].map((kind) => [`{"type":"${kind}","data":`, kind]))
+const STORED_BODY_HEAD_LENGTH = '{"type":"create","data":'.length
+
+/**
+ * What a logged change did to the group's hash: a create or update stored `text`, a delete removed the item;
+ * null for a custom event or a change `publish` logged (it stored nothing).
+ */
+function storedChange (entry: LogEntry): { kind: string, text: string } | null {
+  if (entry.published || entry.id === null) return null
+  const kind = STORED_BODY_HEADS.get(entry.body.slice(0, STORED_BODY_HEAD_LENGTH))
+  return kind === undefined ? null : { kind, text: entry.body.slice(STORED_BODY_HEAD_LENGTH, -1) }
+}
+
+/**
+ * A group's stored texts at one revision, as read from Redis. Shared by the snapshots that coalesced on one paged
+ * read; each caller decodes its own items from it, so no two callers share (and may mutate) one object.
+ */
+interface GroupRead {
+  ids: string[]
+  texts: string[]
+  /** The last-change timestamp of items the read learned it for (changed while it was paged), else holes. */
+  timestamps: number[] | null
+  rev: number
+  timestamp: number
+  epoch: string
+}
+
+/** A paged group read under way; `joinable` until it reads the revision it ends at. */
+interface PagedRead { promise: Promise<GroupRead>, joinable: boolean }
 
 type Status = 'idle' | 'starting' | 'ready' | 'closed'
 
@@ -384,6 +476,10 @@ export class RedisAdapter implements StreamAdapter {
   private readonly floors = new Map<string, number>()
   private readonly retention: ChangeLogRetention
   private readonly logArgs: [string, string]
+  /** Per group (hash key): the paged snapshot read under way, which a concurrent snapshot of the group may join. */
+  private readonly pagedReads = new Map<string, PagedRead>()
+  /** Stored values reads skipped (not JSON, or nested deeper than MAX_STORED_VALUE_DEPTH); warned about once. */
+  skippedItems = 0
 
   /** `config` is checked already: normalizeRedisConfig (redis-config.ts), or createRedisAdapter from the package. */
   constructor (private readonly config: RedisConfig) {
@@ -631,27 +727,167 @@ export class RedisAdapter implements StreamAdapter {
 
   // ----- reads -------------------------------------------------------------------------------------------
 
+  /**
+   * A stored value as a read serves it: parsed, or UNREADABLE (counted, warned about once) when it is not JSON or
+   * nests deeper than MAX_STORED_VALUE_DEPTH. Reads never throw on stored data: what cannot be served is absent.
+   */
+  private readStored (text: string, where: string): unknown {
+    if (!nestsDeeper(text, MAX_STORED_VALUE_DEPTH)) {
+      try {
+        return JSON.parse(text)
+      } catch {}
+    }
+    if (this.skippedItems++ === 0) {
+      process.emitWarning(`${where} holds a value that is not JSON or nests deeper than ${MAX_STORED_VALUE_DEPTH} levels: reads skip it (and every such value)`, { code: 'STREAMS_SKIPPED_ITEMS' })
+    }
+    return UNREADABLE
+  }
+
   async get (stream: string, group: string, id: string): Promise<unknown> {
     const text = await this.run((redis) => redis.hget(this.groupKey(stream, group), id))
-    return decode(text, `item "${id}" of ${stream}/${group}`)
+    if (text === null) return null
+    const value = this.readStored(text, `item "${id}" of ${stream}/${group}`)
+    return value === UNREADABLE ? null : value
   }
 
   async getGroup (stream: string, group: string): Promise<unknown[]> {
     return (await this.snapshotGroup(stream, group)).items
   }
 
-  async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
-    const reply = await this.script(SCRIPTS.snapshotGroup, [
-      this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.epochKey, this.floor(stream, group), epochCandidate()
-    ]) as unknown[]
+  /**
+   * The group at one revision. A small group is read by one script; a bigger one (more than `snapshot_page_size`
+   * items) in pages, made consistent through the change log (readPaged). Values no read can serve are skipped.
+   */
+  async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot & { timestamps?: number[] }> {
+    const read = await this.readGroup(stream, group)
     const ids: string[] = []
     const items: unknown[] = []
-    for (let at = 3; at < reply.length; at += 2) {
-      ids.push(String(reply[at]))
-      items.push(decode(reply[at + 1], `an item of ${stream}/${group}`))
+    const timestamps: number[] = []
+    for (let at = 0; at < read.ids.length; at++) {
+      // A page at a time: decoding a big group in one go would hold this process's event loop (other requests,
+      // the replies of other reads) for as long as Redis was kept from being held.
+      if (at > 0 && at % this.config.snapshotPageSize === 0) await new Promise((resolve) => setImmediate(resolve))
+      const value = this.readStored(read.texts[at], `item "${read.ids[at]}" of ${stream}/${group}`)
+      if (value === UNREADABLE) continue
+      const timestamp = read.timestamps?.[at]
+      if (timestamp !== undefined) timestamps[items.length] = timestamp
+      ids.push(read.ids[at])
+      items.push(value)
     }
-    this.observe(stream, group, Number(reply[1]))
-    return { items, ids, rev: Number(reply[0]), timestamp: Number(reply[1]), epoch: String(reply[2]) }
+    const snapshot = { items, ids, rev: read.rev, timestamp: read.timestamp, epoch: read.epoch }
+    return read.timestamps === null ? snapshot : { ...snapshot, timestamps }
+  }
+
+  /** The group's texts at one revision: whole by one script when small, else paged (joining a paged read under way). */
+  private async readGroup (stream: string, group: string): Promise<GroupRead> {
+    const key = this.groupKey(stream, group)
+    const running = this.pagedReads.get(key)
+    if (running?.joinable === true) return await running.promise
+    const reply = await this.script(SCRIPTS.snapshotGroup, [
+      key, this.metaKey(stream, group), this.orderKey(stream, group), this.epochKey, this.floor(stream, group), epochCandidate(), this.config.snapshotPageSize
+    ]) as unknown[]
+    const rev = Number(reply[0])
+    const epoch = String(reply[2])
+    if (String(reply[3]) === '1') {
+      const ids: string[] = []
+      const texts: string[] = []
+      for (let at = 4; at < reply.length; at += 2) {
+        ids.push(String(reply[at]))
+        texts.push(String(reply[at + 1]))
+      }
+      this.observe(stream, group, Number(reply[1]))
+      return { ids, texts, timestamps: null, rev, timestamp: Number(reply[1]), epoch }
+    }
+    // Another snapshot of the group may have started paging while this one asked: it ends after now, so join it.
+    const started = this.pagedReads.get(key)
+    if (started?.joinable === true) return await started.promise
+    const paged: PagedRead = { promise: Promise.resolve(null as unknown as GroupRead), joinable: true }
+    paged.promise = this.readPaged(stream, group, paged, rev, epoch).finally(() => {
+      if (this.pagedReads.get(key) === paged) this.pagedReads.delete(key)
+    })
+    this.pagedReads.set(key, paged)
+    return await paged.promise
+  }
+
+  /**
+   * Reads a big group in pages without blocking Redis, at one revision: with the revision R0 read before the
+   * pages (`rev`), it pages the hash (HSCAN) and the order index, reads the revision R1 after them, and replays
+   * the change log's entries (R0, R1] over what the pages saw. An item no write touched in between was seen as
+   * it is at R1; every other one is as its last logged change left it. The replayed entries also give those
+   * items' timestamps. When the log no longer holds (R0, R1] (trimmed by a burst, or off), it starts again from
+   * R1, at most MAX_SNAPSHOT_ATTEMPTS times. Items an engine writes (unlogged) are as the pages saw them.
+   */
+  private async readPaged (stream: string, group: string, paged: PagedRead, rev: number, epoch: string): Promise<GroupRead> {
+    for (let attempt = 1; attempt <= MAX_SNAPSHOT_ATTEMPTS; attempt++) {
+      const [texts, order] = await Promise.all([this.pageHash(this.groupKey(stream, group)), this.pageOrder(this.orderKey(stream, group))])
+      // A snapshot asked for from now on may have been preceded by a write R1 does not include: it reads anew.
+      paged.joinable = false
+      const mark = await this.script(SCRIPTS.snapshotMark, [this.metaKey(stream, group), this.epochKey, this.floor(stream, group), epochCandidate()]) as unknown[]
+      const endRev = Number(mark[0])
+      const endEpoch = String(mark[2])
+      const changes = endEpoch === epoch ? await this.logBetween(this.logKey(stream, group), rev, endRev) : null
+      if (changes !== null) {
+        const timestamps = new Map<string, number>()
+        for (const entry of changes) {
+          const change = storedChange(entry)
+          if (change === null) continue
+          const id = entry.id!
+          timestamps.set(id, entry.timestamp)
+          if (change.kind === 'delete') {
+            texts.delete(id)
+            order.delete(id)
+          } else {
+            texts.set(id, change.text)
+            if (change.kind === 'create') order.set(id, entry.rev)
+          }
+        }
+        this.observe(stream, group, Number(mark[1]))
+        return { ...groupOrder(texts, order, timestamps), rev: endRev, timestamp: Number(mark[1]), epoch: endEpoch }
+      }
+      rev = endRev
+      epoch = endEpoch
+    }
+    throw new BackendUnavailableError(`${stream}/${group} changed faster than its change log keeps while it was read (${MAX_SNAPSHOT_ATTEMPTS} attempts)`)
+  }
+
+  /** Every field of a hash, by HSCAN pages (a field changed meanwhile may be seen in either state, or twice). */
+  private async pageHash (key: string): Promise<Map<string, string>> {
+    const texts = new Map<string, string>()
+    let cursor = '0'
+    do {
+      const [next, fields] = await this.run((redis) => redis.hscan(key, cursor, 'COUNT', this.config.snapshotPageSize))
+      for (let at = 0; at < fields.length; at += 2) texts.set(fields[at], fields[at + 1])
+      cursor = next
+    } while (cursor !== '0')
+    return texts
+  }
+
+  /** The order index (item → rev of its first insert), by pages of ascending revs: every rev is a score of its own. */
+  private async pageOrder (key: string): Promise<Map<string, number>> {
+    const order = new Map<string, number>()
+    let after = '-inf'
+    for (;;) {
+      const page = await this.run((redis) => redis.zrangebyscore(key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, this.config.snapshotPageSize))
+      for (let at = 0; at < page.length; at += 2) order.set(page[at], Number(page[at + 1]))
+      if (page.length < 2 * this.config.snapshotPageSize) return order
+      after = `(${page[page.length - 1]}`
+    }
+  }
+
+  /** The log entries (from, to], by pages; null when the log does not hold every one of them. */
+  private async logBetween (key: string, from: number, to: number): Promise<LogEntry[] | null> {
+    const entries: LogEntry[] = []
+    while (from + entries.length < to) {
+      const first = from + entries.length + 1
+      const page = await this.run((redis) => redis.xrange(key, `${first}-0`, `${to}-0`, 'COUNT', this.config.snapshotPageSize))
+      if (page.length === 0) return null
+      for (const raw of page) {
+        const entry = readLogEntry(raw)
+        if (entry.rev !== from + entries.length + 1) return null
+        entries.push(entry)
+      }
+    }
+    return entries
   }
 
   async readChanges (stream: string, group: string, after: number, limit: number): Promise<ChangePage> {
@@ -663,7 +899,8 @@ export class RedisAdapter implements StreamAdapter {
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
     const reply = await this.script(SCRIPTS.snapshotItem, [this.groupKey(stream, group), this.metaKey(stream, group), id, this.floor(stream, group)]) as unknown[]
     this.observe(stream, group, Number(reply[2]))
-    return { value: decode(reply[0], `item "${id}" of ${stream}/${group}`), rev: Number(reply[1]), timestamp: Number(reply[2]) }
+    const value = reply[0] === null || reply[0] === undefined ? null : this.readStored(String(reply[0]), `item "${id}" of ${stream}/${group}`)
+    return { value: value === UNREADABLE ? null : value, rev: Number(reply[1]), timestamp: Number(reply[2]) }
   }
 
   async listGroups (stream: string): Promise<string[]> {
@@ -786,6 +1023,44 @@ export class RedisAdapter implements StreamAdapter {
       if (this.locks.get(key) === tail) this.locks.delete(key)
     }
   }
+}
+
+/**
+ * The read items in group order: by the rev of their first insert, then those the order index does not know
+ * (written by an engine) by id, as the whole-group script orders them.
+ */
+function groupOrder (texts: Map<string, string>, order: Map<string, number>, changed: Map<string, number>): Pick<GroupRead, 'ids' | 'texts' | 'timestamps'> {
+  // `order` was filled by ascending rev, then the replay: in rev order already unless an item was re-created.
+  let ids: string[] = []
+  let read: string[] = []
+  let sorted = true
+  let last = -Infinity
+  for (const [id, rank] of order) {
+    const text = texts.get(id)
+    if (text === undefined) continue
+    ids.push(id)
+    read.push(text)
+    if (rank < last) sorted = false
+    last = rank
+  }
+  if (!sorted) {
+    const at = new Map(ids.map((id, index) => [id, index]))
+    ids.sort((a, b) => order.get(a)! - order.get(b)!)
+    read = ids.map((id) => read[at.get(id)!])
+  }
+  if (ids.length < texts.size) {
+    const rest = [...texts.keys()].filter((id) => !order.has(id)).sort()
+    ids = ids.concat(rest)
+    read = read.concat(rest.map((id) => texts.get(id)!))
+  }
+  const timestamps: number[] = []
+  if (changed.size > 0) {
+    ids.forEach((id, at) => {
+      const timestamp = changed.get(id)
+      if (timestamp !== undefined) timestamps[at] = timestamp
+    })
+  }
+  return { ids, texts: read, timestamps }
 }
 
 function sleep (ms: number): Promise<void> {
