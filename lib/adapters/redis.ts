@@ -828,6 +828,9 @@ export class RedisAdapter implements StreamAdapter {
       const changes = endEpoch === epoch ? await this.logBetween(this.logKey(stream, group), rev, endRev) : null
       if (changes !== null) {
         const timestamps = new Map<string, number>()
+        // Items created in (R0, R1], in the order of their last create: their place in the group, whatever
+        // the order pages saw of them.
+        const created = new Map<string, number>()
         for (const entry of changes) {
           const change = storedChange(entry)
           if (change === null) continue
@@ -835,14 +838,17 @@ export class RedisAdapter implements StreamAdapter {
           timestamps.set(id, entry.timestamp)
           if (change.kind === 'delete') {
             texts.delete(id)
-            order.delete(id)
+            created.delete(id)
           } else {
             texts.set(id, change.text)
-            if (change.kind === 'create') order.set(id, entry.rev)
+            if (change.kind === 'create') {
+              created.delete(id)
+              created.set(id, entry.rev)
+            }
           }
         }
         this.observe(stream, group, Number(mark[1]))
-        return { ...groupOrder(texts, order, timestamps), rev: endRev, timestamp: Number(mark[1]), epoch: endEpoch }
+        return { ...groupOrder(texts, order, created, timestamps), rev: endRev, timestamp: Number(mark[1]), epoch: endEpoch }
       }
       rev = endRev
       epoch = endEpoch
@@ -862,13 +868,16 @@ export class RedisAdapter implements StreamAdapter {
     return texts
   }
 
-  /** The order index (item → rev of its first insert), by pages of ascending revs: every rev is a score of its own. */
-  private async pageOrder (key: string): Promise<Map<string, number>> {
-    const order = new Map<string, number>()
+  /**
+   * The order index's items by ascending rev of their first insert, by pages (every rev is a score of its own). An
+   * item created while it is paged may be seen at its old place, its new one, both or neither: the replay knows.
+   */
+  private async pageOrder (key: string): Promise<string[]> {
+    const order: string[] = []
     let after = '-inf'
     for (;;) {
       const page = await this.run((redis) => redis.zrangebyscore(key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, this.config.snapshotPageSize))
-      for (let at = 0; at < page.length; at += 2) order.set(page[at], Number(page[at + 1]))
+      for (let at = 0; at < page.length; at += 2) order.push(page[at])
       if (page.length < 2 * this.config.snapshotPageSize) return order
       after = `(${page[page.length - 1]}`
     }
@@ -1026,32 +1035,26 @@ export class RedisAdapter implements StreamAdapter {
 }
 
 /**
- * The read items in group order: by the rev of their first insert, then those the order index does not know
- * (written by an engine) by id, as the whole-group script orders them.
+ * The read items in group order: by the rev of their first insert (the order pages, then the items created while
+ * they were paged), then those the order index does not know (written by an engine) by id, as the whole-group
+ * script orders them.
  */
-function groupOrder (texts: Map<string, string>, order: Map<string, number>, changed: Map<string, number>): Pick<GroupRead, 'ids' | 'texts' | 'timestamps'> {
-  // `order` was filled by ascending rev, then the replay: in rev order already unless an item was re-created.
-  let ids: string[] = []
-  let read: string[] = []
-  let sorted = true
-  let last = -Infinity
-  for (const [id, rank] of order) {
+function groupOrder (texts: Map<string, string>, order: string[], created: Map<string, number>, changed: Map<string, number>): Pick<GroupRead, 'ids' | 'texts' | 'timestamps'> {
+  const ids: string[] = []
+  const read: string[] = []
+  const place = (id: string) => {
     const text = texts.get(id)
-    if (text === undefined) continue
+    if (text === undefined) return
     ids.push(id)
     read.push(text)
-    if (rank < last) sorted = false
-    last = rank
   }
-  if (!sorted) {
-    const at = new Map(ids.map((id, index) => [id, index]))
-    ids.sort((a, b) => order.get(a)! - order.get(b)!)
-    read = ids.map((id) => read[at.get(id)!])
+  for (const id of order) {
+    if (created.size === 0 || !created.has(id)) place(id)
   }
+  for (const id of created.keys()) place(id)
   if (ids.length < texts.size) {
-    const rest = [...texts.keys()].filter((id) => !order.has(id)).sort()
-    ids = ids.concat(rest)
-    read = read.concat(rest.map((id) => texts.get(id)!))
+    const placed = new Set(ids)
+    for (const id of [...texts.keys()].filter((id) => !placed.has(id)).sort()) place(id)
   }
   const timestamps: number[] = []
   if (changed.size > 0) {
