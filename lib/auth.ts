@@ -52,8 +52,6 @@ export interface SocketAuth {
   preValidation(request: FastifyRequest, reply: FastifyReply): Promise<unknown>
   /** The auth context the preValidation hook set for `request` (null: anonymous). */
   contextOf(request: FastifyRequest): unknown
-  /** Runs the auth function on a request and gives its context (null without one); throws when it refuses. */
-  authenticate(request: FastifyRequest): Promise<unknown>
   /** Warns when the configured auth path names neither a registered function nor a decorator (call once ready). */
   checkConfigured(): void
 }
@@ -118,8 +116,6 @@ export function createSocketAuth ({ app, registry, options, log, guard }: AuthHo
     },
 
     contextOf: (request) => (request as AuthedRequest)[CONTEXT] ?? null,
-
-    authenticate: async (request) => auth === null ? null : await authenticate(request),
 
     checkConfigured () {
       if (typeof auth !== 'string' || registry.has(auth) || typeof resolveDotted(app, auth) === 'function') return

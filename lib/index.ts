@@ -159,7 +159,7 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   })
 
   app.addHook('onReady', async () => { auth.checkConfigured() })
-  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, authenticate: auth.authenticate, authFailure: options.authFailure, authConfigured: options.authFunction !== null, registry, adapterChoice: options.adapter, adapter, streams })
+  if (options.durableStreams !== null) await app.register(durableStreamsRoutes, { settings: options.durableStreams, auth, authConfigured: options.authFunction !== null, registry, adapter, streams })
   app.addHook('preClose', async () => {
     closed = true
     dropConnections(CLOSE_GOING_AWAY)

@@ -2,6 +2,7 @@
 // Every backend (memory, SQLite, Redis, a user's own) implements it; test/adapters/contract.ts checks it.
 
 import type { UpdateOp, UpdateOpError } from '../update-ops.js'
+import type { DurableStreamStore } from '../http/store.js'
 import { InvalidArgumentError } from '../errors.js'
 
 /** A stored change kind, as it appears in the wire envelope's `event.type`. */
@@ -156,6 +157,13 @@ export interface StreamAdapter {
    * lost and is back): subscribers must be re-synced. Optional.
    */
   onResync?(listener: () => void): () => void
+  /**
+   * The adapter's store of durable streams (option `durable_streams`), kept in the adapter's own backend and
+   * connections: the same one for every call, closed by `close()`. Every built-in adapter has it; a user
+   * adapter without it cannot serve durable streams (the plugin refuses to start with `durable_streams`).
+   * Optional.
+   */
+  durableStreamStore?(): Promise<DurableStreamStore>
   close(): Promise<void>
 }
 

@@ -14,6 +14,7 @@ import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
 import { ClosedError, InvalidArgumentError } from '../errors.js'
 import { normalizeKvConfig, type KvAdapterConfig, type KvConfig } from './kv-config.js'
 import { StreamClock } from '../clock.js'
+import type { DurableStreamStore } from '../http/store.js'
 
 interface GroupState {
   items: Map<string, unknown>
@@ -190,6 +191,7 @@ export class KvAdapter implements StreamAdapter {
   private readonly file: SqliteFile | null
   private nextGid = 1
   private closed = false
+  private durable: Promise<DurableStreamStore> | null = null
   /**
    * The store's history: a memory store gets a new one at every start (its log lives in memory, so offsets
    * from an earlier life mean nothing); a SQLite store reads the one made with its file.
@@ -438,9 +440,21 @@ export class KvAdapter implements StreamAdapter {
     return () => { this.listeners.delete(listener) }
   }
 
+  /** Durable streams in this store: in its memory, or in its SQLite file on its own writer connection. */
+  async durableStreamStore (): Promise<DurableStreamStore> {
+    this.checkOpen()
+    const file = this.file
+    // The store modules are loaded only when durable streams are on.
+    this.durable ??= file === null
+      ? import('../http/memory-store.js').then(store => store.createMemoryDurableStore())
+      : import('../http/sqlite-store.js').then(store => store.createSqliteDurableStore(file))
+    return await this.durable
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
+    await this.durable?.then(store => store.close(), () => {})
     // Let acknowledged and queued writes reach the store before it closes.
     await Promise.all([...this.streams.values()].flatMap(groups => [...groups.values()].map(state => state.tail)))
     this.listeners.clear()

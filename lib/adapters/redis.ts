@@ -28,6 +28,7 @@ import {
   BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, StorageError
 } from '../errors.js'
 import type { RedisConfig } from './redis-config.js'
+import type { DurableStreamStore } from '../http/store.js'
 
 /** How many times `update` re-reads and retries its compare-and-set before giving up with ConflictError. */
 export const MAX_UPDATE_ATTEMPTS = 20
@@ -480,6 +481,9 @@ export class RedisAdapter implements StreamAdapter {
   private readonly pagedReads = new Map<string, PagedRead>()
   /** Stored values reads skipped (not JSON, or nested deeper than MAX_STORED_VALUE_DEPTH); warned about once. */
   skippedItems = 0
+  /** Channels other than the feed's subscribed on the subscriber connection, with where their messages go. */
+  private readonly routes = new Map<string, (message: string) => void>()
+  private durable: Promise<DurableStreamStore> | null = null
 
   /** `config` is checked already: normalizeRedisConfig (redis-config.ts), or createRedisAdapter from the package. */
   constructor (private readonly config: RedisConfig) {
@@ -582,7 +586,7 @@ export class RedisAdapter implements StreamAdapter {
   }
 
   private async subscribeChannel (subscriber: Redis): Promise<void> {
-    await subscriber.subscribe(this.channel)
+    await subscriber.subscribe(this.channel, ...this.routes.keys())
     this.subscribed = true
   }
 
@@ -610,12 +614,15 @@ export class RedisAdapter implements StreamAdapter {
   }
 
   private async doClose (): Promise<void> {
+    // Its operations end on the connections before they close.
+    await this.durable?.then(store => store.close(), noop)
     const client = this.client
     const subscriber = this.subscriber
     this.client = null
     this.subscriber = null
     this.listeners.clear()
     this.resyncListeners.clear()
+    this.routes.clear()
     const waits: Array<Promise<void>> = []
     if (subscriber) waits.push(quit(subscriber))
     if (client && !this.borrowed) waits.push(quit(client))
@@ -638,7 +645,37 @@ export class RedisAdapter implements StreamAdapter {
     return () => { this.resyncListeners.delete(entry) }
   }
 
+  /**
+   * Subscribes `channel` on this adapter's subscriber connection (and again whenever it reconnects) and hands
+   * its messages to `onMessage`: other users of this Redis (durable streams) open no connection of their own.
+   */
+  async listen (channel: string, onMessage: (message: string) => void): Promise<void> {
+    this.ready()
+    this.routes.set(channel, onMessage)
+    await this.subscriber!.subscribe(channel)
+  }
+
+  /** Durable streams in this Redis (keys `${key_prefix}ds:*`), over this adapter's two connections. */
+  async durableStreamStore (): Promise<DurableStreamStore> {
+    this.ready()
+    this.durable ??= import('../http/redis-store.js').then(store => store.createRedisDurableStore({
+      keyPrefix: this.keyPrefix,
+      command: () => this.ready(),
+      listen: (channel, onMessage) => this.listen(channel, onMessage),
+      onResync: (listener) => this.onResync(listener)
+    })).catch((err: unknown) => {
+      this.durable = null
+      throw err
+    })
+    return await this.durable
+  }
+
   private onMessage (channel: string, message: string): void {
+    const routed = this.routes.get(channel)
+    if (routed !== undefined) {
+      routed(message)
+      return
+    }
     if (channel !== this.channel || this.status !== 'ready') return
     const event = parseEnvelope(message)
     if (event === null) return

@@ -125,6 +125,8 @@ function exec (db: Database, sql: string): Promise<void> {
   return new Promise((resolve, reject) => { db.exec(sql, (err) => err === null ? resolve() : reject(err)) })
 }
 
+function noop (): void {}
+
 function closeDb (db: Database | null): Promise<void> {
   return new Promise((resolve) => {
     if (db === null) resolve()
@@ -232,7 +234,8 @@ export class SqliteFile {
     this.scheduled = true
     setImmediate(() => {
       this.scheduled = false
-      if (this.pending.length === 0) return
+      // An exclusive transaction started meanwhile: it schedules the batch when it ends.
+      if (this.pending.length === 0 || this.committing !== null) return
       this.committing = this.commitBatch(this.pending.splice(0, this.batchSize())).finally(() => {
         this.committing = null
         if (this.pending.length > 0) this.schedule()
@@ -304,6 +307,23 @@ export class SqliteFile {
       await run(db, 'ROLLBACK').catch(() => {})
       throw err
     }
+  }
+
+  /**
+   * Runs `work` alone on the writer connection, between two batch commits: no batch starts until it settled.
+   * Durable streams (lib/http/sqlite-store.ts) run their transactions here, on the same connection and with
+   * the same durability (WAL, synchronous=FULL) as the items.
+   */
+  async exclusive<T> (work: (db: Database) => Promise<T>): Promise<T> {
+    while (this.committing !== null) await this.committing
+    const db = this.writer
+    if (db === null) throw new StorageError('the file is closed')
+    const done = work(db)
+    this.committing = done.then(noop, noop).finally(() => {
+      this.committing = null
+      if (this.pending.length > 0) this.schedule()
+    })
+    return await done
   }
 
   /** The group's committed log after `after`, with its committed revision; `gid` null: a group never written. */

@@ -2,16 +2,15 @@
 // close, read (catch-up, long-poll, SSE), HEAD, DELETE and forks at `${path}/<name>`, every request
 // authenticated like the socket's and optionally authorized per operation. Storage is a DurableStreamStore.
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyError } from 'fastify'
-import type { AdapterChoice, DurableStreamsSettings } from '../options.js'
+import type { DurableStreamsSettings } from '../options.js'
+import type { SocketAuth } from '../auth.js'
 import type { StreamAdapter } from '../adapters/adapter.js'
 import type { Registry } from '../registry.js'
 import {
-  ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError, UnauthorizedError
+  ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
 import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
-import { createMemoryDurableStore } from './memory-store.js'
-import { createSqliteDurableStore } from './sqlite-store.js'
 import {
   formatOffset, mediaType, parseOffset,
   type AppendRequest, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
@@ -21,21 +20,15 @@ import {
 /** What the plugin entry hands over: settings, the auth of every request, the function registry. */
 export interface DurableStreamsHost {
   settings: DurableStreamsSettings
-  /** Resolves the auth context of a request (null when no auth function is configured); throws to refuse. */
-  authenticate: (request: FastifyRequest) => Promise<unknown>
-  /** 'anonymous' lets a request whose auth failed through with a null context. */
-  authFailure: 'reject' | 'anonymous'
+  /** The socket's auth (lib/auth.ts): the same auth function, `auth_timeout_ms`, `auth_failure` and refusals. */
+  auth: Pick<SocketAuth, 'preValidation' | 'contextOf'>
   /** Whether an auth function is configured (reads are then cached privately only). */
   authConfigured: boolean
   registry: Registry
-  adapterChoice: AdapterChoice
   adapter: StreamAdapter
   /** The `app.streams` object, which gains `durable`. */
   streams: object
 }
-
-/** An adapter that stores durable streams itself offers this (an optional capability). */
-interface DurableStreamsCapable { durableStreamStore?: () => DurableStreamStore }
 
 export type StreamOperation = 'create' | 'append' | 'read' | 'head' | 'delete'
 
@@ -166,20 +159,13 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 
-/** The store beside the configured adapter: the same memory, the same SQLite file (or the adapter's own). */
+/** The configured adapter's own store of durable streams (an adapter capability; every built-in one has it). */
 async function createStore (host: DurableStreamsHost): Promise<DurableStreamStore> {
-  const capable = host.adapter as StreamAdapter & DurableStreamsCapable
-  if (typeof capable.durableStreamStore === 'function') return capable.durableStreamStore()
-  const choice = host.adapterChoice
-  if (choice.kind === 'kv') {
-    const { config } = choice
-    return config.storeMethod === 'in_memory' ? createMemoryDurableStore() : createSqliteDurableStore(config.filePath)
+  const { adapter } = host
+  if (typeof adapter.durableStreamStore !== 'function') {
+    throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (it has no durableStreamStore(); use the KvStore or the RedisAdapter)')
   }
-  if (choice.kind === 'redis') {
-    const { createRedisDurableStore } = await import('./redis-store.js')
-    return createRedisDurableStore(choice.config)
-  }
-  throw new InvalidOptionError('durable_streams', 'the configured adapter does not store durable streams (use the KvStore or the RedisAdapter)')
+  return adapter.durableStreamStore()
 }
 
 export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = async (app: FastifyInstance, host) => {
@@ -222,15 +208,10 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     }
     if (request.method === 'OPTIONS') return
     const name = streamName(urlPath(request.url).path, prefix, settings.maxStreamPathLength)
-    let context: unknown = null
-    try {
-      context = await host.authenticate(request)
-    } catch (err) {
-      if (host.authFailure !== 'anonymous') {
-        app.log.debug({ err }, 'fastify-streams: auth failed')
-        throw new UnauthorizedError()
-      }
-    }
+    // Before the body is read: a refused (401) or timed-out (503) request is answered here.
+    await host.auth.preValidation(request, reply)
+    if (reply.sent) return reply
+    const context = host.auth.contextOf(request)
     const operation = OPERATIONS[request.method]
     if (operation === undefined) return
     await authorize(request.method, name, operation, context)
@@ -516,5 +497,6 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   })
 
   app.addHook('preClose', async () => { readers.endAll() })
-  app.addHook('onClose', async () => { await store.close() })
+  // No onClose for the store: it is the adapter's and closes with it (a borrowed adapter's stays open for its
+  // owner); this app's live readers, the only users of its watchers, ended in preClose.
 }

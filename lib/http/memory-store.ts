@@ -1,4 +1,4 @@
-// Durable streams in process memory: gone with the process, like the memory adapter's items.
+// Durable streams in process memory (the in_memory KvStore's, closed with it): gone with the process, like its items.
 import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
@@ -27,7 +27,7 @@ function firstEndingAfter (entries: StoredEntry[], position: Position): number {
 class MemoryBackend extends SerialBackend implements StreamBackend, StreamTransaction {
   private readonly byName = new Map<string, string>()
   private readonly byId = new Map<string, Held>()
-  run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+  run<T> (_name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
     // The engine checks everything before it writes, so an operation that throws has changed nothing.
     return this.serial(() => work(this))
   }

@@ -1,7 +1,6 @@
-// Durable streams in the SQLite file of the file_based KvStore (tables ds_*, their own connection): an
-// append is acknowledged once its transaction is committed to the write-ahead log, so it survives SIGKILL.
-import { mkdir } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
+// Durable streams in the SQLite file of the file_based KvStore (tables ds_*), on the adapter's own writer
+// connection, between its batch commits: an append is acknowledged once its transaction is committed to the
+// write-ahead log with the adapter's synchronous=FULL, so it survives SIGKILL (and power loss) as items do.
 import type { Database } from 'sqlite3'
 import { StorageError } from '../errors.js'
 import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
@@ -10,10 +9,8 @@ import type { Position, ProducerState } from './store.js'
 /** Rows fetched per query when a read walks a stream's entries. */
 const ENTRY_PAGE = 64
 
+// No PRAGMA here: the connection's settings (WAL, synchronous=FULL) are the adapter's, for items and streams.
 const SCHEMA = [
-  'PRAGMA journal_mode = WAL',
-  'PRAGMA synchronous = NORMAL',
-  'PRAGMA busy_timeout = 5000',
   'CREATE TABLE IF NOT EXISTS ds_streams (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, row TEXT NOT NULL)',
   'CREATE TABLE IF NOT EXISTS ds_entries (stream_id TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, json INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (stream_id, start)) WITHOUT ROWID',
   'CREATE TABLE IF NOT EXISTS ds_producers (stream_id TEXT NOT NULL, producer_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream_id, producer_id)) WITHOUT ROWID'
@@ -30,29 +27,54 @@ function toEntry (row: EntryRow): StoredEntry {
   }
 }
 
+/** The SQLite file that lends its writer connection (lib/adapters/sqlite.ts SqliteFile). */
+export interface SqliteHost {
+  exclusive<T> (work: (db: Database) => Promise<T>): Promise<T>
+}
+
 class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransaction {
-  constructor (private readonly db: Database) {
+  /** The host's writer, while one of our operations holds it. */
+  private db: Database | null = null
+
+  constructor (private readonly host: SqliteHost) {
     super()
   }
 
+  private connection (): Database {
+    if (this.db === null) throw new StorageError('durable streams used the SQLite file outside an operation')
+    return this.db
+  }
+
   private exec (sql: string, params: unknown[] = []): Promise<void> {
-    return new Promise((resolve, reject) => this.db.run(sql, params, (err) => err === null ? resolve() : reject(err)))
+    return new Promise((resolve, reject) => this.connection().run(sql, params, (err) => err === null ? resolve() : reject(err)))
   }
 
   private one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
-    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => err === null ? resolve(row as T | undefined) : reject(err)))
+    return new Promise((resolve, reject) => this.connection().get(sql, params, (err, row) => err === null ? resolve(row as T | undefined) : reject(err)))
   }
 
   private all<T> (sql: string, params: unknown[]): Promise<T[]> {
-    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => err === null ? resolve(rows as T[]) : reject(err)))
+    return new Promise((resolve, reject) => this.connection().all(sql, params, (err, rows) => err === null ? resolve(rows as T[]) : reject(err)))
+  }
+
+  /** Runs `work` holding the host's writer. */
+  private holding<T> (work: () => Promise<T>): Promise<T> {
+    return this.host.exclusive(async (db) => {
+      this.db = db
+      try {
+        return await work()
+      } finally {
+        this.db = null
+      }
+    })
   }
 
   async migrate (): Promise<void> {
-    for (const statement of SCHEMA) await this.exec(statement)
+    await this.holding(async () => { for (const statement of SCHEMA) await this.exec(statement) })
   }
 
-  run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
-    return this.serial(async () => {
+  run<T> (_name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+    return this.serial(() => this.holding(async () => {
       await this.exec('BEGIN IMMEDIATE')
       try {
         const value = await work(this)
@@ -62,20 +84,20 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
         await this.exec('ROLLBACK')
         throw err
       }
-    })
+    }))
   }
 
   async names (): Promise<string[]> {
-    return (await this.all<{ name: string }>('SELECT name FROM ds_streams', [])).map(row => row.name)
+    return this.holding(async () => (await this.all<{ name: string }>('SELECT name FROM ds_streams', [])).map(row => row.name))
   }
 
   publish (name: string): void {
     this.emit(name)
   }
 
+  /** Waits for the running operations; the connection stays open (it is the adapter's). */
   async close (): Promise<void> {
     await this.settle()
-    await new Promise<void>((resolve, reject) => this.db.close((err) => err === null ? resolve() : reject(err)))
   }
 
   async stream (name: string): Promise<StoredStream | null> {
@@ -130,20 +152,13 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
   }
 }
 
-/** Opens (creating when needed) the durable stream tables in the SQLite file at `filePath`. */
-export async function createSqliteDurableStore (filePath: string): Promise<StreamEngine> {
-  const file = resolve(filePath)
-  // sqlite3 is loaded only when a file-based store is configured.
-  const { default: sqlite3 } = await import('sqlite3')
+/** Durable streams in the tables ds_* of `host`'s file (created when missing), on its writer connection. */
+export async function createSqliteDurableStore (host: SqliteHost): Promise<StreamEngine> {
+  const backend = new SqliteBackend(host)
   try {
-    await mkdir(dirname(file), { recursive: true })
-    const db = await new Promise<Database>((resolve, reject) => {
-      const opened: Database = new sqlite3.Database(file, (err) => err === null ? resolve(opened) : reject(err))
-    })
-    const backend = new SqliteBackend(db)
     await backend.migrate()
-    return new StreamEngine(backend)
   } catch (err) {
-    throw new StorageError(`cannot open ${filePath} for durable streams: ${(err as Error).message}`)
+    throw new StorageError(`cannot create the durable stream tables: ${(err as Error).message}`)
   }
+  return new StreamEngine(backend)
 }

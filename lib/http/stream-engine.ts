@@ -48,20 +48,25 @@ export interface StreamTransaction {
 }
 
 export interface StreamBackend {
-  /** Runs `work` alone and atomically (on a throw, nothing it wrote stays). */
-  run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T>
+  /**
+   * Runs `work` atomically (on a throw, nothing it wrote stays) and isolated from every other operation that
+   * touches the same streams; `name` is the stream the operation is about (a backend may run operations on
+   * different streams at once). A backend may run `work` more than once (an optimistic retry): it must
+   * only read and write through `tx`.
+   */
+  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T>
   /** Names of every stored stream (for the expiry sweep). */
   names (): Promise<string[]>
   /** Tells the watchers of `name`, on every node sharing the backend, that it changed. */
   publish (name: string): void
-  /** Registers the listener of every published change (local and from other nodes). */
-  onChange (listener: (name: string) => void): () => void
+  /** Registers the listener of every published change (local and from other nodes); null: any stream may have changed. */
+  onChange (listener: (name: string | null) => void): () => void
   close (): Promise<void>
 }
 
-/** What every backend shares: one operation at a time in this process, and the listeners of changes. */
+/** What every backend shares: one operation at a time in this process (if it wants), and the listeners of changes. */
 export abstract class SerialBackend {
-  private readonly listeners = new Set<(name: string) => void>()
+  private readonly listeners = new Set<(name: string | null) => void>()
   private queue: Promise<unknown> = Promise.resolve()
 
   /** Runs `task` once every earlier task settled. */
@@ -77,12 +82,12 @@ export abstract class SerialBackend {
     await this.queue
   }
 
-  /** Tells this process's listeners that `name` changed. */
-  protected emit (name: string): void {
+  /** Tells this process's listeners that `name` (null: any stream) changed. */
+  protected emit (name: string | null): void {
     for (const listener of [...this.listeners]) listener(name)
   }
 
-  onChange (listener: (name: string) => void): () => void {
+  onChange (listener: (name: string | null) => void): () => void {
     this.listeners.add(listener)
     return () => { this.listeners.delete(listener) }
   }
@@ -117,23 +122,21 @@ export class StreamEngine implements DurableStreamStore {
   private readonly watchers = new Map<string, Set<() => void>>()
   private readonly stopChanges: () => void
   private readonly sweeper: NodeJS.Timeout
-  /** Streams the running operation deleted or expired: their watchers are told once it committed. */
-  private changed: string[] = []
 
   constructor (private readonly backend: StreamBackend, private readonly now: () => number = Date.now) {
     this.stopChanges = backend.onChange((name) => {
-      const set = this.watchers.get(name)
-      if (set !== undefined) for (const listener of [...set]) listener()
+      const sets = name === null ? [...this.watchers.values()] : [this.watchers.get(name) ?? new Set<() => void>()]
+      for (const set of sets) for (const listener of [...set]) listener()
     })
     this.sweeper = setInterval(() => { this.sweep().catch(() => {}) }, SWEEP_INTERVAL_MS)
     this.sweeper.unref()
   }
 
   async create (name: string, request: CreateRequest): Promise<CreateResult> {
-    return this.run(async (tx) => {
-      const existing = await this.lookup(tx, name)
+    return this.run(name, async (tx, changed) => {
+      const existing = await this.lookup(tx, name, changed)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
-      const source = request.fork === null ? null : await this.lookup(tx, request.fork.source)
+      const source = request.fork === null ? null : await this.lookup(tx, request.fork.source, changed)
       if (request.fork !== null && source === null) throw new StreamNotFoundError()
       if (source !== null && source.gone) throw new StreamConflictError('the fork source is deleted')
       const fork = source === null ? null : await this.forkPoint(tx, source, request)
@@ -181,8 +184,8 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async append (name: string, request: AppendRequest): Promise<AppendResult> {
-    const result = await this.run(async (tx) => {
-      const stream = await this.existing(tx, name)
+    const result = await this.run(name, async (tx, changed) => {
+      const stream = await this.existing(tx, name, changed)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
       const decision = decideAppend({ ...stream, producer: known }, request)
@@ -206,12 +209,12 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async head (name: string): Promise<StreamInfo> {
-    return this.run(async (tx) => info(await this.existing(tx, name)))
+    return this.run(name, async (tx, changed) => info(await this.existing(tx, name, changed)))
   }
 
   async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
-    return this.run(async (tx) => {
-      const stream = await this.existing(tx, name)
+    return this.run(name, async (tx, changed) => {
+      const stream = await this.existing(tx, name, changed)
       if (stream.ttlSeconds !== null) {
         stream.touchedAt = this.now()
         await tx.put(stream)
@@ -258,9 +261,9 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async delete (name: string): Promise<void> {
-    await this.run(async (tx) => {
-      await this.drop(tx, await this.existing(tx, name))
-      this.changed.push(name)
+    await this.run(name, async (tx, changed) => {
+      await this.drop(tx, await this.existing(tx, name, changed))
+      changed.push(name)
     })
   }
 
@@ -281,16 +284,20 @@ export class StreamEngine implements DurableStreamStore {
     await this.backend.close()
   }
 
-  /** Runs an operation on the backend; once it committed, tells the watchers of streams it removed. */
-  private async run<T> (work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
-    const result = await this.backend.run(async (tx) => {
-      this.changed = []
-      return work(tx)
-    }).finally(() => {
-      for (const name of this.changed) this.backend.publish(name)
-      this.changed = []
-    })
-    return result
+  /**
+   * Runs an operation on the backend; once it settled, tells the watchers of the streams it deleted or expired
+   * (`changed`, filled by the operation; started afresh when the backend runs the operation again).
+   */
+  private async run<T> (name: string, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
+    let changed: string[] = []
+    try {
+      return await this.backend.run(name, async (tx) => {
+        changed = []
+        return work(tx, changed)
+      })
+    } finally {
+      for (const gone of changed) this.backend.publish(gone)
+    }
   }
 
   /** The stream holding `position` as `stream` sees it, and where that view of it ends. */
@@ -328,19 +335,19 @@ export class StreamEngine implements DurableStreamStore {
     return { source: source.name, offset: offset + fork.subOffset, subOffset: fork.subOffset }
   }
 
-  /** The stream under `name` after applying its expiry, or null. */
-  private async lookup (tx: StreamTransaction, name: string): Promise<StoredStream | null> {
+  /** The stream under `name` after applying its expiry (an expired one is dropped and listed in `changed`), or null. */
+  private async lookup (tx: StreamTransaction, name: string, changed: string[]): Promise<StoredStream | null> {
     const stream = await tx.stream(name)
     if (stream === null || stream.gone) return stream
     const expiry = expiryTime(stream, stream.touchedAt)
     if (expiry === null || this.now() < expiry) return stream
     await this.drop(tx, stream)
-    this.changed.push(name)
+    changed.push(name)
     return tx.stream(name)
   }
 
-  private async existing (tx: StreamTransaction, name: string): Promise<StoredStream> {
-    const stream = await this.lookup(tx, name)
+  private async existing (tx: StreamTransaction, name: string, changed: string[]): Promise<StoredStream> {
+    const stream = await this.lookup(tx, name, changed)
     if (stream === null) throw new StreamNotFoundError()
     if (stream.gone) throw new StreamGoneError()
     return stream
@@ -363,6 +370,6 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   private async sweep (): Promise<void> {
-    for (const name of await this.backend.names()) await this.run(async (tx) => { await this.lookup(tx, name) })
+    for (const name of await this.backend.names()) await this.run(name, async (tx, changed) => { await this.lookup(tx, name, changed) })
   }
 }
