@@ -1,0 +1,150 @@
+// Where durable streams live: inside the configured adapter, on its own connections. A Redis adapter with
+// durable streams opens no more Redis connections than without; a SQLite one no more handles on its file;
+// two nodes on one Redis append to one stream at once without a lock, losing and repeating nothing.
+import { readdir, readlink, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { DurableStream, IdempotentProducer } from '@durable-streams/client'
+import { serve } from '../helpers/app.js'
+import { replyText, startRedisServer, type RedisServer } from '../helpers/redis-server.js'
+import { createKvAdapter, type StreamsOptions } from '../../lib/index.js'
+import type { StreamAdapter } from '../../lib/adapters/adapter.js'
+
+async function httpApp (options: StreamsOptions) {
+  const served = await serve(options)
+  return { app: served.app, base: served.url.replace('ws:', 'http:').slice(0, -1) }
+}
+
+/** Connections the redis-server has open, the one asking excluded. */
+async function redisClients (redis: RedisServer): Promise<number> {
+  const list = replyText(await redis.command('CLIENT', 'LIST')).trim().split('\n')
+  return list.length - 1
+}
+
+/** This process's open descriptors on `file` itself (not its -wal or -shm companions). */
+async function handlesOn (file: string): Promise<number> {
+  let count = 0
+  for (const fd of await readdir('/proc/self/fd')) {
+    if (await readlink(`/proc/self/fd/${fd}`).catch(() => '') === file) count++
+  }
+  return count
+}
+
+/** Writes, reads and tails a stream, so every part of the store that opens anything has done so. */
+async function exercise (base: string, name: string): Promise<void> {
+  const url = `${base}/v1/stream/${name}`
+  await fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' } })
+  await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' })
+  const controller = new AbortController()
+  const live = await fetch(`${url}?offset=-1&live=sse`, { signal: controller.signal })
+  await live.body!.getReader().read()
+  controller.abort()
+  await fetch(`${url}?offset=-1`)
+}
+
+t.test('Redis: durable streams use the adapter\'s connections, opening none of their own', async t => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const alone = await httpApp({ adapter })
+  const adapterOnly = await redisClients(redis)
+  await alone.app.close()
+  t.equal(await redisClients(redis), 0, 'the adapter alone closed what it opened')
+
+  const served = await httpApp({ adapter, durable_streams: true })
+  await exercise(served.base, 'counted')
+  t.equal(await redisClients(redis), adapterOnly, `${adapterOnly} connections, as the adapter alone opens`)
+  await served.app.close()
+  t.equal(await redisClients(redis), 0, 'closing the app closed them all')
+})
+
+t.test('SQLite: durable streams use the adapter\'s connection, opening no handle of their own on the file', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-storage-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const file = join(dir, 'streams.db')
+  const adapter = { class: 'modules::streams::adapters::KvStore' as const, config: { store_method: 'file_based' as const, file_path: file } }
+  const alone = await httpApp({ adapter })
+  const adapterOnly = await handlesOn(file)
+  t.ok(adapterOnly > 0, 'the adapter has the file open')
+  await alone.app.close()
+
+  const served = await httpApp({ adapter, durable_streams: true })
+  await exercise(served.base, 'counted')
+  t.equal(await handlesOn(file), adapterOnly, `${adapterOnly} handle(s) on the file, as the adapter alone opens`)
+  await served.app.close()
+  t.equal(await handlesOn(file), 0, 'closing the app closed them')
+})
+
+t.test('a borrowed adapter keeps its durable streams when the app closes; they close with the adapter', async t => {
+  const adapter = createKvAdapter()
+  await adapter.start()
+  const first = await httpApp({ adapter, durable_streams: true })
+  const url = `${first.base}/v1/stream/kept`
+  await fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'a' })
+  await first.app.close()
+
+  const second = await httpApp({ adapter, durable_streams: true })
+  t.equal(await (await fetch(`${second.base}/v1/stream/kept`)).text(), 'a', 'the next app on the adapter reads the stream')
+  await second.app.close()
+  const store = await adapter.durableStreamStore()
+  t.equal((await store.head('kept')).tail, 1, 'the store is still open once both apps closed')
+  await adapter.close()
+  await t.rejects(adapter.durableStreamStore(), { code: 'STREAMS_ERR_CLOSED' }, 'and is gone with the adapter')
+})
+
+t.test('an adapter without durableStreamStore() cannot serve durable streams: the app refuses to start', async t => {
+  const kv = createKvAdapter()
+  await kv.start()
+  t.teardown(() => kv.close())
+  // A user adapter: every contract method, and no durable stream store.
+  const custom = Object.fromEntries(['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
+    .map(method => [method, (kv as unknown as Record<string, (...args: unknown[]) => unknown>)[method].bind(kv)])) as unknown as StreamAdapter
+  await t.rejects(serve({ adapter: custom, durable_streams: true }), { code: 'STREAMS_ERR_INVALID_OPTION', key: 'durable_streams' })
+})
+
+t.test('Redis: two nodes append to one stream at once: nothing lost or repeated, offsets strictly increasing', async t => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const nodes = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
+  t.teardown(() => Promise.all(nodes.map(node => node.app.close())))
+  const path = '/v1/stream/shared'
+  await DurableStream.create({ url: `${nodes[0].base}${path}`, contentType: 'application/json' })
+
+  // Raw POSTs from both nodes at once, each answered with the stream's new tail.
+  const PER_NODE = 60
+  const tails: string[] = []
+  const statuses = new Set<number>()
+  await Promise.all(nodes.flatMap((node, n) => Array.from({ length: PER_NODE }, async (_, i) => {
+    const response = await fetch(`${node.base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ node: n, i }) })
+    statuses.add(response.status)
+    tails.push(response.headers.get('stream-next-offset')!)
+  })))
+  t.same([...statuses], [204], 'every raw POST was accepted')
+  t.equal(new Set(tails).size, tails.length, 'every append got a tail of its own')
+
+  // Two idempotent producers, one per node, with batches in flight at once, retrying on any error.
+  const MESSAGES = 150
+  const errors: Error[] = []
+  const producers = nodes.map(async (node, n) => {
+    const handle = new DurableStream({ url: `${node.base}${path}`, contentType: 'application/json' })
+    const producer = new IdempotentProducer(handle, `worker-${n}`, { lingerMs: 1, maxInFlight: 4, onError: (err) => errors.push(err) })
+    for (let i = 0; i < MESSAGES; i++) {
+      producer.append(JSON.stringify({ producer: n, i }))
+      if (i % 10 === 0) await new Promise(resolve => setImmediate(resolve))
+    }
+    await producer.flush()
+  })
+  await Promise.all(producers)
+  t.same(errors, [], 'the producers reported no error')
+
+  const stored = await (await fetch(`${nodes[1].base}${path}`)).json() as Array<{ node?: number, producer?: number, i: number }>
+  t.equal(stored.length, 2 * PER_NODE + 2 * MESSAGES, 'every message stored, none twice')
+  for (const n of [0, 1]) {
+    t.same(stored.filter(m => m.node === n).map(m => m.i).sort((a, b) => a - b), Array.from({ length: PER_NODE }, (_, i) => i), `node ${n}'s raw POSTs, each once`)
+    t.same(stored.filter(m => m.producer === n).map(m => m.i), Array.from({ length: MESSAGES }, (_, i) => i), `producer ${n}'s messages, each once, in order`)
+  }
+  const sorted = [...tails].sort()
+  t.same(sorted.map(tail => Number(tail.split('_')[1])), Array.from({ length: 2 * PER_NODE }, (_, i) => i + 1), 'the raw POSTs got the tails 1, 2, … in some order: strictly increasing offsets')
+})
