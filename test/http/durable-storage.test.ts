@@ -148,3 +148,25 @@ t.test('Redis: two nodes append to one stream at once: nothing lost or repeated,
   const sorted = [...tails].sort()
   t.same(sorted.map(tail => Number(tail.split('_')[1])), Array.from({ length: 2 * PER_NODE }, (_, i) => i + 1), 'the raw POSTs got the tails 1, 2, … in some order: strictly increasing offsets')
 })
+
+t.test('Redis: a live reader whose node lost its subscriber connection reads what was appended meanwhile', async t => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const options = { adapter, durable_streams: { long_poll_timeout_ms: 30_000 } }
+  const [reading, writing] = [await httpApp(options), await httpApp(options)]
+  t.teardown(() => Promise.all([reading.app.close(), writing.app.close()]))
+  const path = '/v1/stream/missed'
+  const created = await fetch(`${reading.base}${path}`, { method: 'PUT', headers: { 'content-type': 'text/plain' } })
+  const tail = created.headers.get('stream-next-offset')!
+  const started = Date.now()
+  const poll = fetch(`${reading.base}${path}?offset=${tail}&live=long-poll`)
+  await new Promise(resolve => setTimeout(resolve, 200))
+  // Every subscriber connection drops; the append's message goes out while they are away.
+  await redis.command('CLIENT', 'KILL', 'TYPE', 'pubsub')
+  t.equal((await fetch(`${writing.base}${path}`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'while away' })).status, 204)
+  const answer = await poll
+  t.equal(answer.status, 200)
+  t.equal(await answer.text(), 'while away')
+  t.ok(Date.now() - started < 10_000, 'once the subscriber was back, not at the long-poll\'s time-out')
+})
