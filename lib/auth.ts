@@ -48,7 +48,12 @@ interface AuthHost {
 class Refusal extends Error {}
 
 export interface SocketAuth {
-  /** The route's preValidation hook: sets the request's auth context, or answers 401. */
+  /**
+   * Runs the auth function on a request within `auth_timeout_ms` and sets its auth context, or answers the
+   * refusal itself (401, 503 past the deadline, nothing for a client gone). The one auth step of every route:
+   * the socket's and the feeds' preValidation hook, the durable streams' onRequest hook (which checks
+   * `reply.sent` after it).
+   */
   preValidation(request: FastifyRequest, reply: FastifyReply): Promise<unknown>
   /** The auth context the preValidation hook set for `request` (null: anonymous). */
   contextOf(request: FastifyRequest): unknown
