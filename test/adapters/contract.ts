@@ -379,4 +379,34 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     t.same((await adapter.readChanges!('s', 'g', before.rev, 10)).changes, [logged(next.event!)], 'the log goes on')
     t.equal((await adapter.snapshotGroup('s', 'g')).epoch, before.epoch)
   })
+
+  t.test('durable streams: the adapter\'s one store, kept like its items, closed with it', async t => {
+    const made = await make()
+    let adapter = made.adapter
+    t.teardown(async () => {
+      await adapter.close()
+      await made.cleanup?.()
+    })
+    await adapter.start?.()
+    // Optional in the contract: an adapter of one's own may serve no durable streams.
+    if (adapter.durableStreamStore === undefined) return
+    const store = await adapter.durableStreamStore()
+    t.equal(await adapter.durableStreamStore!(), store, 'the same store at every call')
+    const request = { contentType: 'text/plain', ttlSeconds: null, expiresAt: null, closed: false, body: Buffer.from('a'), fork: null }
+    await store.create('log', request)
+    await store.append('log', { contentType: 'text/plain', body: Buffer.from('bc'), close: false, streamSeq: null, producer: { id: 'p', epoch: 0, seq: 0 } })
+    await adapter.close()
+    await t.rejects(adapter.durableStreamStore!(), { code: 'STREAMS_ERR_CLOSED' }, 'gone with the adapter')
+    adapter = await made.restart()
+    await adapter.start?.()
+    const again = await adapter.durableStreamStore!()
+    if (!made.durable) {
+      await t.rejects(again.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' }, 'a memory store starts empty')
+      return
+    }
+    const read = await again.read('log', 0, 1024)
+    t.same([read.payload, read.next], [{ kind: 'bytes', bytes: Buffer.from('abc') }, 3], 'the appends survive the restart')
+    const retry = await again.append('log', { contentType: 'text/plain', body: Buffer.from('bc'), close: false, streamSeq: null, producer: { id: 'p', epoch: 0, seq: 0 } })
+    t.equal(retry.outcome, 'duplicate', 'so does the producer\'s state')
+  })
 }
