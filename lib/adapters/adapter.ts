@@ -32,6 +32,11 @@ export interface GroupSnapshot {
   items: unknown[]
   /** The item ids, in the order of `items`. */
   ids: string[]
+  /**
+   * Each item's last-change timestamp (epoch ms), in the order of `items`, where the store knows it (undefined
+   * for an item it does not; the whole array absent for a store that keeps none). Feed snapshots carry it.
+   */
+  timestamps?: Array<number | undefined>
   rev: number
   timestamp: number
   /** The store's epoch (see ChangePage), for adapters that keep a change log. */

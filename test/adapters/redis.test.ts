@@ -49,9 +49,10 @@ t.beforeEach(async () => { await server.command('FLUSHALL') })
 let contractRun = 0
 t.test('contract', async (t) => {
   adapterContract(t, async (options = {}) => {
+    const prefix = `contract${++contractRun}:`
     const config = {
       redis_url: server.url,
-      key_prefix: `contract${++contractRun}:`,
+      key_prefix: prefix,
       ...options.changeLog && { change_log: { max_changes: options.changeLog.maxChanges, max_age_ms: options.changeLog.maxAgeMs } }
     }
     const restart = async () => {
@@ -60,7 +61,15 @@ t.test('contract', async (t) => {
       await server.restart()
       return createRedisAdapter(config)
     }
-    return { adapter: createRedisAdapter(config), restart, durable: true }
+    const footprint = async () => {
+      const client = new Redis(server.url)
+      try {
+        return (await client.keys(`${prefix}*`)).length
+      } finally {
+        client.disconnect()
+      }
+    }
+    return { adapter: createRedisAdapter(config), restart, durable: true, footprint }
   })
 })
 

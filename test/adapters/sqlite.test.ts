@@ -8,10 +8,34 @@ import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
 import { until } from '../helpers/app.js'
 
+/** Runs one read-only query on the file, through a connection of its own. */
+async function query<T> (filePath: string, sql: string): Promise<T[]> {
+  const { default: sqlite3 } = await import('sqlite3')
+  return await new Promise((resolve, reject) => {
+    const db = new sqlite3.Database(filePath, sqlite3.OPEN_READONLY, (err) => { if (err !== null) reject(err) })
+    db.all<T>(sql, (err, rows) => db.close(() => err === null ? resolve(rows) : reject(err)))
+  })
+}
+
+/** Rows of the file's groups, items and change log. */
+async function rowCount (filePath: string): Promise<number> {
+  const [{ n }] = await query<{ n: number }>(filePath,
+    'SELECT (SELECT count(*) FROM groups) + (SELECT count(*) FROM items) + (SELECT count(*) FROM changes) AS n')
+  return n
+}
+
 adapterContract(t, async (options = {}) => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
-  const make = () => createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db'), ...options })
-  return { adapter: make(), restart: async () => make(), durable: true, cleanup: () => rm(dir, { recursive: true, force: true }) }
+  const filePath = join(dir, 'nested', 'store.db')
+  const make = () => createKvAdapter({ storeMethod: 'file_based', filePath, ...options })
+  return {
+    adapter: make(),
+    restart: async () => make(),
+    durable: true,
+    itemTimestamps: true,
+    footprint: () => rowCount(filePath),
+    cleanup: () => rm(dir, { recursive: true, force: true })
+  }
 })
 
 /** A SQLite file in a temp dir (removed by the test's teardown) and a started adapter on it. */
