@@ -114,6 +114,8 @@ export interface ListAllResult { stream: Array<{ id: string, groups: string[] }>
 export type EventListener = (event: StreamEvent) => void
 
 export interface StreamAdapter {
+  /** How much of each group's change log the adapter keeps (built-in adapters): `feeds.retention` is checked against it. */
+  readonly retention?: ChangeLogRetention
   /** Resolves once the backend is reachable and loaded; rejects with a coded error otherwise. */
   start?(): Promise<void>
   get(stream: string, group: string, id: string): Promise<unknown>

@@ -192,7 +192,7 @@ export class KvAdapter implements StreamAdapter {
   private readonly streams = new Map<string, Map<string, GroupState>>()
   private readonly listeners = new Set<EventListener>()
   private readonly clock = new StreamClock()
-  private readonly retention: ChangeLogRetention
+  readonly retention: ChangeLogRetention
   private readonly file: SqliteFile | null
   private nextGid = 1
   private closed = false

@@ -403,7 +403,7 @@ export class RedisAdapter implements StreamAdapter {
   private subscribed = false
   /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
   private readonly floors = new Map<string, number>()
-  private readonly retention: ChangeLogRetention
+  readonly retention: ChangeLogRetention
   private readonly logArgs: [string, string]
 
   /** `config` is checked already: normalizeRedisConfig (redis-config.ts), or createRedisAdapter from the package. */
