@@ -15,7 +15,8 @@ import { MissingPackageError, StorageError } from '../errors.js'
 
 /**
  * The schema this code writes, recorded in the file's `user_version`. 2: items carry their last-change timestamp
- * (`ts`, NULL for items a version-1 file held), and `store_meta` the revision floor of dropped groups.
+ * (`ts`, NULL for items a version-1 file held), `store_meta` the revision floor of dropped groups, and the newest
+ * log rows wait in `recent_changes` (see RECENT_ROWS).
  */
 const SCHEMA_VERSION = 2
 /** Changes one transaction takes at most; the rest go into the next one. */
@@ -28,13 +29,26 @@ const SWEEP_ROWS = 1000
 const PAGE_SIZE = 1024
 /** The longest wait between two age sweeps of a store that is being written. */
 const MAX_SWEEP_INTERVAL_MS = 60_000
+/**
+ * Log rows that wait in `recent_changes` before they are moved, in one statement, into `changes`. A commit of
+ * changes to n groups that wrote the (group, rev) index of `changes` rewrote n leaf pages of it (most of the
+ * bytes each commit wrote and synced); appended to a table without index, they fill one or two pages, and the
+ * move writes each group's leaf once per RECENT_ROWS rows. Readers scan this many rows at most.
+ */
+const RECENT_ROWS = 1024
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (gid INTEGER PRIMARY KEY, stream TEXT NOT NULL, grp TEXT NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, UNIQUE (stream, grp));
 CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, ts INTEGER, PRIMARY KEY (gid, id));
 CREATE TABLE IF NOT EXISTS changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
+CREATE TABLE IF NOT EXISTS recent_changes (seq INTEGER PRIMARY KEY, gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL);
 `
+// A group's log: its rows in `changes` and those still in `recent_changes`.
+const GROUP_LOG = 'SELECT rev, ts, id, body FROM changes WHERE gid = ?1 UNION ALL SELECT rev, ts, id, body FROM recent_changes WHERE gid = ?1'
+// The group's oldest logged revision in either table (NULL: none).
+const FIRST_LOGGED = (gid: string) => `NULLIF(MIN(COALESCE((SELECT MIN(rev) FROM changes WHERE gid = ${gid}), 1e18),
+  COALESCE((SELECT MIN(rev) FROM recent_changes WHERE gid = ${gid}), 1e18)), 1e18)`
 
 // Each statement takes its rows written in as SQL literals (see values()), so a batch of any size is one
 // statement per table, and the whole transaction one call.
@@ -44,22 +58,27 @@ const UPSERT_ITEMS = (rows: string) => `INSERT INTO items (gid, id, value, ord, 
   ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord, ts = excluded.ts`
 // Groups dropped for holding no item (their log aged out), and the revision floor that outlives them.
 const DROP_GROUPS = (gids: string) => `DELETE FROM groups WHERE gid IN (${gids}); DELETE FROM items WHERE gid IN (${gids});
-  DELETE FROM changes WHERE gid IN (${gids})`
+  DELETE FROM changes WHERE gid IN (${gids}); DELETE FROM recent_changes WHERE gid IN (${gids})`
 const SET_REV_FLOOR = (floor: number) => `INSERT INTO store_meta (key, value) VALUES ('rev_floor', '${floor}')
   ON CONFLICT (key) DO UPDATE SET value = excluded.value`
 const DELETE_ITEMS = (rows: string) => `DELETE FROM items WHERE (gid, id) IN (VALUES ${rows})`
-const INSERT_CHANGES = (rows: string) => `INSERT INTO changes (gid, rev, ts, id, body) VALUES ${rows}`
+const INSERT_CHANGES = (rows: string) => `INSERT INTO recent_changes (gid, rev, ts, id, body) VALUES ${rows}`
+const MOVE_RECENT = `INSERT INTO changes (gid, rev, ts, id, body) SELECT gid, rev, ts, id, body FROM recent_changes ORDER BY seq;
+  DELETE FROM recent_changes`
 // (gid, last rev to drop): count retention, and the whole log of a group written while the log is off.
 const TRIM_CHANGES = (rows: string) => `DELETE FROM changes WHERE rowid IN
-  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
+  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2);
+  DELETE FROM recent_changes WHERE seq IN
+  (SELECT c.seq FROM (VALUES ${rows}) AS j JOIN recent_changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
 // Rows are appended in timestamp order (one clock per process, carried over restarts), so the oldest rows
 // are the first ones: each sweep looks at a bounded prefix only.
 const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
   (SELECT rowid FROM changes ORDER BY rowid LIMIT ${SWEEP_ROWS}) AND ts < ?`
+const SWEEP_RECENT = 'DELETE FROM recent_changes WHERE ts < ?'
 // One statement, so the page and the group's revision come from one read transaction.
-const READ_CHANGES = `SELECT g.rev AS grev, (SELECT MIN(rev) FROM changes WHERE gid = g.gid) AS first,
+const READ_CHANGES = `SELECT g.rev AS grev, ${FIRST_LOGGED('g.gid')} AS first,
   c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
-  FROM groups g LEFT JOIN (SELECT * FROM changes WHERE gid = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3) c
+  FROM groups g LEFT JOIN (SELECT * FROM (${GROUP_LOG}) WHERE rev > ?2 ORDER BY rev LIMIT ?3) c
   WHERE g.gid = ?1 ORDER BY c.rev`
 
 /** A value as an SQL literal: integers as they are, text quoted (quotes doubled), text holding NUL as UTF-8 hex. */
@@ -154,6 +173,8 @@ export class SqliteFile {
   private committing: Promise<void> | null = null
   private scheduled = false
   private nextSweep = 0
+  /** Rows in `recent_changes` (at most: see transaction()). */
+  private recentRows = 0
   private readonly sweepIntervalMs: number
 
   constructor (private readonly filePath: string, private readonly maxAgeMs: number) {
@@ -191,7 +212,9 @@ export class SqliteFile {
       await run(this.writer, 'INSERT OR IGNORE INTO store_meta (key, value) VALUES (?, ?)', ['epoch', randomBytes(8).toString('hex')])
       const meta = new Map((await all<{ key: string, value: string }>(this.writer, 'SELECT key, value FROM store_meta')).map(row => [row.key, row.value]))
       const groups = await all<{ gid: number, stream: string, grp: string, rev: number, ts: number, first: number | null }>(this.writer,
-        'SELECT gid, stream, grp, rev, ts, (SELECT MIN(rev) FROM changes c WHERE c.gid = g.gid) AS first FROM groups g')
+        `SELECT gid, stream, grp, rev, ts, ${FIRST_LOGGED('g.gid')} AS first FROM groups g`)
+      const [{ recent }] = await all<{ recent: number }>(this.writer, 'SELECT count(*) AS recent FROM recent_changes')
+      this.recentRows = recent
       const items = await all<{ gid: number, id: string, value: string, ord: number, ts: number | null }>(this.writer, 'SELECT gid, id, value, ord, ts FROM items ORDER BY gid, ord')
       // Reads of the log go through their own connection: it sees committed transactions only.
       this.reader = await open(sqlite3, file, sqlite3.OPEN_READONLY)
@@ -322,6 +345,8 @@ export class SqliteFile {
     if (groups.length > 0) statements.push(UPSERT_GROUPS(values(groups)))
     if (upserts.length > 0) statements.push(UPSERT_ITEMS(values(upserts)))
     if (removals.length > 0) statements.push(DELETE_ITEMS(values(removals)))
+    const move = this.recentRows + logged.length > RECENT_ROWS
+    if (move) statements.push(MOVE_RECENT)
     if (logged.length > 0) statements.push(INSERT_CHANGES(values(logged)))
     if (trims.length > 0) statements.push(TRIM_CHANGES(values(trims)))
     const now = Date.now()
@@ -331,12 +356,15 @@ export class SqliteFile {
       // loop, and commits wait on them. The age sweep, rare, runs apart (its row count decides the next one).
       if (!sweep) {
         await exec(db, `BEGIN; ${statements.join('; ')}; COMMIT;`)
-        return
+      } else {
+        await exec(db, `BEGIN; ${statements.join('; ')};`)
+        const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
+        await run(db, SWEEP_RECENT, [now - this.maxAgeMs])
+        this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+        await run(db, 'COMMIT')
       }
-      await exec(db, `BEGIN; ${statements.join('; ')};`)
-      const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
-      this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
-      await run(db, 'COMMIT')
+      // Rows trimmed, swept or dropped since are not counted off: the move only comes sooner.
+      this.recentRows = (move ? 0 : this.recentRows) + logged.length
     } catch (err) {
       await run(db, 'ROLLBACK').catch(() => {})
       throw err
