@@ -5,6 +5,8 @@ import type { FastifyInstance } from 'fastify'
 import type { AdapterFactory, StreamAdapter } from './adapters/adapter.js'
 import { KV_ADAPTER_CLASSES, normalizeKvConfig, type KvConfig } from './adapters/kv-config.js'
 import { REDIS_ADAPTER_CLASSES, normalizeRedisConfig, type RedisConfig } from './adapters/redis-config.js'
+import { givenRetention } from './adapters/change-log-config.js'
+import type { ChangeLogRetention } from './adapters/adapter.js'
 import { OptionReader, isPlainObject, type Raw } from './checks.js'
 import { InvalidOptionError } from './errors.js'
 import type { AdapterOption } from './types.js'
@@ -70,7 +72,8 @@ export type AdapterChoice =
   | { kind: 'factory', name: string, factory: AdapterFactory, config: Raw }
   /** A module named by `adapter.class` (a path, a `file:` URL or a package name) exporting a factory. */
   | { kind: 'module', specifier: string, config: Raw }
-  | { kind: 'instance', adapter: StreamAdapter }
+  /** `retention`: what `feeds.retention` sets, checked against the adapter's own at start (null: not given). */
+  | { kind: 'instance', adapter: StreamAdapter, retention: Partial<ChangeLogRetention> | null }
 
 /** The Durable Streams HTTP protocol's settings (`durable_streams: true` takes every default). */
 export interface DurableStreamsSettings {
@@ -171,6 +174,11 @@ export interface FeedsOptions {
   maxLiveReaders?: number
   max_page_changes?: number
   maxPageChanges?: number
+  /**
+   * How much of each group's change log the feeds can read back: set on the adapter the plugin builds (what its
+   * `change_log` sets); a key left out takes the adapter's default. Offsets older than what is kept answer 410.
+   */
+  retention?: { max_changes?: number, maxChanges?: number, max_age_ms?: number, maxAgeMs?: number }
 }
 
 export interface FeedsConfig {
@@ -184,6 +192,8 @@ export interface FeedsConfig {
   maxLiveReaders: number
   /** Changes in one response at most (and the ceiling of the `limit` query parameter). */
   maxPageChanges: number
+  /** The keys `feeds.retention` gave (null: not given); the adapter's `change_log` then holds them. */
+  retention: Partial<ChangeLogRetention> | null
 }
 
 export interface NormalizedOptions {
@@ -246,7 +256,7 @@ export function adapterModuleKind (id: string): 'url' | 'path' | 'package' | nul
 
 function normalizeAdapter (value: unknown, factories: Record<string, AdapterFactory>): AdapterChoice {
   if (value === undefined) return { kind: 'kv', config: normalizeKvConfig(undefined, 'adapter.config') }
-  if (isAdapterInstance(value)) return { kind: 'instance', adapter: value }
+  if (isAdapterInstance(value)) return { kind: 'instance', adapter: value, retention: null }
   if (!isPlainObject(value)) throw new InvalidOptionError('adapter', 'expected { class, config }, { name, config } or an adapter object')
   const adapter = new OptionReader(value, 'adapter')
   adapter.allowKeys(['class', 'name', 'config'])
@@ -353,7 +363,7 @@ function operationOptions (raw: OptionReader, streamPath: string): OperationOpti
   return { healthPath, metricsPath, metricsRegistry: registry }
 }
 
-const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveReaders', 'maxPageChanges']
+const FEEDS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxLiveReaders', 'maxPageChanges', 'retention']
 
 /** Checks and defaults the `feeds` option: off (absent, false), on with defaults (true) or on with settings. */
 function normalizeFeeds (raw: OptionReader): FeedsConfig | null {
@@ -367,8 +377,39 @@ function normalizeFeeds (raw: OptionReader): FeedsConfig | null {
     longPollTimeoutMs: feeds.positiveInt('longPollTimeoutMs', DEFAULT_FEEDS_LONG_POLL_TIMEOUT_MS),
     sseMaxDurationMs: feeds.positiveInt('sseMaxDurationMs', DEFAULT_FEEDS_SSE_MAX_DURATION_MS),
     maxLiveReaders: feeds.positiveInt('maxLiveReaders', DEFAULT_FEEDS_MAX_LIVE_READERS),
-    maxPageChanges: feeds.positiveInt('maxPageChanges', DEFAULT_FEEDS_MAX_PAGE_CHANGES)
+    maxPageChanges: feeds.positiveInt('maxPageChanges', DEFAULT_FEEDS_MAX_PAGE_CHANGES),
+    retention: feeds.get('retention') === undefined ? null : givenRetention(feeds.section('retention'))
   }
+}
+
+/**
+ * Applies `feeds.retention` to the adapter: a built-in adapter the plugin builds takes it as its `change_log`
+ * (given in both places, they must agree); an adapter object is checked at start (lib/adapters/build.ts); a
+ * user's factory keeps its own retention, so the option is refused there.
+ */
+function withFeedsRetention (choice: AdapterChoice, retention: Partial<ChangeLogRetention> | null, raw: OptionReader): AdapterChoice {
+  if (retention === null) return choice
+  const fail = (message: string): never => raw.section('feeds').fail('retention', message)
+  switch (choice.kind) {
+    case 'instance':
+      return { ...choice, retention }
+    case 'factory':
+    case 'module':
+      return fail('applies to the built-in adapters (KvStore, RedisAdapter) only; a user adapter keeps its own retention')
+    case 'kv':
+    case 'redis': {
+      const config = (raw.get('adapter') as { config?: Record<string, unknown> } | undefined)?.config ?? {}
+      const changeLog = { ...choice.config.changeLog, ...retention }
+      if ((Object.hasOwn(config, 'change_log') || Object.hasOwn(config, 'changeLog')) && !sameRetention(changeLog, choice.config.changeLog)) {
+        fail('differs from adapter.config.change_log: give the retention in one place')
+      }
+      return choice.kind === 'kv' ? { kind: 'kv', config: { ...choice.config, changeLog } } : { kind: 'redis', config: { ...choice.config, changeLog } }
+    }
+  }
+}
+
+export function sameRetention (a: ChangeLogRetention, b: Partial<ChangeLogRetention>): boolean {
+  return (b.maxChanges === undefined || a.maxChanges === b.maxChanges) && (b.maxAgeMs === undefined || a.maxAgeMs === b.maxAgeMs)
 }
 
 /** Checks and defaults every option; throws InvalidOptionError (STREAMS_ERR_INVALID_OPTION) naming the key as spelled. */
@@ -390,6 +431,7 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     if (typeof factory !== 'function') throw new InvalidOptionError(`${raw.label('adapters')}.${name}`, 'expected a factory function')
   }
 
+  const feeds = normalizeFeeds(raw)
   // `port` and `host` are the standalone command's (lib/config.ts checks them): tolerated, not read.
   return {
     path,
@@ -397,14 +439,14 @@ export function normalizeOptions (input: unknown): NormalizedOptions {
     authFunction: authFunction as NormalizedOptions['authFunction'],
     authFailure: raw.oneOf('authFailure', ['reject', 'anonymous'] as const, DEFAULT_AUTH_FAILURE),
     joinFailure: raw.oneOf('joinFailure', ['deny', 'allow'] as const, DEFAULT_JOIN_FAILURE),
-    adapter: normalizeAdapter(raw.get('adapter'), factories as Record<string, AdapterFactory>),
+    adapter: withFeedsRetention(normalizeAdapter(raw.get('adapter'), factories as Record<string, AdapterFactory>), feeds?.retention ?? null, raw),
     injectId: raw.boolean('injectId', DEFAULT_INJECT_ID),
     maxPayload: raw.positiveInt('maxPayload', DEFAULT_MAX_PAYLOAD),
     maxNameLength: raw.positiveInt('maxNameLength', DEFAULT_MAX_NAME_LENGTH),
     maxSubscriptionsPerSocket: raw.positiveInt('maxSubscriptionsPerSocket', DEFAULT_MAX_SUBSCRIPTIONS_PER_SOCKET),
     maxBufferedBytes: raw.positiveInt('maxBufferedBytes', DEFAULT_MAX_BUFFERED_BYTES),
     maxInvalidFrames: raw.positiveInt('maxInvalidFrames', DEFAULT_MAX_INVALID_FRAMES),
-    feeds: normalizeFeeds(raw),
+    feeds,
     limits: limitOptions(raw),
     operations: operationOptions(raw, path)
   }

@@ -33,6 +33,11 @@ export interface GroupSnapshot {
   items: unknown[]
   /** The item ids, in the order of `items`. */
   ids: string[]
+  /**
+   * Each item's last-change timestamp (epoch ms), in the order of `items`, where the store knows it (undefined
+   * for an item it does not; the whole array absent for a store that keeps none). Feed snapshots carry it.
+   */
+  timestamps?: Array<number | undefined>
   rev: number
   timestamp: number
   /** The store's epoch (see ChangePage), for adapters that keep a change log. */
@@ -110,6 +115,8 @@ export interface ListAllResult { stream: Array<{ id: string, groups: string[] }>
 export type EventListener = (event: StreamEvent) => void
 
 export interface StreamAdapter {
+  /** How much of each group's change log the adapter keeps (built-in adapters): `feeds.retention` is checked against it. */
+  readonly retention?: ChangeLogRetention
   /** Resolves once the backend is reachable and loaded; rejects with a coded error otherwise. */
   start?(): Promise<void>
   get(stream: string, group: string, id: string): Promise<unknown>

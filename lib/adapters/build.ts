@@ -8,8 +8,8 @@ import type { AdapterFactory, StreamAdapter } from './adapter.js'
 import { KvAdapter } from './kv.js'
 import type { RedisAdapter } from './redis.js'
 import { normalizeRedisConfig, type RedisAdapterConfig, type RedisConfig } from './redis-config.js'
-import { InvalidAdapterError } from '../errors.js'
-import { ADAPTER_METHODS, adapterModuleKind, type AdapterChoice } from '../options.js'
+import { InvalidAdapterError, InvalidOptionError } from '../errors.js'
+import { ADAPTER_METHODS, adapterModuleKind, sameRetention, type AdapterChoice } from '../options.js'
 
 async function openRedisAdapter (config: RedisConfig): Promise<RedisAdapter> {
   const { RedisAdapter } = await import('./redis.js')
@@ -68,9 +68,15 @@ function checkAdapter (adapter: unknown, what: string): asserts adapter is Strea
 /** Returns the adapter, and whether it is the plugin's to close (an adapter object the user passed in is borrowed). */
 export async function buildAdapter (choice: AdapterChoice): Promise<{ adapter: StreamAdapter, owned: boolean }> {
   switch (choice.kind) {
-    case 'instance':
+    case 'instance': {
       checkAdapter(choice.adapter, 'adapter is')
+      // A borrowed adapter keeps the retention it was made with: `feeds.retention` may only restate it.
+      const own = choice.adapter.retention
+      if (choice.retention !== null && (own === undefined || !sameRetention(own, choice.retention))) {
+        throw new InvalidOptionError('feeds.retention', `differs from the adapter object's own (${own === undefined ? 'which it does not report' : JSON.stringify(own)}): set its change_log where it is made`)
+      }
       return { adapter: choice.adapter, owned: false }
+    }
     case 'kv':
       return { adapter: new KvAdapter(choice.config), owned: true }
     case 'redis':

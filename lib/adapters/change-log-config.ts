@@ -17,10 +17,23 @@ export interface ChangeLogOptions {
 
 /** Reads `change_log` from an adapter config; `maxChanges` defaults to the adapter's own default. */
 export function readChangeLog (config: OptionReader, defaultMaxChanges: number): ChangeLogRetention {
-  const changeLog = config.section('changeLog')
-  changeLog.allowKeys(['maxChanges', 'maxAgeMs'])
+  return readRetention(config.section('changeLog'), defaultMaxChanges)
+}
+
+/** Checks a retention section (`change_log`, `feeds.retention`) and defaults what it leaves out. */
+export function readRetention (section: OptionReader, defaultMaxChanges: number): ChangeLogRetention {
+  section.allowKeys(['maxChanges', 'maxAgeMs'])
   return {
-    maxChanges: changeLog.integer('maxChanges', defaultMaxChanges, 0),
-    maxAgeMs: changeLog.positiveInt('maxAgeMs', DEFAULT_CHANGE_LOG_MAX_AGE_MS)
+    maxChanges: section.integer('maxChanges', defaultMaxChanges, 0),
+    maxAgeMs: section.positiveInt('maxAgeMs', DEFAULT_CHANGE_LOG_MAX_AGE_MS)
   }
+}
+
+/** The keys of a retention section that were given, checked (what `feeds.retention` sets). */
+export function givenRetention (section: OptionReader): Partial<ChangeLogRetention> {
+  const checked = readRetention(section, 0)
+  const given: Partial<ChangeLogRetention> = {}
+  if (section.get('maxChanges') !== undefined) given.maxChanges = checked.maxChanges
+  if (section.get('maxAgeMs') !== undefined) given.maxAgeMs = checked.maxAgeMs
+  return given
 }

@@ -17,8 +17,12 @@ import { StreamClock } from '../clock.js'
 import type { DurableStreamStore } from '../http/store.js'
 
 interface GroupState {
+  stream: string
+  group: string
   items: Map<string, unknown>
   order: Map<string, number>
+  /** Each item's last-change timestamp (absent for an item a file of an older schema holds). */
+  stamps: Map<string, number>
   rev: number
   timestamp: number
   nextOrder: number
@@ -29,6 +33,8 @@ interface GroupState {
   logStart: number | null
   /** Writes to one group run one at a time, so they persist and emit in commit order. */
   tail: Promise<unknown>
+  /** Writes queued or running: a group with any is never dropped. */
+  queued: number
 }
 
 /** A change about to be committed: what the file needs beyond the event itself. */
@@ -187,11 +193,21 @@ export class KvAdapter implements StreamAdapter {
   private readonly streams = new Map<string, Map<string, GroupState>>()
   private readonly listeners = new Set<EventListener>()
   private readonly clock = new StreamClock()
-  private readonly retention: ChangeLogRetention
+  readonly retention: ChangeLogRetention
   private readonly file: SqliteFile | null
   private nextGid = 1
   private closed = false
   private durable: Promise<DurableStreamStore> | null = null
+  /**
+   * The revision a new group starts from: the highest one any dropped group reached (see dropAgedItemless).
+   * A group that comes back goes on above every revision it had, so a feed offset from its earlier life is
+   * trimmed (410), never taken for a position in the new one.
+   */
+  private revFloor = 0
+  /** Groups holding no items, in the order of their last write: dropped once that write is older than max_age_ms. */
+  private readonly itemless = new Set<GroupState>()
+  /** The newest timestamp committed: under bursts the clock runs ahead of Date.now(), and ages follow it. */
+  private newest = 0
   /**
    * The store's history: a memory store gets a new one at every start (its log lives in memory, so offsets
    * from an earlier life mean nothing); a SQLite store reads the one made with its file.
@@ -213,6 +229,7 @@ export class KvAdapter implements StreamAdapter {
     if (this.file === null) return
     const contents = await this.file.open()
     this.epoch = contents.epoch
+    this.revFloor = contents.revFloor
     const byGid = new Map<number, GroupState>()
     for (const stored of contents.groups) {
       const state = this.group(stored.stream, stored.group, stored.gid)
@@ -235,8 +252,12 @@ export class KvAdapter implements StreamAdapter {
       }
       state.items.set(item.id, value)
       state.order.set(item.id, item.order)
+      if (item.timestamp !== null) state.stamps.set(item.id, item.timestamp)
       state.nextOrder = Math.max(state.nextOrder, item.order + 1)
     }
+    // Groups the file keeps with no item (they saw only custom events or deletes) age out like those written now.
+    const empty = [...byGid.values()].filter(state => state.items.size === 0).sort((a, b) => a.timestamp - b.timestamp)
+    for (const state of empty) this.itemless.add(state)
     if (this.skippedItems > 0) {
       process.emitWarning(`${this.skippedItems} item(s) of the SQLite file could not be read and were skipped`, { code: 'STREAMS_SKIPPED_ITEMS' })
     }
@@ -250,7 +271,8 @@ export class KvAdapter implements StreamAdapter {
     }
     let state = groups.get(group)
     if (state === undefined) {
-      state = { items: new Map(), order: new Map(), rev: 0, timestamp: 0, nextOrder: 0, log: null, gid: gid ?? this.nextGid++, logStart: null, tail: Promise.resolve() }
+      const fields = { items: new Map(), order: new Map(), stamps: new Map(), log: null, logStart: null, tail: Promise.resolve() }
+      state = { ...fields, stream, group, rev: this.revFloor, timestamp: 0, nextOrder: 0, gid: gid ?? this.nextGid++, queued: 0 }
       groups.set(group, state)
     }
     return state
@@ -266,9 +288,46 @@ export class KvAdapter implements StreamAdapter {
 
   /** Queues `work` behind the group's earlier writes; a failed write does not block the next ones. */
   private serial<T> (state: GroupState, work: () => Promise<T>): Promise<T> {
+    state.queued++
     const run = state.tail.then(work, work)
-    state.tail = run.catch(() => {})
+    const done = (): void => {
+      state.queued--
+      // Kept in the order of last writes: re-added at the end while the group holds no item.
+      this.itemless.delete(state)
+      if (state.items.size === 0) this.itemless.add(state)
+      this.dropAgedItemless()
+    }
+    state.tail = run.then(done, done)
     return run
+  }
+
+  /**
+   * Drops the groups that hold no item and whose last write is older than max_age_ms (at once when the log is
+   * off): their log has aged out, so nothing of them is left to read. Their revisions raise `revFloor`.
+   * `send()` to groups nobody writes items to thus leaves no state behind past the retention.
+   */
+  private dropAgedItemless (): void {
+    const { maxChanges, maxAgeMs } = this.retention
+    const cutoff = Math.max(Date.now(), this.newest) - maxAgeMs
+    for (const state of this.itemless) {
+      // In last-write order: the first one too recent to drop ends the look.
+      if (maxChanges > 0 && state.timestamp >= cutoff) return
+      this.itemless.delete(state)
+      if (state.queued > 0 || state.items.size > 0) continue
+      const groups = this.streams.get(state.stream)
+      groups?.delete(state.group)
+      if (groups?.size === 0) this.streams.delete(state.stream)
+      this.revFloor = Math.max(this.revFloor, state.rev)
+      // A failed drop leaves the group in the file with its revision: still never below the floor.
+      this.file?.drop(state.gid, this.revFloor).catch(() => {})
+    }
+  }
+
+  /** Groups the store keeps state for (items, a revision, a log): bounded by retention (for monitoring and tests). */
+  get groupCount (): number {
+    let count = 0
+    for (const groups of this.streams.values()) count += groups.size
+    return count
   }
 
   /**
@@ -284,14 +343,17 @@ export class KvAdapter implements StreamAdapter {
       if ('removed' in write.item) {
         state.items.delete(id)
         state.order.delete(id)
+        state.stamps.delete(id)
       } else {
         state.items.set(id, (write.body as { data: unknown }).data)
         state.order.set(id, write.item.order)
+        state.stamps.set(id, timestamp)
         if (write.item.order === state.nextOrder) state.nextOrder++
       }
     }
     state.rev = rev
     state.timestamp = timestamp
+    this.newest = timestamp
     if (this.file === null && this.retention.maxChanges > 0) {
       state.log ??= new MemoryChangeLog(this.retention.maxChanges, rev - 1)
       state.log.append(rev, timestamp, write.id, write.kind, write.text)
@@ -383,7 +445,8 @@ export class KvAdapter implements StreamAdapter {
     this.checkOpen()
     const detached = encode(body)
     const state = this.group(stream, group)
-    // Nothing is stored, but the revision and the log entry are: they must never go back after a restart.
+    // No item is stored, but the revision and the log entry are: they must never go back after a restart. A group
+    // left without items is dropped once its log aged out (dropAgedItemless).
     return this.serial(state, () => this.commit(state, stream, group, { id, body: detached.value as StreamEventBody, kind: null, text: detached.text }))
   }
 
@@ -391,8 +454,9 @@ export class KvAdapter implements StreamAdapter {
     this.checkOpen()
     checkChangeRange(after, limit)
     const state = this.peek(stream, group)
-    if (this.file !== null) return { epoch: this.epoch, ...await this.file.readChanges(state?.gid ?? null, after, limit) }
-    if (state === undefined) return { epoch: this.epoch, changes: [], rev: 0, trimmed: 0 }
+    // A group not (or no longer) there starts above the floor: its earlier offsets are trimmed.
+    if (state === undefined) return { epoch: this.epoch, changes: [], rev: this.revFloor, trimmed: this.revFloor }
+    if (this.file !== null) return { epoch: this.epoch, ...await this.file.readChanges(state.gid, after, limit, this.revFloor) }
     // No log (it is off): the whole history is trimmed.
     if (state.log === null) return { epoch: this.epoch, changes: [], rev: state.rev, trimmed: state.rev }
     return { epoch: this.epoch, changes: state.log.read(after, limit), rev: state.rev, trimmed: state.log.trimmed }
@@ -407,14 +471,16 @@ export class KvAdapter implements StreamAdapter {
   async snapshotGroup (stream: string, group: string): Promise<GroupSnapshot> {
     this.checkOpen()
     const state = this.peek(stream, group)
-    if (state === undefined) return { items: [], ids: [], rev: 0, timestamp: 0, epoch: this.epoch }
-    return { items: [...state.items.values()], ids: [...state.items.keys()], rev: state.rev, timestamp: state.timestamp, epoch: this.epoch }
+    if (state === undefined) return { items: [], ids: [], timestamps: [], rev: this.revFloor, timestamp: 0, epoch: this.epoch }
+    const ids = [...state.items.keys()]
+    const timestamps = ids.map(id => state.stamps.get(id))
+    return { items: [...state.items.values()], ids, timestamps, rev: state.rev, timestamp: state.timestamp, epoch: this.epoch }
   }
 
   async snapshotItem (stream: string, group: string, id: string): Promise<ItemSnapshot> {
     this.checkOpen()
     const state = this.peek(stream, group)
-    if (state === undefined) return { value: null, rev: 0, timestamp: 0 }
+    if (state === undefined) return { value: null, rev: this.revFloor, timestamp: 0 }
     return { value: state.items.get(id) ?? null, rev: state.rev, timestamp: state.timestamp }
   }
 

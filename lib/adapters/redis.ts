@@ -10,8 +10,11 @@
 //                                         b (event body JSON), i (item id, absent for a group event), p ('1' on
 //                                         an event `publish` logged: it stored nothing in the group's hash)
 //   stream-epoch                   string the store's epoch (random, made with SET NX)
+//   stream-rev-floor               string the highest revision a group without items reached (see PUBLISH_SCRIPT)
 // The meta, order, log and epoch keys do not match `stream:*`, so engines scanning that pattern never see them.
-// Meta keys outlive their group on purpose: rev and ts must keep growing if the group is re-created.
+// Meta keys outlive their group's items on purpose: rev and ts must keep growing if the group is re-created. A
+// group that holds no item when an event is sent to it (`send()`) keeps its meta and log only as long as its log
+// is retained (max_age_ms, a TTL): a group created later under that name starts from the revision floor.
 // A Redis that lost its data (restart without persistence, FLUSHALL, a meta key lost) loses the epoch key or
 // holds a log ahead of its meta: the scripts then make a new epoch, so offsets from before answer "gone".
 
@@ -50,11 +53,14 @@ const QUIT_TIMEOUT_MS = 1000
 // Lua. Values travel as JSON text produced by JSON.stringify in JS and are never decoded here (cjson would
 // reorder keys and mangle numbers); envelopes are built by concatenation, in the wire field order.
 
-// Shared tail of every write: bump rev, take ts = max(TIME ms, last ts + 1), store meta, publish.
+// Shared tail of every write: bump rev, take ts = max(TIME ms, last ts + 1), store meta, publish. A group
+// without meta starts from the revision floor (when the script is given its key).
 const STAMP = `
-local function stamp (metaKey, bump)
+local function stamp (metaKey, bump, floorKey)
   local meta = redis.call('HMGET', metaKey, 'rev', 'ts')
-  local rev = tonumber(meta[1]) or 0
+  local rev = tonumber(meta[1])
+  local fresh = not rev
+  if fresh then rev = floorKey and tonumber(redis.call('GET', floorKey) or '0') or 0 end
   if bump then rev = rev + 1 end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,7 +72,7 @@ local function stamp (metaKey, bump)
   else
     redis.call('HSET', metaKey, 'ts', tss)
   end
-  return revs, tss
+  return revs, tss, fresh
 end
 `
 
@@ -83,9 +89,14 @@ end
 // Appends the change to the group's log in the write's own script, trimmed by count (MAXLEN ~) and by age
 // (entries older than maxAge before this one, looked at from the oldest, a bounded number per write).
 // maxChanges 0: the log is off, and what an earlier run logged is dropped so the log never has a gap.
+// `fresh`: the group had no meta. A log without its meta means the meta was lost: a new history starts here.
 const LOG = EPOCH + `
-local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxChanges, maxAge, published)
+local function logChange (logKey, epochKey, candidate, revs, tss, id, body, maxChanges, maxAge, fresh, published)
   epoch(epochKey, candidate)
+  if fresh and redis.call('EXISTS', logKey) == 1 then
+    redis.call('DEL', logKey)
+    redis.call('SET', epochKey, candidate)
+  end
   if maxChanges == '0' then
     redis.call('DEL', logKey)
     return
@@ -124,9 +135,10 @@ end
 
 const PRELUDE = 'if redis.replicate_commands then pcall(redis.replicate_commands) end\n' + STAMP + LOG
 
-// KEYS: hash, meta, order, log, epoch. ARGV: channel, id, new JSON, envelope head, mode ('set' | 'cas'),
-// expected present ('1' | '0'), expected JSON, max changes, max age ms, epoch candidate.
-// Returns {1, old|nil, rev, ts} or, on a CAS mismatch, {0, current|nil}.
+// KEYS: hash, meta, order, log, epoch, revision floor. ARGV: channel, id, new JSON, envelope head, mode
+// ('set' | 'cas'), expected present ('1' | '0'), expected JSON, max changes, max age ms, epoch candidate.
+// Returns {1, old|nil, rev, ts} or, on a CAS mismatch, {0, current|nil}. The group holds an item now: its meta
+// and log lose the TTL a send() to it without items gave them.
 const WRITE_SCRIPT = PRELUDE + `
 local old = redis.call('HGET', KEYS[1], ARGV[2])
 if ARGV[5] == 'cas' then
@@ -137,14 +149,16 @@ if ARGV[5] == 'cas' then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-local revs, tss = stamp(KEYS[2], true)
+local revs, tss, fresh = stamp(KEYS[2], true, KEYS[6])
+redis.call('PERSIST', KEYS[2])
 local kind = 'update'
 if not old then
   kind = 'create'
   redis.call('ZADD', KEYS[3], 'NX', revs, ARGV[2])
 end
 local body = '{"type":"' .. kind .. '","data":' .. ARGV[3] .. '}'
-logChange(KEYS[4], KEYS[5], ARGV[10], revs, tss, ARGV[2], body, ARGV[8], ARGV[9])
+logChange(KEYS[4], KEYS[5], ARGV[10], revs, tss, ARGV[2], body, ARGV[8], ARGV[9], fresh)
+redis.call('PERSIST', KEYS[4])
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[4] .. kind .. '","data":' .. ARGV[3] .. '},"rev":' .. revs .. '}')
 return {1, old, revs, tss}
 `
@@ -162,14 +176,21 @@ redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[3]
 return {1, old, revs, tss}
 `
 
-// KEYS: meta, log, epoch. ARGV: channel, envelope middle (from ,"streamName" through the event object), event
-// body JSON, '=' .. item id ('' for none), max changes, max age ms, epoch candidate. Returns {rev, ts}.
-// A published event stores no item but takes the next revision: it has a place of its own in the group's log.
+// KEYS: meta, log, epoch, hash, revision floor. ARGV: channel, envelope middle (from ,"streamName" through the
+// event object), event body JSON, '=' .. item id ('' for none), max changes, max age ms, epoch candidate.
+// Returns {rev, ts}. A published event stores no item but takes the next revision: it has a place of its own in
+// the group's log. To a group holding no item, it leaves state that lasts only as long as the log keeps the event:
+// meta and log expire after max age, and the floor keeps the revision, so the group never comes back below it.
 const PUBLISH_SCRIPT = PRELUDE + `
-local revs, tss = stamp(KEYS[1], true)
+local revs, tss, fresh = stamp(KEYS[1], true, KEYS[5])
 local id = nil
 if ARGV[4] ~= '' then id = string.sub(ARGV[4], 2) end
-logChange(KEYS[2], KEYS[3], ARGV[7], revs, tss, id, ARGV[3], ARGV[5], ARGV[6], true)
+logChange(KEYS[2], KEYS[3], ARGV[7], revs, tss, id, ARGV[3], ARGV[5], ARGV[6], fresh, true)
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  if tonumber(revs) > tonumber(redis.call('GET', KEYS[5]) or '0') then redis.call('SET', KEYS[5], revs) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 redis.call('PUBLISH', ARGV[1], '{"type":"stream","timestamp":' .. tss .. ARGV[2] .. ',"rev":' .. revs .. '}')
 return {revs, tss}
 `
@@ -268,9 +289,9 @@ function script (lua: string, keys: number): Script {
 }
 
 const SCRIPTS = {
-  write: script(WRITE_SCRIPT, 5),
+  write: script(WRITE_SCRIPT, 6),
   delete: script(DELETE_SCRIPT, 5),
-  publish: script(PUBLISH_SCRIPT, 3),
+  publish: script(PUBLISH_SCRIPT, 5),
   snapshotGroup: script(SNAPSHOT_GROUP_SCRIPT, 4),
   snapshotMark: script(SNAPSHOT_MARK_SCRIPT, 2),
   snapshotItem: script(SNAPSHOT_ITEM_SCRIPT, 2),
@@ -475,7 +496,7 @@ export class RedisAdapter implements StreamAdapter {
   private subscribed = false
   /** Per group (meta key): the highest timestamp this node's feed delivered; see RAISE. */
   private readonly floors = new Map<string, number>()
-  private readonly retention: ChangeLogRetention
+  readonly retention: ChangeLogRetention
   private readonly logArgs: [string, string]
   /** Per group (hash key): the paged snapshot read under way, which a concurrent snapshot of the group may join. */
   private readonly pagedReads = new Map<string, PagedRead>()
@@ -716,6 +737,10 @@ export class RedisAdapter implements StreamAdapter {
 
   private get epochKey (): string {
     return `${this.keyPrefix}stream-epoch`
+  }
+
+  private get revFloorKey (): string {
+    return `${this.keyPrefix}stream-rev-floor`
   }
 
   private ready (): Redis {
@@ -991,11 +1016,16 @@ export class RedisAdapter implements StreamAdapter {
     return [this.groupKey(stream, group), this.metaKey(stream, group), this.orderKey(stream, group), this.logKey(stream, group), this.epochKey]
   }
 
+  /** The write script's keys: those of every write, and the revision floor. */
+  private setKeys (stream: string, group: string): string[] {
+    return [...this.writeKeys(stream, group), this.revFloorKey]
+  }
+
   async set (stream: string, group: string, id: string, value: unknown): Promise<Committed<SetResult>> {
     const text = encode(value, 'the item value')
     this.ready()
     const reply = await this.script(SCRIPTS.write, [
-      ...this.writeKeys(stream, group), this.channel, id, text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '', ...this.logArgs, epochCandidate()
+      ...this.setKeys(stream, group), this.channel, id, text, envelopeHead(stream, group, id) + '{"type":"', 'set', '0', '', ...this.logArgs, epochCandidate()
     ]) as unknown[]
     const newValue = JSON.parse(text)
     return { old_value: decodeLoose(reply[1]), new_value: newValue, event: this.committed(stream, group, id, reply, { type: reply[1] == null ? 'create' : 'update', data: newValue }) }
@@ -1028,7 +1058,7 @@ export class RedisAdapter implements StreamAdapter {
         const next = prepare ? prepare(value) : value
         const text = encode(next, 'the updated value')
         const reply = await this.script(SCRIPTS.write, [
-          ...this.writeKeys(stream, group), this.channel, id, text, head, 'cas', current === null ? '0' : '1', current ?? '', ...this.logArgs, epochCandidate()
+          ...this.setKeys(stream, group), this.channel, id, text, head, 'cas', current === null ? '0' : '1', current ?? '', ...this.logArgs, epochCandidate()
         ]) as unknown[]
         if (Number(reply[0]) === 1) {
           const newValue = JSON.parse(text)
@@ -1049,7 +1079,7 @@ export class RedisAdapter implements StreamAdapter {
     }
     const text = encode(body.type === 'event' ? { type: 'event', event: { type: event!.type, data: event!.data ?? null } } : { type: body.type, data: body.data ?? null }, 'the event data')
     const reply = await this.script(SCRIPTS.publish, [
-      this.metaKey(stream, group), this.logKey(stream, group), this.epochKey,
+      this.metaKey(stream, group), this.logKey(stream, group), this.epochKey, this.groupKey(stream, group), this.revFloorKey,
       this.channel, envelopeHead(stream, group, id) + text, text, id === null ? '' : `=${id}`, ...this.logArgs, epochCandidate()
     ]) as unknown[]
     return { stream, group, id, rev: Number(reply[0]), timestamp: Number(reply[1]), event: JSON.parse(text) }

@@ -1,7 +1,8 @@
 // SqliteFile: the SQLite file behind KvStore `file_based`, on the `sqlite3` package (loaded only when a file
-// store is configured). It keeps the items, each group's revision and timestamp, the groups' change logs and
-// the store's epoch. KvAdapter keeps the in-memory index that serves reads and decides every change; this file
-// makes each change durable with its log row in one transaction, and serves the change log.
+// store is configured). It keeps the items (each with its last-change timestamp), each group's revision and
+// timestamp, the groups' change logs, the store's epoch and the revision floor of dropped groups. KvAdapter keeps
+// the in-memory index that serves reads and decides every change; this file makes each change durable with its
+// log row in one transaction, and serves the change log.
 //
 // Group commit: changes handed in while a commit runs wait, then all of them share the next transaction and
 // its one fsync (WAL with synchronous=FULL); each is acknowledged once that commit returned.
@@ -12,8 +13,12 @@ import type { Database, RunResult } from 'sqlite3'
 import type { ChangePage, ChangeRecord, StreamEventBody } from './adapter.js'
 import { MissingPackageError, StorageError } from '../errors.js'
 
-/** The schema this code writes, recorded in the file's `user_version`. */
-const SCHEMA_VERSION = 1
+/**
+ * The schema this code writes, recorded in the file's `user_version`. 2: items carry their last-change timestamp
+ * (`ts`, NULL for items a version-1 file held), `store_meta` the revision floor of dropped groups, and the newest
+ * log rows wait in `recent_changes` (see RECENT_ROWS).
+ */
+const SCHEMA_VERSION = 2
 /** Changes one transaction takes at most; the rest go into the next one. */
 const MAX_BATCH = 512
 /** Characters of values one transaction takes at most (its SQL text holds them): past it, the next one. */
@@ -24,33 +29,56 @@ const SWEEP_ROWS = 1000
 const PAGE_SIZE = 1024
 /** The longest wait between two age sweeps of a store that is being written. */
 const MAX_SWEEP_INTERVAL_MS = 60_000
+/**
+ * Log rows that wait in `recent_changes` before they are moved, in one statement, into `changes`. A commit of
+ * changes to n groups that wrote the (group, rev) index of `changes` rewrote n leaf pages of it (most of the
+ * bytes each commit wrote and synced); appended to a table without index, they fill one or two pages, and the
+ * move writes each group's leaf once per RECENT_ROWS rows. Readers scan this many rows at most.
+ */
+const RECENT_ROWS = 1024
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (gid INTEGER PRIMARY KEY, stream TEXT NOT NULL, grp TEXT NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, UNIQUE (stream, grp));
-CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, PRIMARY KEY (gid, id));
+CREATE TABLE IF NOT EXISTS items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, ts INTEGER, PRIMARY KEY (gid, id));
 CREATE TABLE IF NOT EXISTS changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
+CREATE TABLE IF NOT EXISTS recent_changes (seq INTEGER PRIMARY KEY, gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL);
 `
+// A group's log: its rows in `changes` and those still in `recent_changes`.
+const GROUP_LOG = 'SELECT rev, ts, id, body FROM changes WHERE gid = ?1 UNION ALL SELECT rev, ts, id, body FROM recent_changes WHERE gid = ?1'
+// The group's oldest logged revision in either table (NULL: none).
+const FIRST_LOGGED = (gid: string) => `NULLIF(MIN(COALESCE((SELECT MIN(rev) FROM changes WHERE gid = ${gid}), 1e18),
+  COALESCE((SELECT MIN(rev) FROM recent_changes WHERE gid = ${gid}), 1e18)), 1e18)`
 
 // Each statement takes its rows written in as SQL literals (see values()), so a batch of any size is one
 // statement per table, and the whole transaction one call.
 const UPSERT_GROUPS = (rows: string) => `INSERT INTO groups (gid, stream, grp, rev, ts) VALUES ${rows}
   ON CONFLICT (gid) DO UPDATE SET rev = excluded.rev, ts = excluded.ts`
-const UPSERT_ITEMS = (rows: string) => `INSERT INTO items (gid, id, value, ord) VALUES ${rows}
-  ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord`
+const UPSERT_ITEMS = (rows: string) => `INSERT INTO items (gid, id, value, ord, ts) VALUES ${rows}
+  ON CONFLICT (gid, id) DO UPDATE SET value = excluded.value, ord = excluded.ord, ts = excluded.ts`
+// Groups dropped for holding no item (their log aged out), and the revision floor that outlives them.
+const DROP_GROUPS = (gids: string) => `DELETE FROM groups WHERE gid IN (${gids}); DELETE FROM items WHERE gid IN (${gids});
+  DELETE FROM changes WHERE gid IN (${gids}); DELETE FROM recent_changes WHERE gid IN (${gids})`
+const SET_REV_FLOOR = (floor: number) => `INSERT INTO store_meta (key, value) VALUES ('rev_floor', '${floor}')
+  ON CONFLICT (key) DO UPDATE SET value = excluded.value`
 const DELETE_ITEMS = (rows: string) => `DELETE FROM items WHERE (gid, id) IN (VALUES ${rows})`
-const INSERT_CHANGES = (rows: string) => `INSERT INTO changes (gid, rev, ts, id, body) VALUES ${rows}`
+const INSERT_CHANGES = (rows: string) => `INSERT INTO recent_changes (gid, rev, ts, id, body) VALUES ${rows}`
+const MOVE_RECENT = `INSERT INTO changes (gid, rev, ts, id, body) SELECT gid, rev, ts, id, body FROM recent_changes ORDER BY seq;
+  DELETE FROM recent_changes`
 // (gid, last rev to drop): count retention, and the whole log of a group written while the log is off.
 const TRIM_CHANGES = (rows: string) => `DELETE FROM changes WHERE rowid IN
-  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
+  (SELECT c.rowid FROM (VALUES ${rows}) AS j JOIN changes c ON c.gid = j.column1 AND c.rev <= j.column2);
+  DELETE FROM recent_changes WHERE seq IN
+  (SELECT c.seq FROM (VALUES ${rows}) AS j JOIN recent_changes c ON c.gid = j.column1 AND c.rev <= j.column2)`
 // Rows are appended in timestamp order (one clock per process, carried over restarts), so the oldest rows
 // are the first ones: each sweep looks at a bounded prefix only.
 const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
   (SELECT rowid FROM changes ORDER BY rowid LIMIT ${SWEEP_ROWS}) AND ts < ?`
+const SWEEP_RECENT = 'DELETE FROM recent_changes WHERE ts < ?'
 // One statement, so the page and the group's revision come from one read transaction.
-const READ_CHANGES = `SELECT g.rev AS grev, (SELECT MIN(rev) FROM changes WHERE gid = g.gid) AS first,
+const READ_CHANGES = `SELECT g.rev AS grev, ${FIRST_LOGGED('g.gid')} AS first,
   c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
-  FROM groups g LEFT JOIN (SELECT * FROM changes WHERE gid = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3) c
+  FROM groups g LEFT JOIN (SELECT * FROM (${GROUP_LOG}) WHERE rev > ?2 ORDER BY rev LIMIT ?3) c
   WHERE g.gid = ?1 ORDER BY c.rev`
 
 /** A value as an SQL literal: integers as they are, text quoted (quotes doubled), text holding NUL as UTF-8 hex. */
@@ -82,14 +110,20 @@ export interface FileChange {
   trimTo?: number
 }
 
+/** A group dropped from the file (it holds no item and its log aged out), and the revision floor to keep. */
+export interface FileDrop { drop: number, revFloor: number }
+
 /** What the file held at start. */
 export interface FileContents {
   epoch: string
+  /** The highest revision a dropped group reached: new groups start above it. */
+  revFloor: number
   groups: Array<{ gid: number, stream: string, group: string, rev: number, timestamp: number, firstLogged: number | null }>
-  items: Array<{ gid: number, id: string, text: string, order: number }>
+  /** `timestamp`: the item's last change; null for items a version-1 file held. */
+  items: Array<{ gid: number, id: string, text: string, order: number, timestamp: number | null }>
 }
 
-interface Pending { change: FileChange, resolve: () => void, reject: (err: Error) => void }
+interface Pending { change: FileChange | FileDrop, resolve: () => void, reject: (err: Error) => void }
 
 type Sqlite3 = typeof import('sqlite3')
 
@@ -141,6 +175,8 @@ export class SqliteFile {
   private committing: Promise<void> | null = null
   private scheduled = false
   private nextSweep = 0
+  /** Rows in `recent_changes` (at most: see transaction()). */
+  private recentRows = 0
   private readonly sweepIntervalMs: number
 
   constructor (private readonly filePath: string, private readonly maxAgeMs: number) {
@@ -168,22 +204,27 @@ export class SqliteFile {
       await exec(this.writer, `BEGIN IMMEDIATE; ${SCHEMA}`)
       try {
         if (version === 0) await this.importKeyvRows(this.writer)
+        // Version 1 items have no timestamp: the store does not know their last change, so it says nothing.
+        if (version === 1) await exec(this.writer, 'ALTER TABLE items ADD COLUMN ts INTEGER')
         await exec(this.writer, `PRAGMA user_version = ${SCHEMA_VERSION}; COMMIT;`)
       } catch (err) {
         await run(this.writer, 'ROLLBACK').catch(() => {})
         throw err
       }
       await run(this.writer, 'INSERT OR IGNORE INTO store_meta (key, value) VALUES (?, ?)', ['epoch', randomBytes(8).toString('hex')])
-      const [{ value: epoch }] = await all<{ value: string }>(this.writer, 'SELECT value FROM store_meta WHERE key = ?', ['epoch'])
+      const meta = new Map((await all<{ key: string, value: string }>(this.writer, 'SELECT key, value FROM store_meta')).map(row => [row.key, row.value]))
       const groups = await all<{ gid: number, stream: string, grp: string, rev: number, ts: number, first: number | null }>(this.writer,
-        'SELECT gid, stream, grp, rev, ts, (SELECT MIN(rev) FROM changes c WHERE c.gid = g.gid) AS first FROM groups g')
-      const items = await all<{ gid: number, id: string, value: string, ord: number }>(this.writer, 'SELECT gid, id, value, ord FROM items ORDER BY gid, ord')
+        `SELECT gid, stream, grp, rev, ts, ${FIRST_LOGGED('g.gid')} AS first FROM groups g`)
+      const [{ recent }] = await all<{ recent: number }>(this.writer, 'SELECT count(*) AS recent FROM recent_changes')
+      this.recentRows = recent
+      const items = await all<{ gid: number, id: string, value: string, ord: number, ts: number | null }>(this.writer, 'SELECT gid, id, value, ord, ts FROM items ORDER BY gid, ord')
       // Reads of the log go through their own connection: it sees committed transactions only.
       this.reader = await open(sqlite3, file, sqlite3.OPEN_READONLY)
       return {
-        epoch,
+        epoch: meta.get('epoch')!,
+        revFloor: Number(meta.get('rev_floor') ?? 0),
         groups: groups.map(g => ({ gid: g.gid, stream: g.stream, group: g.grp, rev: g.rev, timestamp: g.ts, firstLogged: g.first })),
-        items: items.map(i => ({ gid: i.gid, id: i.id, text: i.value, order: i.ord }))
+        items: items.map(i => ({ gid: i.gid, id: i.id, text: i.value, order: i.ord, timestamp: i.ts }))
       }
     } catch (err) {
       await this.close()
@@ -200,7 +241,7 @@ export class SqliteFile {
     if (found === 0) return
     const rows = await all<{ key: string, value: string }>(db, "SELECT key, value FROM keyv WHERE key LIKE 'fastifystreams:%'")
     const groups = new Map<string, [number, string, string, number, number]>()
-    const items: Array<[number, string, string, number]> = []
+    const items: Array<[number, string, string, number, number]> = []
     if (rows.length === 0) return
     for (const row of rows) {
       const [kind, stream, group, id] = JSON.parse(row.key.slice('fastifystreams:'.length)) as string[]
@@ -211,18 +252,24 @@ export class SqliteFile {
       meta[3] = Math.max(meta[3], record.r)
       meta[4] = Math.max(meta[4], record.t)
       groups.set(name, meta)
-      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o ?? 0])
+      // An item record's `t` is the timestamp of the item's own last write.
+      if (kind === 'i') items.push([meta[0], id, JSON.stringify(record.v), record.o ?? 0, record.t])
     }
     await exec(db, UPSERT_GROUPS(values([...groups.values()])))
     if (items.length > 0) await exec(db, UPSERT_ITEMS(values(items)))
   }
 
   /** Resolves once `change` is committed (with the changes that shared its transaction). */
-  commit (change: FileChange): Promise<void> {
+  commit (change: FileChange | FileDrop): Promise<void> {
     return new Promise((resolve, reject) => {
       this.pending.push({ change, resolve, reject })
       this.schedule()
     })
+  }
+
+  /** Drops group `gid` and records `revFloor`, with the next commit; resolves once committed. */
+  drop (gid: number, revFloor: number): Promise<void> {
+    return this.commit({ drop: gid, revFloor })
   }
 
   /**
@@ -248,8 +295,8 @@ export class SqliteFile {
     let chars = 0
     let size = 0
     while (size < this.pending.length && size < MAX_BATCH) {
-      const { item, log } = this.pending[size].change
-      chars += (item !== undefined && 'text' in item ? item.text.length : 0) + (log?.body.length ?? 0)
+      const { change } = this.pending[size]
+      if ('gid' in change) chars += (change.item !== undefined && 'text' in change.item ? change.item.text.length : 0) + (change.log?.body.length ?? 0)
       if (size > 0 && chars > MAX_BATCH_CHARS) break
       size++
     }
@@ -269,25 +316,40 @@ export class SqliteFile {
     for (const p of batch) p.resolve()
   }
 
-  private async transaction (db: Database, changes: FileChange[]): Promise<void> {
+  private async transaction (db: Database, batch: Array<FileChange | FileDrop>): Promise<void> {
     type Row = Array<string | number | null>
     const groups: Row[] = []
     const upserts: Row[] = []
     const removals: Row[] = []
     const logged: Row[] = []
     const trims: Row[] = []
-    for (const c of changes) {
+    // A group is dropped after its last write: the batch's writes to it are left out, the drop goes first (a
+    // group re-created under the same name in this batch takes a new gid, and its name must be free).
+    const dropped = new Set<number>()
+    let revFloor = -1
+    for (const c of batch) {
+      if ('drop' in c) {
+        dropped.add(c.drop)
+        revFloor = Math.max(revFloor, c.revFloor)
+      }
+    }
+    const statements: string[] = []
+    if (dropped.size > 0) statements.push(DROP_GROUPS([...dropped].join(', ')), SET_REV_FLOOR(revFloor))
+    for (const c of batch) {
+      if ('drop' in c || dropped.has(c.gid)) continue
       groups.push([c.gid, c.stream, c.group, c.rev, c.timestamp])
       if (c.item !== undefined) {
         if ('removed' in c.item) removals.push([c.gid, c.item.id])
-        else upserts.push([c.gid, c.item.id, c.item.text, c.item.order])
+        else upserts.push([c.gid, c.item.id, c.item.text, c.item.order, c.timestamp])
       }
       if (c.log !== null) logged.push([c.gid, c.rev, c.timestamp, c.log.id, c.log.body])
       if (c.trimTo !== undefined) trims.push([c.gid, c.trimTo])
     }
-    const statements = [UPSERT_GROUPS(values(groups))]
+    if (groups.length > 0) statements.push(UPSERT_GROUPS(values(groups)))
     if (upserts.length > 0) statements.push(UPSERT_ITEMS(values(upserts)))
     if (removals.length > 0) statements.push(DELETE_ITEMS(values(removals)))
+    const move = this.recentRows + logged.length > RECENT_ROWS
+    if (move) statements.push(MOVE_RECENT)
     if (logged.length > 0) statements.push(INSERT_CHANGES(values(logged)))
     if (trims.length > 0) statements.push(TRIM_CHANGES(values(trims)))
     const now = Date.now()
@@ -297,12 +359,15 @@ export class SqliteFile {
       // loop, and commits wait on them. The age sweep, rare, runs apart (its row count decides the next one).
       if (!sweep) {
         await exec(db, `BEGIN; ${statements.join('; ')}; COMMIT;`)
-        return
+      } else {
+        await exec(db, `BEGIN; ${statements.join('; ')};`)
+        const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
+        await run(db, SWEEP_RECENT, [now - this.maxAgeMs])
+        this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
+        await run(db, 'COMMIT')
       }
-      await exec(db, `BEGIN; ${statements.join('; ')};`)
-      const swept = await run(db, SWEEP_CHANGES, [now - this.maxAgeMs])
-      this.nextSweep = swept.changes === SWEEP_ROWS ? now : now + this.sweepIntervalMs
-      await run(db, 'COMMIT')
+      // Rows trimmed, swept or dropped since are not counted off: the move only comes sooner.
+      this.recentRows = (move ? 0 : this.recentRows) + logged.length
     } catch (err) {
       await run(db, 'ROLLBACK').catch(() => {})
       throw err
@@ -326,10 +391,12 @@ export class SqliteFile {
     return await done
   }
 
-  /** The group's committed log after `after`, with its committed revision; `gid` null: a group never written. */
-  async readChanges (gid: number | null, after: number, limit: number): Promise<Omit<ChangePage, 'epoch'>> {
+  /**
+   * The group's committed log after `after`, with its committed revision; a group whose first write is not
+   * committed yet answers `base` (the revision it starts from) for both.
+   */
+  async readChanges (gid: number, after: number, limit: number, base: number): Promise<Omit<ChangePage, 'epoch'>> {
     if (this.reader === null) throw new StorageError('the file is closed')
-    if (gid === null) return { changes: [], rev: 0, trimmed: 0 }
     let rows: Array<{ grev: number, first: number | null, rev: number | null, ts: number, id: string | null, body: string }>
     try {
       rows = await all(this.reader, READ_CHANGES, [gid, after, limit])
@@ -337,7 +404,7 @@ export class SqliteFile {
       throw new StorageError((err as Error).message)
     }
     // No row: the group's first write is not committed yet.
-    if (rows.length === 0) return { changes: [], rev: 0, trimmed: 0 }
+    if (rows.length === 0) return { changes: [], rev: base, trimmed: base }
     const { grev, first } = rows[0]
     const changes: ChangeRecord[] = []
     for (const row of rows) {

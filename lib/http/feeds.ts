@@ -143,7 +143,7 @@ export function changeMessage (stream: string, record: Pick<ChangeRecord, 'id' |
 }
 
 /** A snapshot as messages: snapshot-start, one insert per item in group order, snapshot-end. */
-function snapshotMessages (stream: string, snapshot: GroupSnapshot & { timestamps?: number[] }, next: string): string[] {
+function snapshotMessages (stream: string, snapshot: GroupSnapshot, next: string): string[] {
   const control = (name: string) => JSON.stringify({ headers: { control: name, offset: next } })
   const messages = [control('snapshot-start')]
   for (let i = 0; i < snapshot.items.length; i++) {

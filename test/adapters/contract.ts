@@ -15,6 +15,10 @@ export interface AdapterUnderTest {
   restart: () => Promise<StreamAdapter>
   /** Whether the data, revisions and epoch survive `restart`. */
   durable: boolean
+  /** Whether snapshots must carry each item's last-change timestamp (`GroupSnapshot.timestamps`). */
+  itemTimestamps?: boolean
+  /** How much the store holds: its groups, rows or keys (each backend counts its own kind). */
+  footprint: () => Promise<number>
 }
 
 /** Options every backend maps onto its own config. */
@@ -224,6 +228,58 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     t.match(await adapter.snapshotGroup('s', 'g'), { items: [{ id: 'a' }, { id: 'b' }], ids: ['a', 'b'], rev: 2, timestamp: events[1].timestamp })
     t.same(await adapter.snapshotItem('s', 'g', 'a'), { value: { id: 'a' }, rev: 2, timestamp: events[1].timestamp })
     t.same(await adapter.snapshotItem('s', 'g', 'zz'), { value: null, rev: 2, timestamp: events[1].timestamp })
+  })
+
+  t.test('snapshots carry each item\'s last-change timestamp, where the store keeps it', async t => {
+    const { adapter, made } = await fresh(t)
+    await adapter.set('s', 'g', 'a', { id: 'a' })
+    const b = await adapter.set('s', 'g', 'b', { id: 'b' })
+    const a = await adapter.update('s', 'g', 'a', [{ type: 'set', path: 'n', value: 1 }])
+    const c = await adapter.set('s', 'g', 'c', { id: 'c' })
+    await adapter.delete('s', 'g', 'c')
+    await adapter.set('s', 'g', 'c', { id: 'c', again: true })
+    const c2 = await adapter.set('s', 'g', 'c', { id: 'c', again: true })
+    // A custom event about an item is not a change of it.
+    await adapter.publish('s', 'g', 'b', { type: 'event', event: { type: 'seen', data: 1 } })
+    const snapshot = await adapter.snapshotGroup('s', 'g')
+    const expected = [a.event!.timestamp, b.event!.timestamp, c2.event!.timestamp]
+    t.ok(c.event!.timestamp < c2.event!.timestamp)
+    t.same(snapshot.ids, ['a', 'b', 'c'])
+    if (made.itemTimestamps === true) {
+      t.same(snapshot.timestamps, expected)
+      return
+    }
+    // A store that knows only some (Redis: items changed while a big group was paged): those it gives are right.
+    for (const [at, known] of (snapshot.timestamps ?? []).entries()) {
+      if (known !== undefined) t.equal(known, expected[at], `item ${snapshot.ids[at]}`)
+    }
+  })
+
+  t.test('send() to groups without items: never listed, and their state goes once their log aged out', async t => {
+    const maxAgeMs = 300
+    const { adapter, made } = await fresh(t, { changeLog: { maxChanges: 100, maxAgeMs } })
+    const event = { type: 'event' as const, event: { type: 'ping', data: null } }
+    await adapter.set('s', 'kept', 'a', { id: 'a' })
+    await adapter.publish('s', 'gone', null, event)
+    const last = await adapter.publish('s', 'gone', null, event)
+    let newest = last.timestamp
+    for (let i = 0; i < 10_000; i += 200) {
+      const sent = await Promise.all(Array.from({ length: 200 }, (_, j) => adapter.publish('s', `new${i + j}`, 'x', event)))
+      newest = Math.max(newest, ...sent.map(e => e.timestamp))
+    }
+    t.same(await adapter.listGroups('s'), ['kept'], 'listGroups shows only the group holding items')
+    t.same(await adapter.listAll(), { stream: [{ id: 's', groups: ['kept'] }], count: 1 })
+    // (A burst runs the clock ahead of real time, and ages follow the clock: some may be gone already.)
+    t.ok(await made.footprint() > 100, 'while their log is kept, the groups are kept')
+    await until(() => Date.now() > newest + maxAgeMs + 50, 'the log to age out', newest - Date.now() + maxAgeMs + 5000)
+    // Retention runs when the store is written (memory, SQLite) or on its own (Redis).
+    await adapter.set('s', 'kept', 'b', { id: 'b' })
+    await until(async () => await made.footprint() < 20, 'the state of groups without items to go')
+    t.same(await adapter.listGroups('s'), ['kept'])
+    const back = await adapter.publish('s', 'gone', null, event)
+    t.ok(back.rev > last.rev, `a group that comes back goes on above its old revisions (${back.rev} > ${last.rev})`)
+    const page = await adapter.readChanges!('s', 'gone', last.rev - 1, 10)
+    t.ok(page.trimmed > last.rev - 1, 'an offset from its earlier life is trimmed (410), never read as one of the new life')
   })
 
   t.test('many concurrent writes: revisions +1 and timestamps rising, in commit order', async t => {

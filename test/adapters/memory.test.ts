@@ -8,7 +8,8 @@ import { adapterContract } from './contract.js'
 
 adapterContract(t, async (options = {}) => {
   const make = () => createKvAdapter({ storeMethod: 'in_memory', ...options })
-  return { adapter: make(), restart: async () => make(), durable: false }
+  const adapter = make()
+  return { adapter, restart: async () => make(), durable: false, itemTimestamps: true, footprint: async () => adapter.groupCount }
 })
 
 t.test('change_log config: snake_case or camelCase, defaults per backend, 0 turns the log off, bad values refused', async t => {

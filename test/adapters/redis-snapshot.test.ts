@@ -7,7 +7,7 @@ import { Redis } from 'ioredis'
 import { MAX_SNAPSHOT_ATTEMPTS, MAX_STORED_VALUE_DEPTH, RedisAdapter, nestsDeeper } from '../../lib/adapters/redis.js'
 import { normalizeRedisConfig } from '../../lib/adapters/redis-config.js'
 import type { GroupSnapshot, StreamEvent } from '../../lib/adapters/adapter.js'
-import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
+import { keyCount, startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
 import { RawClient, serve, until } from '../helpers/app.js'
 import { adapterContract } from './contract.js'
 
@@ -104,7 +104,7 @@ t.test('contract, with every group of more than 2 items read in pages', async (t
       await server.restart()
       return new RedisAdapter(normalizeRedisConfig(config))
     }
-    return { adapter: new RedisAdapter(normalizeRedisConfig(config)), restart, durable: true }
+    return { adapter: new RedisAdapter(normalizeRedisConfig(config)), restart, durable: true, footprint: async () => await keyCount(server, config.key_prefix) }
   })
 })
 

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { RedisAdapter, escapeGlob, parseEnvelope } from '../../lib/adapters/redis.js'
 import { normalizeRedisConfig } from '../../lib/adapters/redis-config.js'
 import type { StreamEvent } from '../../lib/adapters/adapter.js'
-import { startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
+import { keyCount, startRedisServer, replyText, type RedisServer } from '../helpers/redis-server.js'
 import { until } from '../helpers/app.js'
 import { waitFor } from '../helpers/wait.js'
 import { adapterContract } from './contract.js'
@@ -49,9 +49,10 @@ t.beforeEach(async () => { await server.command('FLUSHALL') })
 let contractRun = 0
 t.test('contract', async (t) => {
   adapterContract(t, async (options = {}) => {
+    const prefix = `contract${++contractRun}:`
     const config = {
       redis_url: server.url,
-      key_prefix: `contract${++contractRun}:`,
+      key_prefix: prefix,
       ...options.changeLog && { change_log: { max_changes: options.changeLog.maxChanges, max_age_ms: options.changeLog.maxAgeMs } }
     }
     const restart = async () => {
@@ -60,7 +61,7 @@ t.test('contract', async (t) => {
       await server.restart()
       return createRedisAdapter(config)
     }
-    return { adapter: createRedisAdapter(config), restart, durable: true }
+    return { adapter: createRedisAdapter(config), restart, durable: true, footprint: async () => await keyCount(server, prefix) }
   })
 })
 

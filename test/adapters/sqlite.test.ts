@@ -8,10 +8,34 @@ import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
 import { until } from '../helpers/app.js'
 
+/** Runs one read-only query on the file, through a connection of its own. */
+async function query<T> (filePath: string, sql: string): Promise<T[]> {
+  const { default: sqlite3 } = await import('sqlite3')
+  return await new Promise((resolve, reject) => {
+    const db = new sqlite3.Database(filePath, sqlite3.OPEN_READONLY, (err) => { if (err !== null) reject(err) })
+    db.all<T>(sql, (err, rows) => db.close(() => err === null ? resolve(rows) : reject(err)))
+  })
+}
+
+/** Rows of the file's groups, items and change log. */
+async function rowCount (filePath: string): Promise<number> {
+  const [{ n }] = await query<{ n: number }>(filePath,
+    'SELECT (SELECT count(*) FROM groups) + (SELECT count(*) FROM items) + (SELECT count(*) FROM changes) AS n')
+  return n
+}
+
 adapterContract(t, async (options = {}) => {
   const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
-  const make = () => createKvAdapter({ storeMethod: 'file_based', filePath: join(dir, 'nested', 'store.db'), ...options })
-  return { adapter: make(), restart: async () => make(), durable: true, cleanup: () => rm(dir, { recursive: true, force: true }) }
+  const filePath = join(dir, 'nested', 'store.db')
+  const make = () => createKvAdapter({ storeMethod: 'file_based', filePath, ...options })
+  return {
+    adapter: make(),
+    restart: async () => make(),
+    durable: true,
+    itemTimestamps: true,
+    footprint: () => rowCount(filePath),
+    cleanup: () => rm(dir, { recursive: true, force: true })
+  }
 })
 
 /** A SQLite file in a temp dir (removed by the test's teardown) and a started adapter on it. */
@@ -147,4 +171,58 @@ t.test('without the sqlite3 package, a file store fails at start with STREAMS_ER
     encoding: 'utf8'
   })
   t.equal(output.trim(), 'STREAMS_ERR_MISSING_PACKAGE 1')
+})
+
+t.test('a file of schema 1 (items without timestamps) opens and works: migrated in place', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-sqlite-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const filePath = join(dir, 'store.db')
+  // The tables as schema 1 wrote them: one group with two items and its log.
+  const { default: sqlite3 } = await import('sqlite3')
+  await new Promise<void>((resolve, reject) => {
+    const db = new sqlite3.Database(filePath)
+    db.exec(`
+      CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE groups (gid INTEGER PRIMARY KEY, stream TEXT NOT NULL, grp TEXT NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, UNIQUE (stream, grp));
+      CREATE TABLE items (gid INTEGER NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL, ord INTEGER NOT NULL, PRIMARY KEY (gid, id));
+      CREATE TABLE changes (gid INTEGER NOT NULL, rev INTEGER NOT NULL, ts INTEGER NOT NULL, id TEXT, body TEXT NOT NULL, PRIMARY KEY (gid, rev));
+      INSERT INTO store_meta VALUES ('epoch', '00112233aabbccdd');
+      INSERT INTO groups VALUES (1, 'todo', 'inbox', 2, 1001);
+      INSERT INTO items VALUES (1, 'a', '{"id":"a"}', 0), (1, 'b', '{"id":"b"}', 1);
+      INSERT INTO changes VALUES (1, 1, 1000, 'a', '{"type":"create","data":{"id":"a"}}'), (1, 2, 1001, 'b', '{"type":"create","data":{"id":"b"}}');
+      PRAGMA user_version = 1;`, (err) => db.close(() => err === null ? resolve() : reject(err)))
+  })
+  const first = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await first.start()
+  t.match(await first.snapshotGroup('todo', 'inbox'), { ids: ['a', 'b'], timestamps: [undefined, undefined], rev: 2, epoch: '00112233aabbccdd' },
+    'the items are served; their last change is not known, so none is claimed')
+  t.equal((await first.readChanges('todo', 'inbox', 0, 10)).changes.length, 2, 'the log is kept')
+  const next = await first.set('todo', 'inbox', 'b', { id: 'b', n: 1 })
+  t.equal(next.event!.rev, 3)
+  await first.close()
+  const second = createKvAdapter({ storeMethod: 'file_based', filePath })
+  await second.start()
+  t.teardown(() => second.close())
+  t.match(await second.snapshotGroup('todo', 'inbox'), { ids: ['a', 'b'], timestamps: [undefined, next.event!.timestamp], rev: 3 }, 'a new write is stamped')
+  t.same(await query(filePath, 'PRAGMA user_version'), [{ user_version: 2 }])
+})
+
+t.test('the revision floor of dropped groups survives a restart', async t => {
+  const { filePath, first } = await fileStore(t)
+  await first.close()
+  const changeLog = { maxChanges: 100, maxAgeMs: 50 }
+  const adapter = createKvAdapter({ storeMethod: 'file_based', filePath, changeLog })
+  await adapter.start()
+  await adapter.publish('s', 'gone', null, { type: 'event', event: { type: 'e', data: null } })
+  const last = await adapter.publish('s', 'gone', null, { type: 'event', event: { type: 'e', data: null } })
+  await until(() => Date.now() > last.timestamp + 100, 'the log to age out')
+  await adapter.set('s', 'kept', 'a', { id: 'a' })
+  await until(async () => (await query(filePath, "SELECT gid FROM groups WHERE grp = 'gone'")).length === 0, 'the group to be dropped')
+  await adapter.close()
+  const again = createKvAdapter({ storeMethod: 'file_based', filePath, changeLog })
+  await again.start()
+  t.teardown(() => again.close())
+  const back = await again.publish('s', 'gone', null, { type: 'event', event: { type: 'e', data: null } })
+  t.ok(back.rev > last.rev, `after a restart too, a group that comes back goes on above its old revisions (${back.rev} > ${last.rev})`)
+  t.same(await again.listGroups('s'), ['kept'])
 })

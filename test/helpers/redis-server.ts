@@ -135,3 +135,14 @@ export async function startRedisServer (): Promise<RedisServer> {
     command: (...args: string[]) => rawCommand(port, args)
   }
 }
+
+/** How many keys of `server` start with `prefix` (what an adapter under that prefix leaves in Redis). */
+export async function keyCount (server: RedisServer, prefix: string): Promise<number> {
+  const { Redis } = await import('ioredis')
+  const client = new Redis(server.url)
+  try {
+    return (await client.keys(`${prefix}*`)).length
+  } finally {
+    client.disconnect()
+  }
+}

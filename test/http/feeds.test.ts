@@ -1,7 +1,12 @@
 // Group feeds on the memory store: the Durable Streams read protocol as a client sees it (status codes,
 // headers, message shapes), through plain fetch and through the official client + MaterializedState.
+import { mkdtemp, rm } from 'node:fs/promises'
 import { request as httpRequest } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Fastify from 'fastify'
 import t from 'tap'
+import streams from '../../lib/index.js'
 import { serve, until } from '../helpers/app.js'
 import { byId, FeedReader, type FeedMessage } from './feeds-helpers.js'
 import type { StreamsOptions } from '../../lib/index.js'
@@ -362,4 +367,68 @@ t.test('the feeds option is checked', async t => {
   for (const bad of ['yes', { path: 'feeds' }, { path: '/feeds/' }, { path: '/a/:b' }, { long_poll_timeout_ms: 0 }, { retention: 5 }, { maxPageChanges: 1.5 }]) {
     t.throws(() => normalizeOptions({ feeds: bad as never }), { code: 'STREAMS_ERR_INVALID_OPTION' }, JSON.stringify(bad))
   }
+})
+
+t.test('snapshot inserts carry the timestamp of each item\'s last change (memory and SQLite)', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'streams-feeds-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const stores = { memory: {}, sqlite: { store_method: 'file_based' as const, file_path: join(dir, 'store.db') } }
+  for (const [name, config] of Object.entries(stores)) {
+    const { app, base } = await feedApp({ adapter: { class: 'kv', config } })
+    const start = (await fetch(`${base}/todo/ana?offset=now`)).headers.get('stream-next-offset')!
+    await app.streams.set('todo', 'ana', 'a', { id: 'a', n: 1 })
+    await app.streams.set('todo', 'ana', 'b', { id: 'b' })
+    await app.streams.update('todo', 'ana', 'a', [{ type: 'set', path: 'n', value: 2 }])
+    await app.streams.send('todo', 'ana', { type: 'seen', data: null }, 'b')
+    const changes = await body(await fetch(`${base}/todo/ana?offset=${start}`))
+    const lastChange = (key: string) => changes.filter(m => m.key === key && m.headers.operation !== 'event').at(-1)!.headers.timestamp
+    const snapshot = await body(await fetch(`${base}/todo/ana?offset=-1`))
+    const inserts = snapshot.filter(m => m.headers.operation === 'insert')
+    t.same(inserts.map(m => [m.key, m.headers.timestamp]), [['a', lastChange('a')], ['b', lastChange('b')]], name)
+    t.ok(Date.parse(lastChange('a')!) > Date.parse(lastChange('b')!), `${name}: the update's time, not the insert's`)
+  }
+})
+
+t.test('feeds.retention is set on the adapter the plugin builds: an offset older than it keeps answers 410', async t => {
+  const { app, base } = await feedApp({ feeds: { retention: { max_changes: 5 } } })
+  await app.streams.set('todo', 'ana', 'a', { id: 'a' })
+  const old = (await fetch(`${base}/todo/ana?offset=now`)).headers.get('stream-next-offset')!
+  for (let n = 0; n < 20; n++) await app.streams.set('todo', 'ana', 'a', { id: 'a', n })
+  const gone = await fetch(`${base}/todo/ana?offset=${old}`)
+  t.equal(gone.status, 410, 'the log keeps only the newest 5 (and its trim slack)')
+  t.equal(((await gone.json()) as { code: string }).code, 'STREAMS_ERR_OFFSET_GONE')
+  const snapshot = await fetch(`${base}/todo/ana?offset=-1`)
+  await snapshot.arrayBuffer()
+  await app.streams.set('todo', 'ana', 'a', { id: 'a', n: 'last' })
+  const recent = await fetch(`${base}/todo/ana?offset=${snapshot.headers.get('stream-next-offset')!}`)
+  t.equal(recent.status, 200, 'a recent offset reads on')
+})
+
+t.test('feeds.retention is checked: snake or camel case, one place only, a borrowed adapter keeps its own', async t => {
+  const { normalizeOptions } = await import('../../lib/options.js')
+  const { createKvAdapter } = await import('../../lib/adapters/kv.js')
+  const { DEFAULT_CHANGE_LOG_MAX_AGE_MS, DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES } = await import('../../lib/adapters/adapter.js')
+  const changeLogOf = (options: Record<string, unknown>) => (normalizeOptions(options).adapter as { config: { changeLog: unknown } }).config.changeLog
+  t.same(changeLogOf({ feeds: { retention: { max_changes: 5 } } }), { maxChanges: 5, maxAgeMs: DEFAULT_CHANGE_LOG_MAX_AGE_MS })
+  t.same(changeLogOf({ feeds: { retention: { maxAgeMs: 60_000 } }, adapter: { class: 'redis' } }), { maxChanges: DEFAULT_STORED_CHANGE_LOG_MAX_CHANGES, maxAgeMs: 60_000 })
+  t.same(changeLogOf({ feeds: { retention: { max_age_ms: 9 } }, adapter: { class: 'kv', config: { change_log: { max_age_ms: 9, max_changes: 3 } } } }),
+    { maxChanges: 3, maxAgeMs: 9 }, 'given in both places, the same: accepted')
+  const bad = [
+    { feeds: { retention: { max_changes: -1 } } },
+    { feeds: { retention: { max_age_ms: 0 } } },
+    { feeds: { retention: { size: 1 } } },
+    { feeds: { retention: { max_changes: 5 } }, adapter: { class: 'kv', config: { change_log: { max_changes: 6 } } } },
+    { feeds: { retention: { max_changes: 5 } }, adapter: { class: 'mine' }, adapters: { mine: () => ({}) } }
+  ]
+  for (const options of bad) t.throws(() => normalizeOptions(options), { code: 'STREAMS_ERR_INVALID_OPTION' }, JSON.stringify(options))
+
+  const borrowed = createKvAdapter({ change_log: { max_changes: 7 } })
+  t.teardown(() => borrowed.close())
+  const refused = Fastify()
+  await t.rejects(async () => { await refused.register(streams, { adapter: borrowed, feeds: { retention: { max_changes: 8 } } }).ready() }, { code: 'STREAMS_ERR_INVALID_OPTION' }, 'a borrowed adapter with another retention is refused at start')
+  await refused.close()
+  const accepted = Fastify()
+  await accepted.register(streams, { adapter: borrowed, feeds: { retention: { max_changes: 7 } } }).ready()
+  await accepted.close()
+  t.pass('the same retention restated is accepted')
 })
