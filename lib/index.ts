@@ -74,7 +74,8 @@ const plugin: FastifyPluginAsync<StreamsOptions> = async (app: FastifyInstance, 
   let closed = false
   const metrics = await metricsFor(options.operations, {
     sockets: () => connections.size,
-    subscriptions: () => { let count = 0; for (const connection of connections) count += connection.subscriptionCount; return count }
+    subscriptions: () => { let count = 0; for (const connection of connections) count += connection.subscriptionCount; return count },
+    skippedItems: () => rawAdapter.skippedItems ?? 0
   })
   const monitor = new BackendMonitor(adapterName(options.adapter), log, metrics)
   const adapter = monitor.wrap(rawAdapter)

@@ -37,6 +37,8 @@ export const NO_METRICS: StreamsMetrics = {
 export interface MetricsSources {
   sockets(): number
   subscriptions(): number
+  /** Stored items the adapter could not read and skipped (its `skippedItems`; 0 when it keeps no count). */
+  skippedItems(): number
 }
 
 /** Sync frame sizes in bytes: 1 KiB to 64 MiB by powers of 4. */
@@ -55,7 +57,12 @@ export async function createMetrics (registry: Registry | null, sources: Metrics
   const registers = [registry ?? new prom.Registry()]
   const name = (suffix: string): string => `fastify_streams_${suffix}`
   // Gauges read when scraped.
-  for (const [suffix, help, read] of [['open_sockets', 'Open stream sockets', sources.sockets], ['subscriptions', 'Open subscriptions', sources.subscriptions]] as const) {
+  const gauges = [
+    ['open_sockets', 'Open stream sockets', sources.sockets],
+    ['subscriptions', 'Open subscriptions', sources.subscriptions],
+    ['skipped_items', 'Stored items skipped because they could not be read (not JSON, or nested too deep)', sources.skippedItems]
+  ] as const
+  for (const [suffix, help, read] of gauges) {
     registers[0].registerMetric(new prom.Gauge({ name: name(suffix), help, registers: [], collect () { this.set(read()) } }))
   }
   const joins = new prom.Counter({ name: name('joins_total'), help: 'Joins accepted', registers })

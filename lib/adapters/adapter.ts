@@ -117,6 +117,8 @@ export type EventListener = (event: StreamEvent) => void
 export interface StreamAdapter {
   /** How much of each group's change log the adapter keeps (built-in adapters): `feeds.retention` is checked against it. */
   readonly retention?: ChangeLogRetention
+  /** Stored items the adapter skipped because it could not read them (optional; the `skipped_items` metric). */
+  readonly skippedItems?: number
   /** Resolves once the backend is reachable and loaded; rejects with a coded error otherwise. */
   start?(): Promise<void>
   get(stream: string, group: string, id: string): Promise<unknown>

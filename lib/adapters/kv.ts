@@ -225,7 +225,18 @@ export class KvAdapter implements StreamAdapter {
     this.file = config.storeMethod === 'file_based' ? new SqliteFile(config.filePath, this.retention.maxAgeMs) : null
   }
 
+  /**
+   * Opens and loads the file once: an adapter the app started itself and then handed to the plugin (which starts
+   * what it is given) is not loaded twice.
+   */
   async start (): Promise<void> {
+    this.loading ??= this.load()
+    await this.loading
+  }
+
+  private loading: Promise<void> | null = null
+
+  private async load (): Promise<void> {
     if (this.file === null) return
     const contents = await this.file.open()
     this.epoch = contents.epoch

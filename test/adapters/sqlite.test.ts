@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import { createKvAdapter, type KvAdapter } from '../../lib/adapters/kv.js'
 import { adapterContract } from './contract.js'
-import { until } from '../helpers/app.js'
+import { serve, until } from '../helpers/app.js'
 
 /** Runs one read-only query on the file, through a connection of its own. */
 async function query<T> (filePath: string, sql: string): Promise<T[]> {
@@ -128,6 +128,10 @@ t.test('an item row that cannot be read is skipped and counted; the store still 
   t.equal(second.skippedItems, 1)
   t.same(await second.getGroup('s', 'g'), [{ id: 'a' }, { id: 'c' }], 'the readable items are served')
   await until(() => warnings.some(w => (w as Error & { code?: string }).code === 'STREAMS_SKIPPED_ITEMS'), 'the warning')
+  const { app, url } = await serve({ adapter: second, metrics_path: '/metrics' })
+  t.teardown(() => app.close())
+  const exposition = await (await fetch(url.replace('ws:', 'http:') + 'metrics')).text()
+  t.match(exposition, /^fastify_streams_skipped_items 1$/m, 'an operator sees the skipped item')
   const next = await second.set('s', 'g', 'd', { id: 'd' })
   t.equal(next.event!.rev, 4, 'revisions go on')
 })
