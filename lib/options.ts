@@ -9,6 +9,7 @@ import { givenRetention } from './adapters/change-log-config.js'
 import type { ChangeLogRetention } from './adapters/adapter.js'
 import { OptionReader, isPlainObject, type Raw } from './checks.js'
 import { InvalidOptionError } from './errors.js'
+import { MAX_SERVABLE_VALUE_DEPTH } from './values.js'
 import type { AdapterOption } from './types.js'
 
 export const DEFAULT_PATH = '/'
@@ -335,7 +336,7 @@ function limitOptions (raw: OptionReader): LimitOptions {
     maxFrameRate: raw.positiveInt('maxFrameRate', DEFAULT_MAX_FRAME_RATE),
     frameBurst: raw.positiveInt('frameBurst', DEFAULT_FRAME_BURST),
     pingIntervalMs: raw.integer('pingIntervalMs', DEFAULT_PING_INTERVAL_MS, 0),
-    maxValueDepth: raw.positiveInt('maxValueDepth', DEFAULT_MAX_VALUE_DEPTH),
+    maxValueDepth: raw.integer('maxValueDepth', DEFAULT_MAX_VALUE_DEPTH, 1, MAX_SERVABLE_VALUE_DEPTH),
     maxValueBytes: raw.positiveInt('maxValueBytes', DEFAULT_MAX_VALUE_BYTES),
     maxUpdateOps: raw.positiveInt('maxUpdateOps', DEFAULT_MAX_UPDATE_OPS),
     syncDrainTimeoutMs: raw.positiveInt('syncDrainTimeoutMs', DEFAULT_SYNC_DRAIN_TIMEOUT_MS)

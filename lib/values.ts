@@ -4,6 +4,13 @@ import { InvalidArgumentError } from './errors.js'
 import type { LimitOptions } from './options.js'
 
 /**
+ * The deepest nesting any value may have and still be served. JSON.stringify (a reply, a sync frame, a feed
+ * message) overflows the stack near 2 000 levels; `max_value_depth` may not exceed this, and a stored value deeper
+ * than it (written by an engine or an older version) is skipped by reads instead.
+ */
+export const MAX_SERVABLE_VALUE_DEPTH = 512
+
+/**
  * Throws STREAMS_ERR_INVALID_ARGUMENT when `value` nests deeper than `maxValueDepth` or serialises to more than
  * `maxValueBytes`. The walk is iterative: a hostile value cannot overflow the stack while being checked.
  */

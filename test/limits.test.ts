@@ -5,6 +5,7 @@ import websocket from '@fastify/websocket'
 import { WebSocket } from 'ws'
 import streams from '../lib/index.js'
 import { effectiveMaxConnections } from '../lib/limits.js'
+import { MAX_SERVABLE_VALUE_DEPTH } from '../lib/values.js'
 import {
   DEFAULT_AUTH_TIMEOUT_MS, DEFAULT_FRAME_BURST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_FRAME_RATE,
   DEFAULT_MAX_UPDATE_OPS, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VALUE_DEPTH, DEFAULT_PING_INTERVAL_MS, DEFAULT_SYNC_DRAIN_TIMEOUT_MS, FD_RESERVE,
@@ -247,6 +248,8 @@ t.test('the new options: snake_case and camelCase, named defaults, bad values re
     t.equal((normalizeOptions({ [camel]: 7 }).limits as unknown as Record<string, number>)[camel], 7, `${camel} read`)
     for (const bad of [0, -1, 1.5, '7']) t.throws(() => normalizeOptions({ [snake]: bad }), { code: 'STREAMS_ERR_INVALID_OPTION' }, `${snake}: ${bad} refused`)
   }
+  t.equal(normalizeOptions({ max_value_depth: MAX_SERVABLE_VALUE_DEPTH }).limits.maxValueDepth, MAX_SERVABLE_VALUE_DEPTH)
+  t.throws(() => normalizeOptions({ max_value_depth: MAX_SERVABLE_VALUE_DEPTH + 1 }), { code: 'STREAMS_ERR_INVALID_OPTION' }, 'no deeper than a reader can serve')
   t.equal(normalizeOptions({ ping_interval_ms: 0 }).limits.pingIntervalMs, 0, 'the heartbeat can be turned off')
   t.throws(() => normalizeOptions({ ping_interval_ms: -1 }), { code: 'STREAMS_ERR_INVALID_OPTION' })
   t.same(normalizeOptions({ allowed_origins: ['https://App.example:8443'] }).limits.allowedOrigins, ['https://app.example:8443'])

@@ -27,6 +27,7 @@ import {
   type StreamEventBody, type UpdateResult
 } from './adapter.js'
 import { applyUpdateOps, type UpdateOp } from '../update-ops.js'
+import { MAX_SERVABLE_VALUE_DEPTH } from '../values.js'
 import {
   BackendUnavailableError, ClosedError, ConflictError, InvalidArgumentError, StorageError
 } from '../errors.js'
@@ -41,12 +42,8 @@ const SCAN_COUNT = 1000
  * (trimmed by a write burst while the pages were read, or off) before it fails with BackendUnavailableError.
  */
 export const MAX_SNAPSHOT_ATTEMPTS = 5
-/**
- * The deepest nesting a stored value may have and still be served. JSON.stringify (a reply, a sync frame, a feed
- * message) overflows the stack near 2 000 levels; a value deeper than this, written past this plugin's
- * `max_value_depth` check (by an engine or an older version), is skipped by every read instead.
- */
-export const MAX_STORED_VALUE_DEPTH = 512
+/** The deepest stored value a read serves; deeper ones are skipped (see MAX_SERVABLE_VALUE_DEPTH). */
+export const MAX_STORED_VALUE_DEPTH = MAX_SERVABLE_VALUE_DEPTH
 const QUIT_TIMEOUT_MS = 1000
 
 // ---------------------------------------------------------------------------------------------------------
