@@ -88,11 +88,13 @@ export function createSocketAuth ({ app, registry, options, log, guard }: AuthHo
   }
 
   /** One warning per UNAUTHORIZED_LOG_INTERVAL_MS, carrying how many refusals it stands for. */
-  function logRefusal (reason: string): void {
+  function logRefusal (reason: string, request: FastifyRequest): void {
     refusedSinceLog++
     const now = Date.now()
     if (now - lastLog < UNAUTHORIZED_LOG_INTERVAL_MS) return
-    log.warn({ reason, refused: refusedSinceLog }, 'fastify-streams: refused a socket (401)')
+    // The same hook guards the socket's upgrade, the feeds and the durable streams: say which was refused.
+    const what = request.headers.upgrade?.toLowerCase() === 'websocket' ? 'a socket' : `a request (${request.method} ${request.url.split('?')[0]})`
+    log.warn({ reason, refused: refusedSinceLog }, `fastify-streams: refused ${what} (401)`)
     lastLog = now
     refusedSinceLog = 0
   }
@@ -115,7 +117,7 @@ export function createSocketAuth ({ app, registry, options, log, guard }: AuthHo
           ;(request as AuthedRequest)[CONTEXT] = null
           return
         }
-        logRefusal(reason)
+        logRefusal(reason, request)
         return guard.refuse(reply, { status: 401, code: 'STREAMS_ERR_UNAUTHORIZED', reason: 'auth', message: 'Authentication failed' })
       }
     },

@@ -398,6 +398,19 @@ t.test('auth refusals a user can act on', async t => {
     t.equal(said.length, 1, 'three refusals in a row: one warning')
     t.match(said[0].reason, /E_TOKEN token expired/, 'the reason, with the code')
     t.equal(JSON.stringify(said[0]).split('token expired').length, 2, 'said once (no error object, stack or cause repeating it)')
+    t.match(said[0].msg, /refused a socket/, 'a socket, for an upgrade')
+  })
+
+  await t.test('a refused feed read is logged as a request, with its method and path (no query: it may hold a token)', async t => {
+    const logs: LogLine[] = []
+    const { app, url } = await serve({ feeds: true, auth_function: () => { throw new Error('no token') } }, undefined, logs)
+    t.teardown(() => app.close())
+    const response = await fetch(url.replace('ws:', 'http:') + 'v1/groups/s/g?offset=-1&authToken=secret')
+    t.equal(response.status, 401)
+    const said = warnings(logs, /401/)
+    t.equal(said.length, 1)
+    t.match(said[0].msg, /refused a request \(GET \/v1\/groups\/s\/g\)/)
+    t.notMatch(JSON.stringify(said[0]), /secret/, 'the query is not logged')
   })
 })
 
