@@ -15,6 +15,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
+import { freePort } from './lib/procs.mjs'
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -155,17 +156,6 @@ function runLoadgen (cfg, timeoutMs = 300_000) {
       if (m) return resolve(JSON.parse(m[1]))
       resolve({ error: `load generator exited (${code ?? signal}) without a result${signal ? ' (timeout?)' : ''}: ${tail(err)}` })
     })
-  })
-}
-
-function freePort () {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
   })
 }
 

@@ -68,6 +68,27 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     return { adapter: made.adapter, events: record(made.adapter), made }
   }
 
+  /** A started adapter that the test can restart on the same storage; whichever is current is closed at the end. */
+  async function restartable (t: Test): Promise<{ made: AdapterUnderTest, current: () => StreamAdapter, restart: () => Promise<StreamAdapter> }> {
+    const made = await make()
+    let adapter = made.adapter
+    t.teardown(async () => {
+      await adapter.close()
+      await made.cleanup?.()
+    })
+    await adapter.start?.()
+    return {
+      made,
+      current: () => adapter,
+      restart: async () => {
+        await adapter.close()
+        adapter = await made.restart()
+        await adapter.start?.()
+        return adapter
+      }
+    }
+  }
+
   t.test('set creates then updates, get reads back, events carry rev and timestamp', async t => {
     const { adapter, events } = await fresh(t)
     t.same(await adapter.get('todo', 'inbox', 't1'), null, 'missing item reads as null')
@@ -409,20 +430,13 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
   })
 
   t.test('restart: a durable store keeps its epoch, log and revisions; a memory store starts a new epoch', async t => {
-    const made = await make()
-    let adapter = made.adapter
-    t.teardown(async () => {
-      await adapter.close()
-      await made.cleanup?.()
-    })
-    await adapter.start?.()
+    const { made, current, restart } = await restartable(t)
+    let adapter = current()
     await adapter.set('s', 'g', 'a', { id: 'a' })
     await adapter.publish('s', 'g', 'a', { type: 'event', event: { type: 'seen', data: 1 } })
     await adapter.delete('s', 'g', 'a')
     const before = await adapter.readChanges!('s', 'g', 0, 10)
-    await adapter.close()
-    adapter = await made.restart()
-    await adapter.start?.()
+    adapter = await restart()
     const after = await adapter.readChanges!('s', 'g', 0, 10)
     if (!made.durable) {
       t.not(after.epoch, before.epoch, 'a new epoch: offsets from the last life are recognised as such')
@@ -437,13 +451,8 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
   })
 
   t.test('durable streams: the adapter\'s one store, kept like its items, closed with it', async t => {
-    const made = await make()
-    let adapter = made.adapter
-    t.teardown(async () => {
-      await adapter.close()
-      await made.cleanup?.()
-    })
-    await adapter.start?.()
+    const { made, current, restart } = await restartable(t)
+    let adapter = current()
     // Optional in the contract: an adapter of one's own may serve no durable streams.
     if (adapter.durableStreamStore === undefined) return
     const store = await adapter.durableStreamStore()
@@ -451,10 +460,9 @@ export function adapterContract (t: Test, make: MakeAdapter): void {
     const request = { contentType: 'text/plain', ttlSeconds: null, expiresAt: null, closed: false, body: Buffer.from('a'), fork: null }
     await store.create('log', request)
     await store.append('log', { contentType: 'text/plain', body: Buffer.from('bc'), close: false, streamSeq: null, producer: { id: 'p', epoch: 0, seq: 0 } })
-    await adapter.close()
-    await t.rejects(adapter.durableStreamStore!(), { code: 'STREAMS_ERR_CLOSED' }, 'gone with the adapter')
-    adapter = await made.restart()
-    await adapter.start?.()
+    const closed = adapter
+    adapter = await restart()
+    await t.rejects(closed.durableStreamStore!(), { code: 'STREAMS_ERR_CLOSED' }, 'gone with the adapter')
     const again = await adapter.durableStreamStore!()
     if (!made.durable) {
       await t.rejects(again.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' }, 'a memory store starts empty')
