@@ -9,11 +9,11 @@ import type { Registry } from '../registry.js'
 import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
-import { LiveReaders, SseWriter, nextCursor, sseLines, waitForChange } from './live.js'
+import { LiveReaders, SseWriter, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
   formatOffset, mediaType, parseOffset,
-  type AppendRequest, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
+  type AppendRequest, type AppendResult, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
   type ReadResult, type StreamInfo
 } from './store.js'
 
@@ -45,6 +45,12 @@ const ALLOWED_HEADERS = [
 ].join(', ')
 const CACHEABLE = 'public, max-age=60, stale-while-revalidate=300'
 const CACHEABLE_PRIVATE = 'private, max-age=60, stale-while-revalidate=300'
+
+/**
+ * How long an append of a producer that arrived ahead of its predecessors (a pipelining client sends batches
+ * over several connections, which may overtake each other) waits for them before it is refused as a gap (409).
+ */
+export const PRODUCER_REORDER_WAIT_MS = 2000
 
 const DECIMAL = /^(0|[1-9]\d*)$/
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/
@@ -159,6 +165,66 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 
+/** What an SSE reader sends of a read: the read as cut for its encoding, and its data event (null: no data). */
+interface SseChunk { result: ReadResult, data: string | null }
+
+/** Chunks per read result: the readers sharing one read (see SharedReads) frame its data once. */
+const sseChunks = new WeakMap<ReadResult, SseChunk>()
+
+function sseChunk (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseChunk {
+  let chunk = sseChunks.get(read)
+  if (chunk === undefined) {
+    const result = encoding === 'text' ? wholeCharacters(read) : read
+    chunk = { result, data: payloadEmpty(result.payload) ? null : sseEvent('data', sseData(result.payload, encoding)) }
+    sseChunks.set(read, chunk)
+  }
+  return chunk
+}
+
+/**
+ * One store read per (stream, position) for every live reader waiting there: an append wakes all the readers
+ * of its stream at once, and they would otherwise each read the same entries. A read is shared only until
+ * the stream changes again (a later reader then reads afresh, so it never misses that change).
+ */
+class SharedReads {
+  private readonly byStream = new Map<string, { reads: Map<Position, Promise<ReadResult>>, stop: () => void }>()
+
+  constructor (private readonly store: DurableStreamStore, private readonly maxBytes: number) {}
+
+  read (name: string, position: Position): Promise<ReadResult> {
+    let stream = this.byStream.get(name)
+    if (stream === undefined) {
+      const reads = new Map<Position, Promise<ReadResult>>()
+      stream = { reads, stop: this.store.watch(name, () => this.forget(name, reads)) }
+      this.byStream.set(name, stream)
+    }
+    let read = stream.reads.get(position)
+    if (read === undefined) {
+      const { reads } = stream
+      read = this.store.read(name, position, this.maxBytes)
+      reads.set(position, read)
+      const settled = (): void => {
+        if (reads.get(position) === read) reads.delete(position)
+        if (reads.size === 0) this.forget(name, reads)
+      }
+      read.then(settled, settled)
+    }
+    return read
+  }
+
+  /** Drops the stream's shared reads (it changed, or none is running) and its watch. */
+  private forget (name: string, reads: Map<Position, Promise<ReadResult>>): void {
+    const stream = this.byStream.get(name)
+    if (stream?.reads !== reads) return
+    this.byStream.delete(name)
+    stream.stop()
+  }
+}
+
+function isProducerAhead (err: unknown, request: AppendRequest): boolean {
+  return request.producer !== null && (err as { code?: unknown }).code === 'STREAMS_ERR_PRODUCER_SEQ_GAP'
+}
+
 /** The configured adapter's own store of durable streams (an adapter capability; every built-in one has it). */
 async function createStore (host: DurableStreamsHost): Promise<DurableStreamStore> {
   const { adapter } = host
@@ -173,6 +239,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   const prefix = settings.path
   const store = await createStore(host)
   const readers = new LiveReaders(settings.maxLiveReaders)
+  const sharedReads = new SharedReads(store, settings.readChunkBytes)
   const api = createDurableStreamsApi(store, name => checkStreamName(name, settings.maxStreamPathLength), settings.readChunkBytes, registry)
   Object.defineProperty(host.streams, 'durable', { value: api, enumerable: true })
   // Reads behind auth may differ per user: shared caches must not serve them to others.
@@ -284,7 +351,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       producer: producerClaim(request)
     }
     if (appendRequest.streamSeq === '') throw new StreamRequestError('Stream-Seq may not be empty')
-    const result = await store.append(target.name, appendRequest)
+    const result = await appendInOrder(target.name, appendRequest)
     reply.header('stream-next-offset', formatOffset(result.info.tail))
     if (result.info.closed) reply.header('stream-closed', 'true')
     if (result.producer !== null) {
@@ -294,6 +361,42 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     // With producer headers new data answers 200 and a retry 204; a close alone and plain appends answer 204.
     const fresh = result.outcome === 'appended' && appendRequest.producer !== null && body.length > 0
     reply.code(fresh ? 200 : 204).send()
+  }
+
+  /**
+   * Appends; a producer's append refused as a sequence gap (it overtook its predecessors on another connection)
+   * is tried again after each change of the stream for up to PRODUCER_REORDER_WAIT_MS before the 409 goes out.
+   */
+  async function appendInOrder (name: string, request: AppendRequest): Promise<AppendResult> {
+    try {
+      return await store.append(name, request)
+    } catch (err) {
+      if (!isProducerAhead(err, request)) throw err
+    }
+    const deadline = Date.now() + PRODUCER_REORDER_WAIT_MS
+    const watch = watcher(name)
+    try {
+      for (;;) {
+        watch.pending = false
+        try {
+          return await store.append(name, request)
+        } catch (err) {
+          if (!isProducerAhead(err, request) || Date.now() >= deadline) throw err
+        }
+        if (watch.pending) continue
+        await new Promise<void>(resolve => {
+          const timer = setTimeout(resolve, deadline - Date.now())
+          timer.unref()
+          watch.wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+        watch.wake = null
+      }
+    } finally {
+      watch.stop()
+    }
   }
 
   async function head (reply: FastifyReply, target: Target): Promise<void> {
@@ -360,7 +463,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       const position = from ?? (await store.head(target.name)).tail
       for (;;) {
         watch.pending = false
-        const result = await store.read(target.name, position, settings.readChunkBytes)
+        const result = await sharedReads.read(target.name, position)
         if (!payloadEmpty(result.payload)) return sendRead(request, reply, result, false)
         const remaining = deadline - Date.now()
         if (result.info.closed || remaining <= 0) return sendTail(reply, result.info, position)
@@ -388,7 +491,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     try {
       release = readers.admit(finish)
       try {
-        first = await store.read(target.name, from, settings.readChunkBytes)
+        first = from === null ? await store.read(target.name, null, settings.readChunkBytes) : await sharedReads.read(target.name, from)
       } catch (err) {
         release()
         throw err
@@ -416,26 +519,24 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       let announced = false
       while (!reader.ended) {
         watch.pending = false
-        result ??= await store.read(target.name, position, settings.readChunkBytes)
-        if (encoding === 'text') result = wholeCharacters(result)
-        const { info, next, payload } = result
+        const chunk = sseChunk(result ?? await sharedReads.read(target.name, position), encoding)
         result = null
-        const hasData = !payloadEmpty(payload)
+        const { info, next } = chunk.result
         const atTail = next === info.tail
-        let writable = true
-        if (hasData) writable = writer.event('data', sseData(payload, encoding))
+        // The data and its control event go out in one write.
+        let frames = chunk.data ?? ''
         if (atTail && info.closed) {
-          writer.event('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })])
+          writer.write(frames + sseEvent('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })]))
           break
         }
-        if (hasData || !announced) {
+        if (chunk.data !== null || !announced) {
           const control: Record<string, unknown> = { streamNextOffset: formatOffset(next), streamCursor: nextCursor(cursor) }
           if (atTail) control.upToDate = true
-          writable = writer.event('control', [JSON.stringify(control)]) && writable
+          frames += sseEvent('control', [JSON.stringify(control)])
           announced = true
         }
         position = next
-        if (!writable) await writer.drained()
+        if (frames !== '' && !writer.write(frames)) await writer.drained()
         if (atTail && !watch.pending && !reader.ended) {
           await new Promise<void>(resolve => { watch.wake = resolve })
           watch.wake = null

@@ -67,9 +67,12 @@ export class SseWriter {
 
   /** Returns false when the socket's buffer is full (wait for `drained` before writing more). */
   event (type: string, lines: string[]): boolean {
-    let frame = `event: ${type}\n`
-    for (const line of lines) frame += `data:${line}\n`
-    return this.response.write(frame + '\n')
+    return this.response.write(sseEvent(type, lines))
+  }
+
+  /** Writes events already framed by `sseEvent` (one frame built for many readers, several events in one write). */
+  write (frames: string): boolean {
+    return this.response.write(frames)
   }
 
   drained (): Promise<void> {
@@ -83,6 +86,13 @@ export class SseWriter {
       this.response.once('close', done)
     })
   }
+}
+
+/** One Server-Sent Event: every payload line gets its own `data:` line. */
+export function sseEvent (type: string, lines: string[]): string {
+  let frame = `event: ${type}\n`
+  for (const line of lines) frame += `data:${line}\n`
+  return frame + '\n'
 }
 
 /** Splits text into SSE data lines on every line break form, so a CR or LF inside a payload stays data. */

@@ -7,8 +7,9 @@ import { Agent, request as httpRequest, type ClientRequest } from 'node:http'
 import { test } from 'tap'
 import Fastify from 'fastify'
 import { DurableStream, IdempotentProducer, stream } from '@durable-streams/client'
-import streams, { type StreamsOptions } from '../../lib/index.js'
-import { serve } from '../helpers/app.js'
+import streams, { createKvAdapter, type StreamsOptions } from '../../lib/index.js'
+import { PRODUCER_REORDER_WAIT_MS } from '../../lib/http/durable-streams.js'
+import { serve, waitFor } from '../helpers/app.js'
 
 async function serveHttp (options: StreamsOptions, setup?: Parameters<typeof serve>[1]): Promise<{ base: string, close: () => Promise<void> }> {
   const { app, url } = await serve({ durable_streams: true, ...options }, setup)
@@ -328,4 +329,87 @@ test('SSE never splits a UTF-8 character of a text stream across data events', a
   t.ok(data.length > 5, `${data.length} data events`)
   t.notOk(data.some(chunk => chunk.includes('\uFFFD')), 'no event holds a broken character')
   t.equal(data.join(''), text, 'together they are the text')
+})
+
+test('a producer\'s batch that arrives before its predecessor waits for it (no 409); a pipelined producer loses and repeats nothing', async (t) => {
+  const { app, url: wsUrl } = await serve({ durable_streams: true })
+  t.teardown(() => app.close())
+  const base = wsUrl.replace('ws://', 'http://').replace(/\/$/, '')
+  let refusedAsGap = 0
+  app.server.on('request', (_req, res) => { res.on('finish', () => { if (res.statusCode === 409) refusedAsGap++ }) })
+  const url = `${base}/v1/stream/ordered`
+  t.equal((await put(base, 'ordered', { 'content-type': 'application/json' })).status, 201)
+  const batch = (seq: number, body: string): Promise<Response> => fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': String(seq) },
+    body
+  })
+
+  const second = batch(1, '[{"n":1}]')
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const first = await batch(0, '[{"n":0}]')
+  t.equal(first.status, 200, 'the predecessor is appended')
+  t.equal((await second).status, 200, 'the batch that came first is appended after it, not refused')
+  t.same(await (await fetch(url)).json(), [{ n: 0 }, { n: 1 }], 'in sequence order')
+
+  const started = Date.now()
+  const orphan = await batch(5, '[{"n":5}]')
+  t.equal(orphan.status, 409, 'a gap nobody fills is refused')
+  t.equal((await orphan.json()).code, 'STREAMS_ERR_PRODUCER_SEQ_GAP')
+  t.ok(Date.now() - started >= PRODUCER_REORDER_WAIT_MS - 50, 'after waiting for its predecessors a bounded time')
+  refusedAsGap = 0
+
+  const handle = new DurableStream({ url: `${base}/v1/stream/pipelined`, contentType: 'application/json' })
+  await handle.create()
+  const producer = new IdempotentProducer(handle, 'writer', { lingerMs: 0, maxBatchBytes: 2048, maxInFlight: 8 })
+  const MESSAGES = 3000
+  for (let n = 0; n < MESSAGES; n++) producer.append(JSON.stringify({ n, pad: 'x'.repeat(80) }))
+  await producer.flush()
+  await producer.close()
+  const all = await (await fetch(`${base}/v1/stream/pipelined`)).json() as Array<{ n: number }>
+  t.same(all.map(message => message.n), Array.from({ length: MESSAGES }, (_, n) => n), 'every message once, in order')
+  t.equal(refusedAsGap, 0, 'the server answered no 409')
+})
+
+test('live readers woken by one append share one store read', async (t) => {
+  const READERS = 100
+  const adapter = createKvAdapter()
+  await adapter.start()
+  t.teardown(() => adapter.close())
+  const { base, close } = await serveHttp({ adapter })
+  t.teardown(close)
+  t.equal((await put(base, 'shared')).status, 201)
+  const store = await adapter.durableStreamStore!()
+  const { hostname, port } = new URL(base)
+  const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+  t.teardown(() => agent.destroy())
+  const texts: string[] = []
+  const requests: ClientRequest[] = []
+  // Half SSE, half long-poll, all waiting at the tail.
+  await Promise.all(Array.from({ length: READERS }, (_, index) => new Promise<void>((resolve, reject) => {
+    const sse = index % 2 === 0
+    texts[index] = ''
+    const req = httpRequest({ hostname, port, agent, path: `/v1/stream/shared?offset=-1&live=${sse ? 'sse' : 'long-poll'}` }, (res) => {
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => {
+        texts[index] += chunk
+        if (texts[index].includes('"upToDate":true')) resolve()
+      })
+    })
+    req.on('error', reject)
+    req.end()
+    requests.push(req)
+    if (!sse) setTimeout(resolve, 300)
+  })))
+  t.teardown(() => { for (const req of requests) req.destroy() })
+  const read = store.read.bind(store)
+  let reads = 0
+  store.read = async (...args) => {
+    reads++
+    return read(...args)
+  }
+  t.teardown(() => { store.read = read })
+  t.equal((await fetch(`${base}/v1/stream/shared`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' })).status, 204)
+  await waitFor(() => texts.every(text => text.includes('hello')), 'every reader got the append')
+  t.ok(reads <= 2, `one read served ${READERS} waiting readers (${reads} reads)`)
 })
