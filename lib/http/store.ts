@@ -103,20 +103,52 @@ export function isJsonType (contentType: string): boolean {
 }
 
 /**
- * A JSON body as messages (one canonical JSON text each): an array is one level of messages, anything else
+ * The texts of a JSON array's elements, cut from `text` itself (already checked to be valid JSON): cheaper than
+ * serialising every parsed element again.
+ */
+function arrayElements (text: string): string[] {
+  const elements: string[] = []
+  let depth = 0
+  let start = 0
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index)
+    if (code === 0x22) {
+      // A string: skip to its closing quote, past escaped characters.
+      for (index++; text.charCodeAt(index) !== 0x22; index++) if (text.charCodeAt(index) === 0x5c) index++
+    } else if (code === 0x5b || code === 0x7b) {
+      if (depth++ === 0) start = index + 1
+    } else if (code === 0x5d || code === 0x7d) {
+      if (--depth === 0) {
+        const last = text.slice(start, index).trim()
+        if (last !== '') elements.push(last)
+        break
+      }
+    } else if (code === 0x2c && depth === 1) {
+      elements.push(text.slice(start, index).trim())
+      start = index + 1
+    }
+  }
+  return elements
+}
+
+/**
+ * A JSON body as messages (one JSON text each, on one line): an array is one level of messages, anything else
  * one message. `allowEmpty` admits `[]` (a PUT creating an empty stream).
  */
 export function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
   if (body.length === 0) return []
+  const text = body.toString('utf8')
   let value: unknown
   try {
-    value = JSON.parse(body.toString('utf8'))
+    value = JSON.parse(text)
   } catch {
     throw new StreamRequestError('the body is not valid JSON')
   }
-  const values = Array.isArray(value) ? value : [value]
-  if (values.length === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
-  return values.map(item => JSON.stringify(item) ?? 'null')
+  const array: unknown[] | null = Array.isArray(value) ? value : null
+  if (array !== null && array.length === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
+  // Line breaks between tokens would split an SSE data line: such a body is serialised again, on one line each.
+  if (/[\r\n]/.test(text)) return (array ?? [value]).map(item => JSON.stringify(item) ?? 'null')
+  return array !== null ? arrayElements(text) : [text.trim()]
 }
 
 /** The state the append rules need, as a backend holds it. */

@@ -331,6 +331,26 @@ test('SSE never splits a UTF-8 character of a text stream across data events', a
   t.equal(data.join(''), text, 'together they are the text')
 })
 
+test('JSON messages are kept as sent, and a body with line breaks between its tokens still reaches SSE readers as JSON', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const url = `${base}/v1/stream/json-text`
+  t.equal((await put(base, 'json-text', { 'content-type': 'application/json' })).status, 201)
+  const post = async (body: string): Promise<number> => (await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body })).status
+  t.equal(await post('[{"s":"a,]}[{\\"b"}, [1,[2]] ,"x"]'), 204)
+  t.equal(await post('[\n{"n":\r\n1},\n2\n]'), 204)
+  t.equal(await post(' {"one": true} '), 204)
+  const expected = [{ s: 'a,]}[{"b' }, [1, [2]], 'x', { n: 1 }, 2, { one: true }]
+  t.same(await (await fetch(url)).json(), expected, 'a catch-up read gives every message')
+  const res = await fetch(`${url}?offset=-1&live=sse`)
+  const reader = res.body!.getReader()
+  let raw = ''
+  while (!raw.includes('"upToDate":true')) raw += Buffer.from((await reader.read()).value!).toString()
+  await reader.cancel()
+  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => JSON.parse(block.split('\n').slice(1).map(line => line.slice(5)).join('\n')))
+  t.same(data.flat(), expected, 'SSE data events parse as the same messages')
+})
+
 test('a producer\'s batch that arrives before its predecessor waits for it (no 409); a pipelined producer loses and repeats nothing', async (t) => {
   const { app, url: wsUrl } = await serve({ durable_streams: true })
   t.teardown(() => app.close())
