@@ -13,6 +13,7 @@ import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
 import { nextCursor } from './live.js'
+import { Outbox, type Flushable } from '../ws.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
 export interface FeedsHost {
@@ -83,20 +84,33 @@ function httpChunk (text: string): Buffer {
 }
 
 /**
- * A committed event as every reader of its group shares it: the SSE bytes (data and control events) are made
- * once per epoch and cursor, which nearly all readers of a group have in common.
+ * The events of one group committed in one turn of the event loop, as every live reader of the group shares them:
+ * their messages are serialised once, and the SSE bytes (one data event holding them all, one control event) once
+ * per epoch and cursor, which nearly all readers of a group have in common. A burst thus costs a reader one write
+ * and one control event, as the socket path's outbox does for its frames.
  */
-class SharedEvent {
+class SharedBatch {
+  private data: string | null = null
   private frames: Map<string, Buffer> | null = null
-  constructor (readonly event: StreamEvent) {}
+  /** The first and last revision of the batch. */
+  readonly first: number
+  readonly last: number
+  /** Whether the revisions follow each other without a gap: only then can a reader take the batch as it is. */
+  readonly contiguous: boolean
+
+  constructor (private readonly events: StreamEvent[]) {
+    this.first = events[0].rev
+    this.last = events[events.length - 1].rev
+    this.contiguous = this.last - this.first === events.length - 1
+  }
 
   sse (token: string, cursor: string): Buffer {
     const key = `${token} ${cursor}`
     this.frames ??= new Map()
     let frame = this.frames.get(key)
     if (frame === undefined) {
-      const message = JSON.stringify(changeMessage(this.event.stream, this.event))
-      frame = httpChunk(`event: data\ndata: [${message}]\n\n${sseControl(encodeOffset(token, this.event.rev), cursor, true)}`)
+      this.data ??= sseData(this.events.map(event => JSON.stringify(changeMessage(event.stream, event))))
+      frame = httpChunk(this.data + sseControl(encodeOffset(token, this.last), cursor, true))
       this.frames.set(key, frame)
     }
     return frame
@@ -105,15 +119,34 @@ class SharedEvent {
 
 /** A reader waiting on a group's events: a long-poll or an SSE response. */
 interface LiveReader {
-  /** A committed event of the reader's group. */
-  offer: (shared: SharedEvent) => void
+  /** Events of the reader's group, committed in this turn. */
+  offer: (batch: SharedBatch) => void
   /** The event feed may have missed events: read the log again. */
   resync: () => void
   /** The app is closing: answer now. */
   close: () => void
 }
 
-/** The live readers of one group share a room. */
+/**
+ * The live readers of one group share a room; the group's events of a turn wait in it and go out together when
+ * the turn ends (the outbox flushes it).
+ */
+class Room implements Flushable {
+  readonly readers = new Set<LiveReader>()
+  private pending: StreamEvent[] = []
+
+  add (event: StreamEvent): void {
+    this.pending.push(event)
+  }
+
+  flush (): void {
+    if (this.pending.length === 0) return
+    const batch = new SharedBatch(this.pending)
+    this.pending = []
+    for (const reader of this.readers) reader.offer(batch)
+  }
+}
+
 function roomKey (stream: string, group: string): string {
   return `${stream}\u0000${group}`
 }
@@ -154,6 +187,11 @@ function snapshotMessages (stream: string, snapshot: GroupSnapshot, next: string
   }
   messages.push(control('snapshot-end'))
   return messages
+}
+
+/** One SSE data event holding the serialised messages as a JSON array. */
+function sseData (messages: string[]): string {
+  return `event: data\ndata: [${messages.join(',')}]\n\n`
 }
 
 function sseControl (next: string, cursor: string, upToDate: boolean): string {
@@ -210,7 +248,9 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   // Without an auth function every reader gets the same answer for a URL, so offset reads may be cached.
   const cacheControl = options.authFunction === null ? PUBLIC_CACHE : PRIVATE_NO_STORE
 
-  const rooms = new Map<string, Set<LiveReader>>()
+  const rooms = new Map<string, Room>()
+  // Feed writes wait for the end of the turn like socket frames do; one per feeds instance, not shared across apps.
+  const outbox = new Outbox()
   const live = new Set<LiveReader>()
   let closing = false
   // The store's epoch as offsets carry it, refreshed by every read (a Redis that lost its data makes a new one).
@@ -224,10 +264,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     }
     let room = rooms.get(key)
     if (room === undefined) {
-      room = new Set()
+      room = new Room()
       rooms.set(key, room)
     }
-    room.add(reader)
+    room.readers.add(reader)
     live.add(reader)
   }
 
@@ -235,15 +275,15 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     live.delete(reader)
     const room = rooms.get(key)
     if (room === undefined) return
-    room.delete(reader)
-    if (room.size === 0) rooms.delete(key)
+    room.readers.delete(reader)
+    if (room.readers.size === 0) rooms.delete(key)
   }
 
   const stopFeed = adapter.subscribe((event) => {
     const room = rooms.get(roomKey(event.stream, event.group))
     if (room === undefined) return
-    const shared = new SharedEvent(event)
-    for (const reader of room) reader.offer(shared)
+    room.add(event)
+    outbox.add(room)
   })
   const stopResync = adapter.onResync?.(() => { for (const reader of live) reader.resync() })
 
@@ -306,7 +346,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     let timedOut = false
     let wake: (() => void) | null = null
     const rouse = () => { woken = true; wake?.() }
-    const reader: LiveReader = { offer: ({ event }) => { if (event.rev > after) rouse() }, resync: rouse, close: rouse }
+    const reader: LiveReader = { offer: (batch) => { if (batch.last > after) rouse() }, resync: rouse, close: rouse }
     enter(key, reader, reply)
     const timer = setTimeout(() => { timedOut = true; rouse() }, config.longPollTimeoutMs).unref()
     reply.raw.once('close', rouse)
@@ -359,7 +399,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
       if (socket.writableLength > options.maxBufferedBytes) end(true)
     }
     const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
-    const pageData = (page: ChangePage) => `event: data\ndata: [${page.changes.map(record => JSON.stringify(changeMessage(read.stream, record))).join(',')}]\n\n`
+    const pageData = (page: ChangePage) => sseData(page.changes.map(record => JSON.stringify(changeMessage(read.stream, record))))
 
     /** Reads the log after what was sent until nothing is left; events arriving meanwhile make it go round again. */
     const drain = async () => {
@@ -392,11 +432,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     }
 
     const reader: LiveReader = {
-      offer: (shared) => {
-        const { event } = shared
+      offer: (batch) => {
         if (catching) dirty = true
-        else if (event.rev === sent + 1) send(shared.sse(token, read.cursor), event.rev)
-        else if (event.rev > sent) catchUp().catch(() => {})
+        else if (batch.contiguous && batch.first === sent + 1) send(batch.sse(token, read.cursor), batch.last)
+        else if (batch.last > sent) catchUp().catch(() => {})
       },
       resync: () => { catchUp().catch(() => {}) },
       close: () => end()
@@ -410,7 +449,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
         const { snapshot, token: snapshotToken } = await snapshotOf(read)
         token = snapshotToken
         sent = snapshot.rev
-        first = `event: data\ndata: [${snapshotMessages(read.stream, snapshot, encodeOffset(token, sent)).join(',')}]\n\n` +
+        first = sseData(snapshotMessages(read.stream, snapshot, encodeOffset(token, sent))) +
           sseControl(encodeOffset(token, sent), read.cursor, true)
       } else if (read.offset === 'now') {
         const page = await tail(read)

@@ -171,6 +171,40 @@ t.test('long-poll waits for a change, answers 204 on time-out; SSE streams chang
   await reader.stop()
 })
 
+t.test('changes committed in one turn reach a live SSE reader as one data event and one control event', async t => {
+  const { app, base } = await feedApp()
+  const url = `${base}/todo/burst`
+  const tail = (await fetch(`${url}?offset=now`)).headers.get('stream-next-offset')!
+  const controller = new AbortController()
+  t.teardown(() => controller.abort())
+  const response = await fetch(`${url}?offset=${tail}&live=sse`, { signal: controller.signal })
+  const chunks = response.body!.pipeThrough(new TextDecoderStream()).getReader()
+  let text = ''
+  const readUntil = async (done: () => boolean) => {
+    while (!done()) text += (await chunks.read()).value ?? ''
+  }
+  await readUntil(() => text.includes('event: control'))
+  text = ''
+  // The official client on the same feed: it takes a data event holding several messages.
+  const client = new FeedReader(url, 'sse')
+  await client.start()
+  await until(() => client.offset !== '-1', 'the client\'s snapshot')
+
+  await Promise.all(['a', 'b', 'c'].map(async id => await app.streams.set('todo', 'burst', id, { id })))
+  const next = (await fetch(url, { method: 'HEAD' })).headers.get('stream-next-offset')!
+  t.not(next, tail)
+  await readUntil(() => text.includes(`"streamNextOffset":"${next}"`))
+  t.equal(text.split('event: data').length - 1, 1, 'one data event')
+  t.equal(text.split('event: control').length - 1, 1, 'one control event')
+  const data = /event: data\ndata: (.*)\n\n/.exec(text)![1]
+  t.same((JSON.parse(data) as FeedMessage[]).map(m => [m.key, m.headers.operation]), [['a', 'insert'], ['b', 'insert'], ['c', 'insert']])
+
+  await until(() => client.items('todo').size === 3, 'the burst in the client')
+  t.same(client.tail.map(m => m.key), ['a', 'b', 'c'], 'each change once, in order')
+  t.equal(client.offset, next)
+  await client.stop()
+})
+
 t.test('bad input gets a clean coded refusal', async t => {
   const { base } = await feedApp()
   const cases: Array<[string, number, string]> = [
