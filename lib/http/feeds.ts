@@ -12,7 +12,7 @@ import {
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
-import { nextCursor } from './live.js'
+import { nextCursor, sseEvent } from './live.js'
 import { Outbox, type Flushable } from '../ws.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
@@ -189,13 +189,13 @@ function snapshotMessages (stream: string, snapshot: GroupSnapshot, next: string
   return messages
 }
 
-/** One SSE data event holding the serialised messages as a JSON array. */
+/** One SSE data event holding the serialised messages as a JSON array (JSON text holds no line break). */
 function sseData (messages: string[]): string {
-  return `event: data\ndata: [${messages.join(',')}]\n\n`
+  return sseEvent('data', [`[${messages.join(',')}]`])
 }
 
 function sseControl (next: string, cursor: string, upToDate: boolean): string {
-  return `event: control\ndata: {"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}\n\n`
+  return sseEvent('control', [`{"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}`])
 }
 
 /** One query parameter's value; a parameter given twice is refused (its meaning would be a guess). */
