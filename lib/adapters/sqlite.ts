@@ -75,8 +75,9 @@ const TRIM_CHANGES = (rows: string) => `DELETE FROM changes WHERE rowid IN
 const SWEEP_CHANGES = `DELETE FROM changes WHERE rowid IN
   (SELECT rowid FROM changes ORDER BY rowid LIMIT ${SWEEP_ROWS}) AND ts < ?`
 const SWEEP_RECENT = 'DELETE FROM recent_changes WHERE ts < ?'
-// One statement, so the page and the group's revision come from one read transaction.
-const READ_CHANGES = `SELECT g.rev AS grev, ${FIRST_LOGGED('g.gid')} AS first,
+// One statement, so the page and the group's revision come from one read transaction. The oldest revision is
+// asked by parameter, not of `g.gid`: a subquery that names a joined column runs again for every row of the page.
+const READ_CHANGES = `SELECT g.rev AS grev, ${FIRST_LOGGED('?1')} AS first,
   c.rev AS rev, c.ts AS ts, c.id AS id, c.body AS body
   FROM groups g LEFT JOIN (SELECT * FROM (${GROUP_LOG}) WHERE rev > ?2 ORDER BY rev LIMIT ?3) c
   WHERE g.gid = ?1 ORDER BY c.rev`

@@ -9,7 +9,7 @@ import type { Registry } from '../registry.js'
 import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
-import { LiveReaders, SseWriter, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
+import { LiveReaders, SharedReads, SseWriter, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
   formatOffset, mediaType, parseOffset,
@@ -168,7 +168,7 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
 /** What an SSE reader sends of a read: the read as cut for its encoding, and its data event (null: no data). */
 interface SseChunk { result: ReadResult, data: string | null }
 
-/** Chunks per read result: the readers sharing one read (see SharedReads) frame its data once. */
+/** Chunks per read result: the readers sharing one read (live.ts SharedReads) frame its data once. */
 const sseChunks = new WeakMap<ReadResult, SseChunk>()
 
 function sseChunk (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseChunk {
@@ -179,46 +179,6 @@ function sseChunk (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseC
     sseChunks.set(read, chunk)
   }
   return chunk
-}
-
-/**
- * One store read per (stream, position) for every live reader waiting there: an append wakes all the readers
- * of its stream at once, and they would otherwise each read the same entries. A read is shared only until
- * the stream changes again (a later reader then reads afresh, so it never misses that change).
- */
-class SharedReads {
-  private readonly byStream = new Map<string, { reads: Map<Position, Promise<ReadResult>>, stop: () => void }>()
-
-  constructor (private readonly store: DurableStreamStore, private readonly maxBytes: number) {}
-
-  read (name: string, position: Position): Promise<ReadResult> {
-    let stream = this.byStream.get(name)
-    if (stream === undefined) {
-      const reads = new Map<Position, Promise<ReadResult>>()
-      stream = { reads, stop: this.store.watch(name, () => this.forget(name, reads)) }
-      this.byStream.set(name, stream)
-    }
-    let read = stream.reads.get(position)
-    if (read === undefined) {
-      const { reads } = stream
-      read = this.store.read(name, position, this.maxBytes)
-      reads.set(position, read)
-      const settled = (): void => {
-        if (reads.get(position) === read) reads.delete(position)
-        if (reads.size === 0) this.forget(name, reads)
-      }
-      read.then(settled, settled)
-    }
-    return read
-  }
-
-  /** Drops the stream's shared reads (it changed, or none is running) and its watch. */
-  private forget (name: string, reads: Map<Position, Promise<ReadResult>>): void {
-    const stream = this.byStream.get(name)
-    if (stream?.reads !== reads) return
-    this.byStream.delete(name)
-    stream.stop()
-  }
 }
 
 function isProducerAhead (err: unknown, request: AppendRequest): boolean {
@@ -239,7 +199,9 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   const prefix = settings.path
   const store = await createStore(host)
   const readers = new LiveReaders(settings.maxLiveReaders)
-  const sharedReads = new SharedReads(store, settings.readChunkBytes)
+  const sharedReads = new SharedReads<ReadResult>((name, changed) => store.watch(name, changed))
+  const sharedRead = (name: string, position: Position): Promise<ReadResult> =>
+    sharedReads.read(name, String(position), () => store.read(name, position, settings.readChunkBytes))
   const api = createDurableStreamsApi(store, name => checkStreamName(name, settings.maxStreamPathLength), settings.readChunkBytes, registry)
   Object.defineProperty(host.streams, 'durable', { value: api, enumerable: true })
   // Reads behind auth may differ per user: shared caches must not serve them to others.
@@ -463,7 +425,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       const position = from ?? (await store.head(target.name)).tail
       for (;;) {
         watch.pending = false
-        const result = await sharedReads.read(target.name, position)
+        const result = await sharedRead(target.name, position)
         if (!payloadEmpty(result.payload)) return sendRead(request, reply, result, false)
         const remaining = deadline - Date.now()
         if (result.info.closed || remaining <= 0) return sendTail(reply, result.info, position)
@@ -491,7 +453,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     try {
       release = readers.admit(finish)
       try {
-        first = from === null ? await store.read(target.name, null, settings.readChunkBytes) : await sharedReads.read(target.name, from)
+        first = from === null ? await store.read(target.name, null, settings.readChunkBytes) : await sharedRead(target.name, from)
       } catch (err) {
         release()
         throw err
@@ -519,7 +481,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       let announced = false
       while (!reader.ended) {
         watch.pending = false
-        const chunk = sseChunk(result ?? await sharedReads.read(target.name, position), encoding)
+        const chunk = sseChunk(result ?? await sharedRead(target.name, position), encoding)
         result = null
         const { info, next } = chunk.result
         const atTail = next === info.tail

@@ -12,7 +12,7 @@ import {
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
-import { nextCursor, sseEvent } from './live.js'
+import { SharedReads, nextCursor, sseEvent } from './live.js'
 import { Outbox, type Flushable } from '../ws.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
@@ -194,6 +194,21 @@ function sseData (messages: string[]): string {
   return sseEvent('data', [`[${messages.join(',')}]`])
 }
 
+/** A page of the log as messages, and as an SSE data event once asked for. */
+interface SerialisedPage { messages: string[], sse: string | null }
+
+/** Per page: the readers sharing one read (live.ts SharedReads) serialise its messages once. */
+const serialisedPages = new WeakMap<ChangePage, SerialisedPage>()
+
+function serialised (stream: string, page: ChangePage): SerialisedPage {
+  let entry = serialisedPages.get(page)
+  if (entry === undefined) {
+    entry = { messages: page.changes.map(record => JSON.stringify(changeMessage(stream, record))), sse: null }
+    serialisedPages.set(page, entry)
+  }
+  return entry
+}
+
 function sseControl (next: string, cursor: string, upToDate: boolean): string {
   return sseEvent('control', [`{"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}`])
 }
@@ -245,6 +260,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   const config = options.feeds as FeedsConfig
   if (typeof adapter.readChanges !== 'function') throw new InvalidAdapterError('feeds need an adapter with readChanges (a change log)')
   const readChanges = adapter.readChanges.bind(adapter)
+  // Readers at one offset of a group (woken by one change, or back after a restart) share one read of the log.
+  const pageReads = new SharedReads<ChangePage>()
+  const readPage = (stream: string, group: string, after: number, limit: number): Promise<ChangePage> =>
+    pageReads.read(roomKey(stream, group), `${after} ${limit}`, () => readChanges(stream, group, after, limit))
   // Without an auth function every reader gets the same answer for a URL, so offset reads may be cached.
   const cacheControl = options.authFunction === null ? PUBLIC_CACHE : PRIVATE_NO_STORE
 
@@ -280,16 +299,21 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   }
 
   const stopFeed = adapter.subscribe((event) => {
-    const room = rooms.get(roomKey(event.stream, event.group))
+    const key = roomKey(event.stream, event.group)
+    pageReads.changed(key)
+    const room = rooms.get(key)
     if (room === undefined) return
     room.add(event)
     outbox.add(room)
   })
-  const stopResync = adapter.onResync?.(() => { for (const reader of live) reader.resync() })
+  const stopResync = adapter.onResync?.(() => {
+    pageReads.changedAll()
+    for (const reader of live) reader.resync()
+  })
 
   /** The group's log after `after`, or 410 when the log cannot say what came after it. */
   async function changesAfter (read: FeedRead, token: string, after: number): Promise<ChangePage> {
-    const page = await readChanges(read.stream, read.group, after, read.limit)
+    const page = await readPage(read.stream, read.group, after, read.limit)
     // Another epoch, trimmed, or past the tail (the store lost what it had told): only a new snapshot helps.
     if (learn(page.epoch) !== token || after < page.trimmed || after > page.rev) throw new OffsetGoneError()
     return page
@@ -297,7 +321,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
 
   /** The group's tail: its epoch and last revision. */
   async function tail (read: Pick<FeedRead, 'stream' | 'group'>): Promise<ChangePage> {
-    const page = await readChanges(read.stream, read.group, Number.MAX_SAFE_INTEGER, 1)
+    const page = await readPage(read.stream, read.group, Number.MAX_SAFE_INTEGER, 1)
     learn(page.epoch)
     return page
   }
@@ -335,8 +359,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
 
   function sendPage (reply: FastifyReply, read: FeedRead, token: string, after: number, page: ChangePage): FastifyReply {
     const last = page.changes.length === 0 ? after : page.changes[page.changes.length - 1].rev
-    const messages = page.changes.map(record => JSON.stringify(changeMessage(read.stream, record)))
-    return sendJson(reply, read, messages, encodeOffset(token, last), last >= page.rev, cacheControl)
+    return sendJson(reply, read, serialised(read.stream, page).messages, encodeOffset(token, last), last >= page.rev, cacheControl)
   }
 
   /** A long-poll with nothing to answer yet: waits for an event of the group, then reads the log again. */
@@ -399,7 +422,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
       if (socket.writableLength > options.maxBufferedBytes) end(true)
     }
     const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
-    const pageData = (page: ChangePage) => sseData(page.changes.map(record => JSON.stringify(changeMessage(read.stream, record))))
+    const pageData = (page: ChangePage) => {
+      const entry = serialised(read.stream, page)
+      return (entry.sse ??= sseData(entry.messages))
+    }
 
     /** Reads the log after what was sent until nothing is left; events arriving meanwhile make it go round again. */
     const drain = async () => {

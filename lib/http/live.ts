@@ -1,5 +1,6 @@
 // Live HTTP reads, independent of what is read: the registry of open long-poll and SSE responses (bounded,
-// ended together when the app closes), waiting for a change with a time-out, SSE framing, and CDN cursors.
+// ended together when the app closes), reads shared by the readers waiting at one place, waiting for a change
+// with a time-out, SSE framing, and CDN cursors.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { TooManyReadersError } from '../errors.js'
 
@@ -25,6 +26,58 @@ export class LiveReaders {
     this.ended = true
     for (const end of [...this.open]) end()
     this.open.clear()
+  }
+}
+
+/**
+ * One read per (scope, key) for every reader asking while it runs: a change wakes all the readers of its scope
+ * (a stream, a group) at once, and a reconnect storm brings them all to one offset; each would read the same
+ * entries. A read is shared only until its scope changes again: a later reader then reads afresh, so it never
+ * misses that change. `watch` tells of a scope's changes while it has reads running; without it the owner
+ * calls `changed`.
+ */
+export class SharedReads<T> {
+  private readonly scopes = new Map<string, { reads: Map<string, Promise<T>>, stop: () => void }>()
+
+  constructor (private readonly watch: (scope: string, changed: () => void) => () => void = () => () => {}) {}
+
+  read (scope: string, key: string, start: () => Promise<T>): Promise<T> {
+    let entry = this.scopes.get(scope)
+    if (entry === undefined) {
+      const reads = new Map<string, Promise<T>>()
+      entry = { reads, stop: this.watch(scope, () => this.forget(scope, reads)) }
+      this.scopes.set(scope, entry)
+    }
+    const { reads } = entry
+    let read = reads.get(key)
+    if (read === undefined) {
+      read = start()
+      reads.set(key, read)
+      const settled = (): void => {
+        if (reads.get(key) === read) reads.delete(key)
+        if (reads.size === 0) this.forget(scope, reads)
+      }
+      read.then(settled, settled)
+    }
+    return read
+  }
+
+  /** The scope changed: reads asked for from now on start afresh. */
+  changed (scope: string): void {
+    const entry = this.scopes.get(scope)
+    if (entry !== undefined) this.forget(scope, entry.reads)
+  }
+
+  /** Everything may have changed (events were missed): every read starts afresh. */
+  changedAll (): void {
+    for (const [scope, entry] of [...this.scopes]) this.forget(scope, entry.reads)
+  }
+
+  private forget (scope: string, reads: Map<string, Promise<T>>): void {
+    const entry = this.scopes.get(scope)
+    if (entry?.reads !== reads) return
+    this.scopes.delete(scope)
+    entry.stop()
   }
 }
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Fastify from 'fastify'
 import t from 'tap'
-import streams from '../../lib/index.js'
+import streams, { createKvAdapter } from '../../lib/index.js'
 import { serve, until } from '../helpers/app.js'
 import { byId, FeedReader, type FeedMessage } from './feeds-helpers.js'
 import type { StreamsOptions } from '../../lib/index.js'
@@ -421,6 +421,51 @@ t.test('snapshot inserts carry the timestamp of each item\'s last change (memory
     t.same(inserts.map(m => [m.key, m.headers.timestamp]), [['a', lastChange('a')], ['b', lastChange('b')]], name)
     t.ok(Date.parse(lastChange('a')!) > Date.parse(lastChange('b')!), `${name}: the update's time, not the insert's`)
   }
+})
+
+t.test('readers back at one offset share one read of the log (SQLite): a reconnect storm reads it once, not once per reader', async t => {
+  const READERS = 100
+  const dir = await mkdtemp(join(tmpdir(), 'streams-feeds-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const adapter = createKvAdapter({ store_method: 'file_based', file_path: join(dir, 'store.db') })
+  await adapter.start()
+  t.teardown(() => adapter.close())
+  const readChanges = adapter.readChanges.bind(adapter)
+  let reads = 0
+  adapter.readChanges = async (...args) => {
+    reads++
+    return await readChanges(...args)
+  }
+  const { app, base } = await feedApp({ adapter })
+  const url = `${base}/todo/storm`
+  const from = (await fetch(`${url}?offset=now`)).headers.get('stream-next-offset')!
+  await Promise.all(Array.from({ length: 50 }, async (_, n) => await app.streams.set('todo', 'storm', `item-${n}`, { id: `item-${n}`, n })))
+  reads = 0
+  const { hostname, port } = new URL(base)
+  // Every reader comes back at once from the same offset, half over SSE, half as plain catch-up reads.
+  const texts = await Promise.all(Array.from({ length: READERS }, (_, index) => new Promise<string>((resolve, reject) => {
+    const sse = index % 2 === 0
+    let text = ''
+    const req = httpRequest({ hostname, port, path: `/v1/groups/todo/storm?offset=${from}${sse ? '&live=sse' : ''}` }, (res) => {
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => {
+        text += chunk
+        if (sse && text.includes('"upToDate":true')) {
+          req.destroy()
+          resolve(text)
+        }
+      })
+      res.on('end', () => resolve(text))
+    })
+    req.on('error', reject)
+    req.end()
+  })))
+  t.ok(texts.every(text => text.includes('"key":"item-0"') && text.includes('"key":"item-49"')), 'every reader got all 50 changes')
+  t.ok(reads <= READERS / 2, `${READERS} readers, ${reads} reads of the log`)
+  const next = (await fetch(`${url}?offset=now`)).headers.get('stream-next-offset')!
+  await app.streams.set('todo', 'storm', 'late', { id: 'late' })
+  const after = await body(await fetch(`${url}?offset=${next}`))
+  t.same(after.map(m => m.key), ['late'], 'a read asked for after a change is not served by an older one')
 })
 
 t.test('feeds.retention is set on the adapter the plugin builds: an offset older than it keeps answers 410', async t => {
