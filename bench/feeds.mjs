@@ -3,11 +3,12 @@
 //   node bench/feeds.mjs [--scenario storm|fanout|all] [--clients N] [--items N] [--changes N] [--rate N] [--seconds N] [--out FILE]
 //
 // storm  (reconnect storm): N clients follow a group of --items items on a SQLite server; the server is killed
-//        (SIGKILL) and restarted on the same file, and --changes changes are made once it listens. Feed readers (raw
-//        SSE) resume from their offset; socket clients (raw ws, the Motia protocol) reconnect and re-join, i.e. a
-//        full sync. Measured: bytes the clients read on connections opened after the restart until each has the
-//        last change (what the server sent them), and the time from the restarted server listening until each
-//        client is current (p50/p99/max).
+//        (SIGKILL) and restarted on the same file, and --changes changes are made during the restart (by the new
+//        server process, one after another, before it listens: what a client misses while it cannot be connected).
+//        Feed readers (raw SSE) resume from their offset; socket clients (raw ws, the Motia protocol) reconnect and
+//        re-join, i.e. a full sync. Measured: bytes the clients read on connections opened after the restart until
+//        each has the last change (what the server sent them), and the time from the restarted server listening
+//        until each client is current (p50/p99/max).
 // fanout (live fan-out): N readers of one group on a memory server, --rate changes/s for --seconds, once over SSE
 //        feeds and once over sockets. Measured: server CPU per delivery (/proc/<pid>/stat over changes × readers)
 //        and delivery latency (each change carries its monotonic time of writing).
@@ -43,7 +44,7 @@ const { values: args } = parseArgs({
 
 // ---- the server (child process) ----
 
-async function serve ({ sqlite }) {
+async function serve ({ sqlite, changes }) {
   const { default: Fastify } = await import('fastify')
   const { default: streams } = await import(new URL('../dist/index.js', import.meta.url).href)
   const adapter = sqlite === undefined
@@ -60,11 +61,6 @@ async function serve ({ sqlite }) {
     }
     return {}
   })
-  app.post('/bench/changes', async (request) => {
-    const { group, changes } = request.body
-    for (let i = 0; i < changes; i++) await app.streams.set(STREAM, group, `item-${i}`, { id: `item-${i}`, n: i, title: `changed ${i}`, done: true, pad, last: i === changes - 1 })
-    return {}
-  })
   app.post('/bench/publish', async (request) => {
     const { group, rate, seconds } = request.body
     const total = rate * seconds
@@ -78,8 +74,18 @@ async function serve ({ sqlite }) {
     }
     return { published: total }
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  process.stdout.write(`READY ${JSON.stringify({ port: app.server.address().port, pid: process.pid })}\n`)
+  let changesMs = null
+  if (changes !== undefined) {
+    // The storm's changes, made while no client can be connected: each awaited, as an app's writes are.
+    await app.ready()
+    const started = performance.now()
+    for (let i = 0; i < changes.count; i++) await app.streams.set(STREAM, changes.group, `item-${i}`, { id: `item-${i}`, n: i, title: `changed ${i}`, done: true, pad, last: i === changes.count - 1 })
+    changesMs = performance.now() - started
+  }
+  // Node's default backlog (511) overflows when a thousand clients reconnect at once, and a dropped SYN waits 1 s,
+  // 3 s, 7 s for its retransmission: the kernel's limit (net.core.somaxconn) instead, for both paths alike.
+  await app.listen({ port: 0, host: '127.0.0.1', backlog: 4096 })
+  process.stdout.write(`READY ${JSON.stringify({ port: app.server.address().port, pid: process.pid, changesMs })}\n`)
   watchParent()
 }
 
@@ -238,16 +244,15 @@ async function storm (kind, { clients, items, changes }) {
 
     for (const reader of readers) reader.counting = true
     await stopChild(server.child, { signal: 'SIGKILL' })
-    server = await startServer({ sqlite })
-    portRef.port = server.port
+    server = await startServer({ sqlite, changes: { group, count: changes } })
     restartedAt = performance.now()
-    await post(server.port, '/bench/changes', { group, changes })
+    portRef.port = server.port
     await until(() => readers.every(r => r.current), `${kind}: every client current`)
     const connects = readers.reduce((sum, r) => sum + r.connects, 0)
     for (const reader of readers) reader.close()
     const bytes = readers.reduce((sum, r) => sum + r.bytes, 0)
     const sorted = times.sort((a, b) => a - b)
-    return { kind, clients, items, changes, bytes, bytesPerClient: Math.round(bytes / clients), connects, p50Ms: round(percentile(sorted, 50), 0), p99Ms: round(percentile(sorted, 99), 0), maxMs: round(sorted.at(-1), 0) }
+    return { kind, clients, items, changes, bytes, bytesPerClient: Math.round(bytes / clients), connects, changesMs: round(server.changesMs, 0), p50Ms: round(percentile(sorted, 50), 0), p99Ms: round(percentile(sorted, 99), 0), maxMs: round(sorted.at(-1), 0) }
   } finally {
     await stopChild(server.child)
     rmSync(dir, { recursive: true, force: true })
