@@ -103,13 +103,24 @@ async function post (port, path, body) {
 
 const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity })
 
-/** Calls `connect` again after `ms`, once per attempt however many of error/close fire for it. */
+const RETRY_FIRST_MS = 50
+const RETRY_MAX_MS = 250
+
+/**
+ * Calls `connect` again, once per attempt however many of error/close fire for it, backing off as the official
+ * client does (full jitter, ×1.3 per failed attempt) from 50 ms up to 250 ms: a thousand clients retrying every
+ * 50 ms kept the runner's one core busy with refused connects. `retry.connected()` starts the back-off over.
+ */
 function retrier (reader, connect) {
-  return (attempt, ms) => {
+  let delay = RETRY_FIRST_MS
+  const retry = (attempt) => {
     if (attempt.retried || reader.closed) return
     attempt.retried = true
-    setTimeout(connect, ms)
+    setTimeout(connect, Math.random() * delay)
+    delay = Math.min(delay * 1.3, RETRY_MAX_MS)
   }
+  retry.connected = () => { delay = RETRY_FIRST_MS }
+  return retry
 }
 
 /** Latency of each change received (from its `ts`), in µs, into `sink` when given. */
@@ -121,10 +132,13 @@ function recordLatencies (text, at, sink) {
   }
 }
 
+const OFFSET_KEY = '"streamNextOffset":"'
+const LAST_MARKER = '"last":true'
+
 /** A raw SSE feed reader: keeps its offset, notices the `last` marker, reconnects from its offset when cut. */
 function feedReader (portRef, group, offset, onCurrent, sink) {
   const reader = { offset, bytes: 0, current: false, closed: false, counting: false, connects: 0, ready: false }
-  let tail = ''
+  let tail = Buffer.alloc(0)
   const connect = () => {
     if (reader.closed) return
     const attempt = { retried: false }
@@ -134,28 +148,32 @@ function feedReader (portRef, group, offset, onCurrent, sink) {
     const req = http.get({ host: '127.0.0.1', port: portRef.port, path: `/v1/groups/${STREAM}/${group}?offset=${reader.offset}&live=sse`, agent }, (res) => {
       if (res.statusCode !== 200) {
         res.resume()
-        return retry(attempt, 50)
+        return retry(attempt)
       }
-      res.setEncoding('utf8')
+      retry.connected()
       res.on('data', (chunk) => {
         const at = nowNs()
         reader.ready = true
-        const text = tail + chunk
-        if (sink) recordLatencies(chunk, at, sink)
-        const offsets = [...text.matchAll(/"streamNextOffset":"([^"]+)"/g)]
-        if (offsets.length > 0) reader.offset = offsets[offsets.length - 1][1]
-        if (!reader.current && text.includes('"last":true')) {
+        // Bytes, not text: a storm brings every reader tens of KB at once, and the runner is one core.
+        const bytes = tail.length === 0 ? chunk : Buffer.concat([tail, chunk])
+        if (sink) recordLatencies(chunk.toString('latin1'), at, sink)
+        const offsetAt = bytes.lastIndexOf(OFFSET_KEY)
+        if (offsetAt >= 0) {
+          const end = bytes.indexOf('"', offsetAt + OFFSET_KEY.length)
+          if (end > 0) reader.offset = bytes.toString('latin1', offsetAt + OFFSET_KEY.length, end)
+        }
+        if (!reader.current && bytes.includes(LAST_MARKER)) {
           reader.current = true
           if (counted) reader.bytes += res.socket.bytesRead
           onCurrent(reader)
         }
-        tail = text.slice(-200)
+        tail = bytes.subarray(Math.max(0, bytes.length - 200))
       })
       res.on('error', () => {})
-      res.on('close', () => retry(attempt, 20))
+      res.on('close', () => retry(attempt))
     })
     req.on('socket', (socket) => { socket.once('close', () => { if (counted && !reader.current) reader.bytes += socket.bytesRead }) })
-    req.on('error', () => retry(attempt, 50))
+    req.on('error', () => retry(attempt))
     reader.request = req
   }
   const retry = retrier(reader, connect)
@@ -173,10 +191,14 @@ function socketReader (portRef, group, onCurrent, sink) {
   const connect = () => {
     if (reader.closed) return
     reader.connects++
+    const attempt = { retried: false }
     const ws = new WebSocket(`ws://127.0.0.1:${portRef.port}/`)
     const counted = reader.counting
     reader.ws = ws
-    ws.on('open', () => ws.send(JSON.stringify({ type: 'join', data: { subscriptionId: 's', streamName: STREAM, groupId: group } })))
+    ws.on('open', () => {
+      retry.connected()
+      ws.send(JSON.stringify({ type: 'join', data: { subscriptionId: 's', streamName: STREAM, groupId: group } }))
+    })
     ws.on('message', (data) => {
       const at = nowNs()
       // The first frame is the join's sync: the client is subscribed.
@@ -191,10 +213,11 @@ function socketReader (portRef, group, onCurrent, sink) {
     })
     ws.on('close', () => {
       if (counted && !reader.current) reader.bytes += ws._socket?.bytesRead ?? 0
-      if (!reader.closed) setTimeout(connect, 20)
+      retry(attempt)
     })
     ws.on('error', () => {})
   }
+  const retry = retrier(reader, connect)
   reader.close = () => {
     reader.closed = true
     reader.ws?.terminate()
