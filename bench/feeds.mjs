@@ -346,7 +346,7 @@ function report (meta, storms, fanouts) {
   ]
   if (storms) {
     const [feeds, sockets] = storms
-    lines.push(`## Reconnect storm: ${feeds.clients.toLocaleString('en-US')} clients on a ${feeds.items.toLocaleString('en-US')}-item group, SQLite killed and restarted, ${feeds.changes} changes`, '',
+    lines.push(`## Reconnect storm: ${feeds.clients.toLocaleString('en-US')} clients on a ${feeds.items.toLocaleString('en-US')}-item group, SQLite killed and restarted, ${feeds.changes} changes made during the restart (in ${feeds.changesMs} ms, before the new server listens)`, '',
       '| | feeds (resume by offset) | sockets (full re-sync) | ratio |', '|---|---|---|---|',
       `| bytes read after the restart until current | ${(feeds.bytes / 2 ** 20).toFixed(2)} MB (${feeds.bytesPerClient.toLocaleString('en-US')} B per client) | ${(sockets.bytes / 2 ** 20).toFixed(2)} MB (${sockets.bytesPerClient.toLocaleString('en-US')} B per client) | ${(sockets.bytes / feeds.bytes).toFixed(1)}× fewer (target ≥ 50×: ${sockets.bytes / feeds.bytes >= 50 ? 'met' : '**missed**'}) |`,
       `| time from the restarted server listening to current, p50 / p99 / max | ${feeds.p50Ms} / ${feeds.p99Ms} / ${feeds.maxMs} ms | ${sockets.p50Ms} / ${sockets.p99Ms} / ${sockets.maxMs} ms | feeds p99 < 1 s: ${feeds.p99Ms < 1000 ? 'met' : '**missed**'} |`,
