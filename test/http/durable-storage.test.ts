@@ -5,6 +5,7 @@ import { readdir, readlink, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import sqlite3 from 'sqlite3'
 import { DurableStream, IdempotentProducer } from '@durable-streams/client'
 import { serve } from '../helpers/app.js'
 import { replyText, startRedisServer, type RedisServer } from '../helpers/redis-server.js'
@@ -74,6 +75,37 @@ t.test('SQLite: durable streams use the adapter\'s connection, opening no handle
   t.equal(await handlesOn(file), adapterOnly, `${adapterOnly} handle(s) on the file, as the adapter alone opens`)
   await served.app.close()
   t.equal(await handlesOn(file), 0, 'closing the app closed them')
+})
+
+t.test('SQLite: appends handed in together share one commit; a refused one leaves the others, and all survive a restart', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-storage-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const adapter = { class: 'modules::streams::adapters::KvStore' as const, config: { store_method: 'file_based' as const, file_path: join(dir, 'streams.db') } }
+  const first = await httpApp({ adapter, durable_streams: true })
+  const durable = first.app.streams.durable!
+  await durable.create('grouped', { contentType: 'application/json' })
+  await durable.create('shut', { contentType: 'application/json', closed: true })
+  // Durable-stream transactions end with a COMMIT of their own (the items' batches commit inside one exec).
+  const run = sqlite3.Database.prototype.run
+  let commits = 0
+  sqlite3.Database.prototype.run = function (this: sqlite3.Database, sql: string, ...rest: unknown[]) {
+    if (sql === 'COMMIT') commits++
+    return run.call(this, sql, ...rest as [])
+  } as typeof run
+  const outcomes = await Promise.allSettled(Array.from({ length: 72 }, async (_, n) =>
+    n % 9 === 8 ? await durable.append('shut', { n }) : await durable.append('grouped', { n })))
+  sqlite3.Database.prototype.run = run
+  const refused = outcomes.filter(outcome => outcome.status === 'rejected')
+  t.equal(refused.length, 8, 'the appends to the closed stream are refused')
+  t.ok(refused.every(outcome => (outcome.reason as { code?: string }).code === 'STREAMS_ERR_STREAM_CLOSED'), 'each with its own error')
+  t.ok(commits <= 4, `72 appends, ${commits} commit(s)`)
+  const expected = Array.from({ length: 72 }, (_, n) => n).filter(n => n % 9 !== 8)
+  const messages = async (app: typeof first.app) => ((await app.streams.durable!.read('grouped')).messages as Array<{ n: number }>).map(m => m.n)
+  t.same(await messages(first.app), expected, 'the others are all there, in the order they were handed in')
+  await first.app.close()
+  const second = await httpApp({ adapter, durable_streams: true })
+  t.teardown(() => second.app.close())
+  t.same(await messages(second.app), expected, 'every acknowledged append is in the file')
 })
 
 t.test('a borrowed adapter keeps its durable streams when the app closes; they close with the adapter', async t => {
