@@ -9,7 +9,7 @@ import type { Registry } from '../registry.js'
 import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
-import { LiveReaders, SharedReads, SseWriter, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
+import { LiveReaders, SharedReads, SseWriter, httpChunk, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
   formatOffset, mediaType, parseOffset,
@@ -165,8 +165,11 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 
-/** What an SSE reader sends of a read: the read as cut for its encoding, and its data event (null: no data). */
-interface SseChunk { result: ReadResult, data: string | null }
+/**
+ * What an SSE reader sends of a read: the read as cut for its encoding, its data event (null: no data), and per
+ * cursor the HTTP chunk of that event with its control event (see sseFrame).
+ */
+interface SseChunk { result: ReadResult, data: string | null, frames: Map<string, Buffer> | null }
 
 /** Chunks per read result: the readers sharing one read (live.ts SharedReads) frame its data once. */
 const sseChunks = new WeakMap<ReadResult, SseChunk>()
@@ -175,10 +178,24 @@ function sseChunk (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseC
   let chunk = sseChunks.get(read)
   if (chunk === undefined) {
     const result = encoding === 'text' ? wholeCharacters(read) : read
-    chunk = { result, data: payloadEmpty(result.payload) ? null : sseEvent('data', sseData(result.payload, encoding)) }
+    chunk = { result, data: payloadEmpty(result.payload) ? null : sseEvent('data', sseData(result.payload, encoding)), frames: null }
     sseChunks.set(read, chunk)
   }
   return chunk
+}
+
+/** The chunk's data event (if any) and its control event as one HTTP chunk, built once per cursor for every reader. */
+function sseFrame (chunk: SseChunk, cursor: string): Buffer {
+  chunk.frames ??= new Map()
+  let frame = chunk.frames.get(cursor)
+  if (frame === undefined) {
+    const { info, next } = chunk.result
+    const control: Record<string, unknown> = { streamNextOffset: formatOffset(next), streamCursor: cursor }
+    if (next === info.tail) control.upToDate = true
+    frame = httpChunk((chunk.data ?? '') + sseEvent('control', [JSON.stringify(control)]))
+    chunk.frames.set(cursor, frame)
+  }
+  return frame
 }
 
 function isProducerAhead (err: unknown, request: AppendRequest): boolean {
@@ -472,9 +489,9 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     headers['content-type'] = 'text/event-stream'
     headers['cache-control'] = 'no-cache'
     if (encoding === 'base64') headers['stream-sse-data-encoding'] = 'base64'
-    response.writeHead(200, headers)
-    response.on('close', finish)
     const writer = new SseWriter(response)
+    writer.start(headers)
+    response.on('close', finish)
     try {
       let result: ReadResult | null = first
       let position = first.from
@@ -486,19 +503,17 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
         const { info, next } = chunk.result
         const atTail = next === info.tail
         // The data and its control event go out in one write.
-        let frames = chunk.data ?? ''
         if (atTail && info.closed) {
-          writer.write(frames + sseEvent('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })]))
+          writer.write(httpChunk((chunk.data ?? '') + sseEvent('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })])))
           break
         }
+        let frame: Buffer | null = null
         if (chunk.data !== null || !announced) {
-          const control: Record<string, unknown> = { streamNextOffset: formatOffset(next), streamCursor: nextCursor(cursor) }
-          if (atTail) control.upToDate = true
-          frames += sseEvent('control', [JSON.stringify(control)])
+          frame = sseFrame(chunk, nextCursor(cursor))
           announced = true
         }
         position = next
-        if (frames !== '' && !writer.write(frames)) await writer.drained()
+        if (frame !== null && !writer.write(frame)) await writer.drained()
         if (atTail && !watch.pending && !reader.ended) {
           await new Promise<void>(resolve => { watch.wake = resolve })
           watch.wake = null

@@ -12,7 +12,7 @@ import {
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
-import { SharedReads, nextCursor, sseEvent } from './live.js'
+import { SharedReads, SseWriter, httpChunk, nextCursor, sseEvent } from './live.js'
 import { Outbox, type Flushable } from '../ws.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
@@ -67,20 +67,6 @@ interface FeedRead {
   live: 'long-poll' | 'sse' | null
   cursor: string
   limit: number
-}
-
-/**
- * `text` as one HTTP/1.1 chunk (size line, bytes, CRLF). SSE writes go to the socket as such, built once per event
- * for every reader, instead of through ServerResponse's per-write framing.
- */
-function httpChunk (text: string): Buffer {
-  const length = Buffer.byteLength(text)
-  const head = `${length.toString(16)}\r\n`
-  const chunk = Buffer.allocUnsafe(head.length + length + 2)
-  chunk.write(head, 0, 'latin1')
-  chunk.write(text, head.length, 'utf8')
-  chunk.write('\r\n', head.length + length, 'latin1')
-  return chunk
 }
 
 /**
@@ -400,6 +386,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
   async function serveSse (reply: FastifyReply, read: FeedRead): Promise<void> {
     const key = roomKey(read.stream, read.group)
     const res: ServerResponse = reply.raw
+    const writer = new SseWriter(res)
     let token = ''
     let sent = 0
     let catching = true // until the first page is out, events only mark the reader dirty
@@ -415,11 +402,10 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     }
     const send = (chunk: Buffer, rev: number) => {
       sent = rev
-      const socket = res.socket
-      if (socket === null || ended) return
-      socket.write(chunk)
+      if (ended) return
+      writer.write(chunk)
       // A reader that stopped reading: drop it (it resumes from its offset) rather than buffer without bound.
-      if (socket.writableLength > options.maxBufferedBytes) end(true)
+      if (writer.buffered > options.maxBufferedBytes) end(true)
     }
     const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
     const pageData = (page: ChangePage) => {
@@ -496,15 +482,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
     }
 
     reply.hijack()
-    res.writeHead(200, {
-      ...BASE_HEADERS,
-      'content-type': 'text/event-stream',
-      'cache-control': NO_STORE,
-      'x-accel-buffering': 'no',
-      // Chunked, whatever the client's HTTP version: the writes below frame their own chunks.
-      'transfer-encoding': 'chunked'
-    })
-    res.flushHeaders()
+    writer.start({ ...BASE_HEADERS, 'content-type': 'text/event-stream', 'cache-control': NO_STORE, 'x-accel-buffering': 'no' })
     // The protocol's periodic close, so CDNs can collapse readers; the reader reconnects from its offset.
     const timer = setTimeout(() => end(), config.sseMaxDurationMs).unref()
     res.on('close', () => {

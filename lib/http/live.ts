@@ -114,28 +114,55 @@ export function waitForChange (subscribe: (listener: () => void) => () => void, 
   })
 }
 
-/** Writes Server-Sent Events; every payload line gets its own `data:` line, so payloads cannot forge events. */
+/**
+ * `text` as one HTTP/1.1 chunk (size line, bytes, CRLF). SSE writes go to the socket as such, built once per event
+ * for every reader, instead of through ServerResponse's per-write framing and corking.
+ */
+export function httpChunk (text: string): Buffer {
+  const length = Buffer.byteLength(text)
+  const head = `${length.toString(16)}\r\n`
+  const chunk = Buffer.allocUnsafe(head.length + length + 2)
+  chunk.write(head, 0, 'latin1')
+  chunk.write(text, head.length, 'utf8')
+  chunk.write('\r\n', head.length + length, 'latin1')
+  return chunk
+}
+
+/**
+ * An SSE response written as HTTP/1.1 chunks (see httpChunk) straight to its socket once `start` sent the headers:
+ * one socket write per event, of bytes that every reader of the same event shares.
+ */
 export class SseWriter {
   constructor (private readonly response: ServerResponse) {}
 
-  /** Returns false when the socket's buffer is full (wait for `drained` before writing more). */
-  event (type: string, lines: string[]): boolean {
-    return this.response.write(sseEvent(type, lines))
+  /** Sends the status line and headers now; chunked whatever the client's HTTP version (the chunks frame themselves). */
+  start (headers: Record<string, string | number | string[]>): void {
+    this.response.writeHead(200, { ...headers, 'transfer-encoding': 'chunked' })
+    this.response.flushHeaders()
   }
 
-  /** Writes events already framed by `sseEvent` (one frame built for many readers, several events in one write). */
-  write (frames: string): boolean {
-    return this.response.write(frames)
+  /** Returns false when the socket's buffer is full (wait for `drained` before writing more). */
+  write (chunk: Buffer): boolean {
+    const socket = this.response.socket
+    if (socket === null || socket.destroyed) return true
+    return socket.write(chunk)
+  }
+
+  /** Bytes written but not yet taken by the kernel. */
+  get buffered (): number {
+    return this.response.socket?.writableLength ?? 0
   }
 
   drained (): Promise<void> {
+    const socket = this.response.socket
+    if (socket === null || socket.destroyed) return Promise.resolve()
     return new Promise(resolve => {
       const done = (): void => {
-        this.response.off('drain', done)
+        socket.off('drain', done)
         this.response.off('close', done)
         resolve()
       }
-      this.response.once('drain', done)
+      socket.once('drain', done)
       this.response.once('close', done)
     })
   }
