@@ -9,7 +9,7 @@ import type { Registry } from '../registry.js'
 import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
-import { LiveReaders, SharedReads, SseWriter, httpChunk, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
+import { LiveReaders, SharedReads, SseWriter, endOfTurn, httpChunk, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
   formatOffset, mediaType, parseOffset,
@@ -517,6 +517,9 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
         if (atTail && !watch.pending && !reader.ended) {
           await new Promise<void>(resolve => { watch.wake = resolve })
           watch.wake = null
+          // The appends handled in this turn go out together: one read and one write per reader, however many.
+          // (Not when ending: the app may be closing its connections within this turn.)
+          if (!reader.ended) await endOfTurn()
         }
       }
     } catch (err) {

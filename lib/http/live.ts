@@ -32,8 +32,8 @@ export class LiveReaders {
 /**
  * One read per (scope, key) for every reader asking while it runs: a change wakes all the readers of its scope
  * (a stream, a group) at once, and a reconnect storm brings them all to one offset; each would read the same
- * entries. A read is shared only until its scope changes again: a later reader then reads afresh, so it never
- * misses that change. `watch` tells of a scope's changes while it has reads running; without it the owner
+ * entries. A read is shared while it runs and until the end of the turn it settled in, and only until its scope
+ * changes again: a later reader then reads afresh, so it never misses that change. `watch` tells of a scope's changes while it has reads running; without it the owner
  * calls `changed`.
  */
 export class SharedReads<T> {
@@ -53,11 +53,15 @@ export class SharedReads<T> {
     if (read === undefined) {
       read = start()
       reads.set(key, read)
-      const settled = (): void => {
-        if (reads.get(key) === read) reads.delete(key)
-        if (reads.size === 0) this.forget(scope, reads)
+      // Kept until the end of the turn it settled in, not only while it runs: a store that answers at once
+      // (memory) would otherwise have settled it before the next of the readers one change woke asks.
+      const forgetLater = (): void => {
+        setImmediate(() => {
+          if (reads.get(key) === read) reads.delete(key)
+          if (reads.size === 0) this.forget(scope, reads)
+        })
       }
-      read.then(settled, settled)
+      read.then(forgetLater, forgetLater)
     }
     return read
   }
@@ -79,6 +83,20 @@ export class SharedReads<T> {
     this.scopes.delete(scope)
     entry.stop()
   }
+}
+
+let turnEnd: Promise<void> | null = null
+
+/**
+ * Resolves once the I/O of the current turn of the event loop has been handled (at setImmediate), with one promise
+ * for every caller in the turn: live readers woken by several appends of one turn then read and write once.
+ */
+export function endOfTurn (): Promise<void> {
+  turnEnd ??= new Promise(resolve => setImmediate(() => {
+    turnEnd = null
+    resolve()
+  }))
+  return turnEnd
 }
 
 export type WaitOutcome = 'changed' | 'timeout' | 'ended'

@@ -433,3 +433,26 @@ test('live readers woken by one append share one store read', async (t) => {
   await waitFor(() => texts.every(text => text.includes('hello')), 'every reader got the append')
   t.ok(reads <= 2, `one read served ${READERS} waiting readers (${reads} reads)`)
 })
+
+test('appends made within one turn reach live SSE readers as one data event', async (t) => {
+  const { app, url } = await serve({ durable_streams: true })
+  t.teardown(() => app.close())
+  const durable = app.streams.durable!
+  await durable.create('turn', { contentType: 'application/json' })
+  const { hostname, port } = new URL(url.replace('ws://', 'http://'))
+  const texts = ['', '']
+  const requests = texts.map((_, index) => httpRequest({ hostname, port, path: '/v1/stream/turn?offset=-1&live=sse' }, (res) => {
+    res.setEncoding('utf8')
+    res.on('data', (chunk: string) => { texts[index] += chunk })
+  }).end())
+  t.teardown(() => { for (const req of requests) req.destroy() })
+  await waitFor(() => texts.every(text => text.includes('"upToDate":true')), 'both readers at the tail')
+  texts.fill('')
+  // One after another within one turn of the event loop: each wakes the readers before the next is made.
+  for (const n of [1, 2, 3]) await durable.append('turn', { n })
+  await waitFor(() => texts.every(text => text.includes('{"n":3}')), 'the appends reached both readers')
+  for (const text of texts) {
+    t.equal(text.split('event: data').length - 1, 1, 'one data event')
+    t.match(text, /event: data\ndata:\[\{"n":1\},\{"n":2\},\{"n":3\}\]/, 'holding the three messages in order')
+  }
+})
