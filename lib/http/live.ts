@@ -33,8 +33,8 @@ export class LiveReaders {
  * One read per (scope, key) for every reader asking while it runs: a change wakes all the readers of its scope
  * (a stream, a group) at once, and a reconnect storm brings them all to one offset; each would read the same
  * entries. A read is shared while it runs and until the end of the turn it settled in, and only until its scope
- * changes again: a later reader then reads afresh, so it never misses that change. `watch` tells of a scope's changes while it has reads running; without it the owner
- * calls `changed`.
+ * changes again: a later reader then reads afresh, so it never misses that change. `watch` tells of a scope's
+ * changes while it has reads running; without it the owner calls `changed`.
  */
 export class SharedReads<T> {
   private readonly scopes = new Map<string, { reads: Map<string, Promise<T>>, stop: () => void }>()
