@@ -108,7 +108,9 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
       await this.holding(async () => {
         await this.exec('BEGIN IMMEDIATE')
         try {
-          for (const operation of group) outcomes.push(await this.inSavepoint(operation))
+          // A group of one needs no savepoint: if it fails, the whole transaction rolls back (two trips fewer).
+          if (group.length === 1) outcomes.push({ ok: true, value: await group[0].work(this) })
+          else for (const operation of group) outcomes.push(await this.inSavepoint(operation))
           await this.exec('COMMIT')
         } catch (err) {
           await this.exec('ROLLBACK').catch(() => {})
@@ -116,7 +118,7 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
         }
       })
     } catch (err) {
-      // Nothing of the group was committed.
+      // Nothing of the group was committed (for a group of one, `err` is its own error).
       for (const operation of group) operation.reject(err)
       return
     }
