@@ -1,12 +1,14 @@
 // The Durable Streams server of fastify-streams (`durable_streams: true` on memory, SQLite and Redis) next to the
 // reference server `@durable-streams/server` (in memory), side by side in one run (issue 12). Needs `npm run build`.
 //
-//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference]
+//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference,floor]
 //        [--messages N] [--connections N] [--readers N] [--rate N] [--seconds S] [--mb N] [--runs N] [--out FILE]
 //
 // appends  (a) 100-byte JSON messages: (i) --messages appends batched by `IdempotentProducer` (@durable-streams/client,
 //          default linger and batch size), (ii) single-message POSTs from --connections keep-alive connections for
-//          --seconds. Measured: appends/s and server CPU µs per append.
+//          --seconds, written and read by hand on raw sockets (Node's http client would make this runner the limit).
+//          Measured: appends/s and server CPU µs per append. The system `floor`, in (ii) only, is a bare node:http
+//          server that reads each body and answers 204 with an offset: what a request costs before any work.
 // fanout   (b) --readers raw SSE readers of one stream, --rate appends/s for --seconds. Each message carries its
 //          scheduled append time; latency = receipt − that time. Measured: server CPU µs per delivered message,
 //          p50/p99/max latency, share delivered.
@@ -21,6 +23,7 @@
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import http from 'node:http'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -35,7 +38,7 @@ const SELF = fileURLToPath(import.meta.url)
 const { values: args } = parseArgs({
   options: {
     scenarios: { type: 'string', default: 'appends,fanout,catchup' },
-    systems: { type: 'string', default: 'memory,sqlite,redis,reference' },
+    systems: { type: 'string', default: 'memory,sqlite,redis,reference,floor' },
     // 500 000: a shorter run (100 000 take half a second) measured start-up more than appends.
     messages: { type: 'string', default: '500000' },
     connections: { type: 'string', default: '32' },
@@ -61,9 +64,25 @@ function message (seq, ts = 0) {
 
 // ---- the server (child process, pinned to CPU 0) ----
 
+function noop () {}
+
 async function serve ({ system, sqlitePath, redisUrl }) {
   let port
-  if (system === 'reference') {
+  if (system === 'floor') {
+    // The floor of single-message POSTs on node:http: read the body, answer 204 with an offset; no store, no
+    // checks. What any server on node:http pays per request before doing its own work.
+    let appended = 0
+    const server = http.createServer((req, res) => {
+      req.on('data', noop)
+      req.on('end', () => {
+        appended++
+        res.writeHead(req.method === 'PUT' ? 201 : 204, { 'stream-next-offset': String(appended).padStart(16, '0') })
+        res.end()
+      })
+    })
+    await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
+    port = server.address().port
+  } else if (system === 'reference') {
     const { DurableStreamTestServer } = await import('@durable-streams/server')
     // Responses are not compressed by fastify-streams: the reference does not compress either (the runner's
     // requests do not ask for it anyway).
@@ -203,30 +222,61 @@ async function appendsProducer (server, redis, count) {
   return { ...summariseAppends(cost, count, errors, firstError), batches: Object.values(statuses).reduce((a, b) => a + b, 0), statuses }
 }
 
+/**
+ * One keep-alive connection that POSTs one message at a time, each after the previous response: request bytes
+ * written by hand and responses read by their head and Content-Length. Node's http client costs about as much
+ * per request as the servers measured here, so with it the runner's core, not the server, set the rate.
+ * Resolves with the count of 2xx answers and errors once `deadline` (performance.now()) has passed.
+ */
+function postLoop (port, deadline, next) {
+  return new Promise((resolve) => {
+    const tally = { done: 0, errors: 0, firstError: null }
+    const socket = net.connect(port, '127.0.0.1')
+    socket.setNoDelay(true)
+    let buffer = Buffer.alloc(0)
+    const send = () => {
+      if (performance.now() >= deadline) return socket.end()
+      const body = next()
+      socket.write(`POST ${STREAM_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: ${JSON_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+    }
+    const fail = (message) => {
+      tally.errors++
+      tally.firstError ??= message
+      socket.destroy()
+    }
+    socket.on('data', (chunk) => {
+      buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk])
+      for (;;) {
+        const headEnd = buffer.indexOf('\r\n\r\n')
+        if (headEnd < 0) return
+        const head = buffer.toString('latin1', 0, headEnd)
+        const length = /\r\ncontent-length: *(\d+)/i.exec(head)
+        if (length === null && /\r\ntransfer-encoding:/i.test(head)) return fail('chunked response')
+        const total = headEnd + 4 + (length === null ? 0 : Number(length[1]))
+        if (buffer.length < total) return
+        const status = Number(head.slice(9, 12))
+        buffer = buffer.subarray(total)
+        if (status === 200 || status === 204) tally.done++
+        else return fail(`status ${status}`)
+        send()
+      }
+    })
+    socket.on('connect', send)
+    socket.on('error', (err) => fail(err.message))
+    socket.on('close', () => resolve(tally))
+  })
+}
+
 async function appendsPosts (server, redis, connections, seconds) {
   await createStream(server.port)
-  const agent = new http.Agent({ keepAlive: true, maxSockets: connections })
-  let done = 0
-  let errors = 0
-  let firstError = null
+  let sent = 0
   const end = cpuMeter(server, redis)
   const deadline = performance.now() + seconds * 1000
-  await Promise.all(Array.from({ length: connections }, async () => {
-    while (performance.now() < deadline) {
-      try {
-        const res = await request(server.port, 'POST', STREAM_PATH, { body: message(done), agent })
-        if (res.status === 204 || res.status === 200) done++
-        else throw new Error(`status ${res.status}`)
-      } catch (err) {
-        errors++
-        firstError ??= String(err?.message ?? err)
-        if (errors > 1000) return
-      }
-    }
-  }))
+  const tallies = await Promise.all(Array.from({ length: connections }, () => postLoop(server.port, deadline, () => message(sent++))))
   const cost = end()
-  agent.destroy()
-  return summariseAppends(cost, done, errors, firstError)
+  const done = tallies.reduce((sum, t) => sum + t.done, 0)
+  const errors = tallies.reduce((sum, t) => sum + t.errors, 0)
+  return summariseAppends(cost, done, errors, tallies.find(t => t.firstError)?.firstError ?? null)
 }
 
 function summariseAppends (cost, appends, errors, firstError) {
@@ -429,7 +479,15 @@ async function catchup (server, redis, { mb }) {
 
 // ---- the runner ----
 
-const LABELS = { memory: 'ours, memory', sqlite: 'ours, SQLite', redis: 'ours, Redis', reference: 'reference (@durable-streams/server, memory)' }
+const LABELS = {
+  memory: 'ours, memory',
+  sqlite: 'ours, SQLite',
+  redis: 'ours, Redis',
+  reference: 'reference (@durable-streams/server, memory)',
+  floor: 'floor: bare node:http answering 204, no store'
+}
+// The scenarios each system can serve (default: all).
+const SYSTEM_SCENARIOS = { floor: ['appends-posts'] }
 const SCENARIOS = {
   'appends-producer': (server, redis, sizes) => appendsProducer(server, redis, sizes.messages),
   'appends-posts': (server, redis, sizes) => appendsPosts(server, redis, sizes.connections, sizes.seconds),
@@ -541,7 +599,7 @@ function report (raw) {
   const b = get('fanout', 'reference', 'serverCpuUsPerDelivery')
   const r = a && b ? a / b : null
   target('fan-out server CPU per delivery', '≤ 0.7× the reference', r && `${r.toFixed(2)}×`, r <= 0.7)
-  for (const system of systems.filter(s => s !== 'reference')) {
+  for (const system of systems.filter(s => s !== 'reference' && results.catchup?.[s])) {
     const growth = get('catchup', system, 'rssGrowthMb')
     const size = get('catchup', system, 'streamMb')
     const doubleGrowth = get('catchup-double', system, 'rssGrowthMb')
@@ -599,6 +657,7 @@ async function run () {
     for (const scenario of scenarios) {
       for (let rep = 0; rep < runs; rep++) {
         for (const system of systems) {
+          if (SYSTEM_SCENARIOS[system] && !SYSTEM_SCENARIOS[system].includes(scenario)) continue
           let result
           try {
             result = await withServer(system, system === 'redis' ? redis : null, server => SCENARIOS[scenario](server, system === 'redis' ? redis : null, sizes))
