@@ -243,7 +243,27 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     }
   }
 
-  app.addHook('onRequest', async (request: StreamRequest, reply) => {
+  // Without an auth function or an authorization function a request has nothing to wait for before its handler.
+  const open = !host.authConfigured && settings.authorizeFunction === null
+
+  /** Runs the auth function and the authorization function; resolves true once the request may go on. */
+  async function admit (request: StreamRequest, reply: FastifyReply, name: string): Promise<boolean> {
+    // Before the body is read: a refused (401) or timed-out (503) request is answered here.
+    await host.auth.preValidation(request, reply)
+    if (reply.sent) return false
+    const context = host.auth.contextOf(request)
+    const operation = OPERATIONS[request.method]
+    if (operation === undefined) return true
+    await authorize(request.method, name, operation, context)
+    const source = request.method === 'PUT' ? header(request, 'stream-forked-from') : null
+    // Forking copies the source's data, so it needs the right to read the source too.
+    if (source !== null) await authorize('GET', streamName(source, prefix, settings.maxStreamPathLength), 'read', context)
+    request[TARGET] = { name, context }
+    return true
+  }
+
+  // A callback hook, not an async one: without auth (the common case) the request goes on in the same call.
+  app.addHook('onRequest', (request: StreamRequest, reply, done) => {
     // Browser hardening and CORS on every response, errors included.
     reply.header('x-content-type-options', 'nosniff')
     reply.header('cross-origin-resource-policy', 'cross-origin')
@@ -252,19 +272,19 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       reply.header('access-control-expose-headers', EXPOSED_HEADERS)
       if (settings.corsOrigin !== '*') reply.header('vary', 'Origin')
     }
-    if (request.method === 'OPTIONS') return
-    const name = streamName(urlPath(request.url).path, prefix, settings.maxStreamPathLength)
-    // Before the body is read: a refused (401) or timed-out (503) request is answered here.
-    await host.auth.preValidation(request, reply)
-    if (reply.sent) return reply
-    const context = host.auth.contextOf(request)
-    const operation = OPERATIONS[request.method]
-    if (operation === undefined) return
-    await authorize(request.method, name, operation, context)
-    const source = request.method === 'PUT' ? header(request, 'stream-forked-from') : null
-    // Forking copies the source's data, so it needs the right to read the source too.
-    if (source !== null) await authorize('GET', streamName(source, prefix, settings.maxStreamPathLength), 'read', context)
-    request[TARGET] = { name, context }
+    if (request.method === 'OPTIONS') return done()
+    let name: string
+    try {
+      name = streamName(urlPath(request.url).path, prefix, settings.maxStreamPathLength)
+    } catch (err) {
+      return done(err as Error)
+    }
+    if (open) {
+      request[TARGET] = { name, context: null }
+      return done()
+    }
+    // A request answered by the auth (401, 503) goes no further: done is not called.
+    admit(request, reply, name).then(admitted => { if (admitted) done() }, done)
   })
 
   app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {

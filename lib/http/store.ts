@@ -93,42 +93,149 @@ export function parseOffset (token: string): Position | null {
   return Number.isSafeInteger(position) ? position : null
 }
 
+/** Content types seen, with their media types: every append compares two, and a few types cover most streams. */
+const mediaTypes = new Map<string, string>()
+/** Entries the memo above keeps at most (clients choose the header: a flood of distinct ones is not kept). */
+const MAX_MEDIA_TYPES = 256
+
 /** The media type alone, lower-cased: `Application/JSON; charset=utf-8` is `application/json`. */
 export function mediaType (contentType: string): string {
-  return contentType.split(';', 1)[0].trim().toLowerCase()
+  let type = mediaTypes.get(contentType)
+  if (type === undefined) {
+    type = contentType.split(';', 1)[0].trim().toLowerCase()
+    if (mediaTypes.size < MAX_MEDIA_TYPES) mediaTypes.set(contentType, type)
+  }
+  return type
 }
 
 export function isJsonType (contentType: string): boolean {
   return mediaType(contentType) === 'application/json'
 }
 
-/**
- * The texts of a JSON array's elements, cut from `text` itself (already checked to be valid JSON): cheaper than
- * serialising every parsed element again.
- */
-function arrayElements (text: string): string[] {
-  const elements: string[] = []
-  let depth = 0
-  let start = 0
-  for (let index = 0; index < text.length; index++) {
+/** Nesting the scanner below follows; deeper bodies take JSON.parse's path. */
+const MAX_SCAN_DEPTH = 64
+
+function isDigit (code: number): boolean {
+  return code >= 0x30 && code <= 0x39
+}
+
+function isHexDigit (code: number): boolean {
+  return isDigit(code) || (code >= 0x41 && code <= 0x46) || (code >= 0x61 && code <= 0x66)
+}
+
+/** Past the spaces and tabs at `index` (a line break is not skipped: such bodies take JSON.parse's path). */
+function skipSpaces (text: string, index: number): number {
+  let code = text.charCodeAt(index)
+  while (code === 0x20 || code === 0x09) code = text.charCodeAt(++index)
+  return index
+}
+
+/** Past the JSON string opening at `index`; -1 if it is not one. */
+function stringEnd (text: string, index: number): number {
+  for (index++; index < text.length; index++) {
     const code = text.charCodeAt(index)
-    if (code === 0x22) {
-      // A string: skip to its closing quote, past escaped characters.
-      for (index++; text.charCodeAt(index) !== 0x22; index++) if (text.charCodeAt(index) === 0x5c) index++
-    } else if (code === 0x5b || code === 0x7b) {
-      if (depth++ === 0) start = index + 1
-    } else if (code === 0x5d || code === 0x7d) {
-      if (--depth === 0) {
-        const last = text.slice(start, index).trim()
-        if (last !== '') elements.push(last)
-        break
+    if (code === 0x22) return index + 1
+    if (code < 0x20) return -1
+    if (code === 0x5c) {
+      const escaped = text.charCodeAt(++index)
+      if (escaped === 0x75) {
+        for (let k = 0; k < 4; k++) if (!isHexDigit(text.charCodeAt(++index))) return -1
+      } else if (!'"\\/bfnrt'.includes(text[index] ?? '')) {
+        return -1
       }
-    } else if (code === 0x2c && depth === 1) {
-      elements.push(text.slice(start, index).trim())
-      start = index + 1
     }
   }
-  return elements
+  return -1
+}
+
+/** Past the JSON number starting at `index`; -1 if it is not one. */
+function numberEnd (text: string, index: number): number {
+  if (text.charCodeAt(index) === 0x2d) index++
+  let code = text.charCodeAt(index)
+  if (code === 0x30) code = text.charCodeAt(++index)
+  else if (code >= 0x31 && code <= 0x39) while (isDigit(code)) code = text.charCodeAt(++index)
+  else return -1
+  if (code === 0x2e) {
+    const digits = ++index
+    while (isDigit(text.charCodeAt(index))) index++
+    if (index === digits) return -1
+    code = text.charCodeAt(index)
+  }
+  if (code === 0x65 || code === 0x45) {
+    code = text.charCodeAt(++index)
+    if (code === 0x2b || code === 0x2d) index++
+    const digits = index
+    while (isDigit(text.charCodeAt(index))) index++
+    if (index === digits) return -1
+  }
+  return index
+}
+
+/** Past the JSON value starting at `index` (spaces skipped inside it, not around it); -1 if there is none. */
+function valueEnd (text: string, index: number, depth: number): number {
+  const code = text.charCodeAt(index)
+  if (code === 0x22) return stringEnd(text, index)
+  if (code === 0x7b || code === 0x5b) {
+    if (depth === MAX_SCAN_DEPTH) return -1
+    const object = code === 0x7b
+    const close = object ? 0x7d : 0x5d
+    index = skipSpaces(text, index + 1)
+    if (text.charCodeAt(index) === close) return index + 1
+    for (;;) {
+      if (object) {
+        if (text.charCodeAt(index) !== 0x22) return -1
+        index = stringEnd(text, index)
+        if (index < 0) return -1
+        index = skipSpaces(text, index)
+        if (text.charCodeAt(index) !== 0x3a) return -1
+        index = skipSpaces(text, index + 1)
+      }
+      index = valueEnd(text, index, depth + 1)
+      if (index < 0) return -1
+      index = skipSpaces(text, index)
+      const next = text.charCodeAt(index)
+      if (next === close) return index + 1
+      if (next !== 0x2c) return -1
+      index = skipSpaces(text, index + 1)
+    }
+  }
+  if (text.startsWith('true', index) || text.startsWith('null', index)) return index + 4
+  if (text.startsWith('false', index)) return index + 5
+  return numberEnd(text, index)
+}
+
+/**
+ * The messages of a JSON text on one line, cut from the text itself (cheaper than parsing it and serialising every
+ * element again): a top-level array's elements, or the whole value. Null when the scanner does not accept the text:
+ * not JSON, a line break, deeper than MAX_SCAN_DEPTH. It accepts only valid JSON; JSON.parse decides the rest.
+ */
+function scanMessages (text: string): string[] | null {
+  let index = skipSpaces(text, 0)
+  const messages: string[] = []
+  if (text.charCodeAt(index) === 0x5b) {
+    index = skipSpaces(text, index + 1)
+    if (text.charCodeAt(index) === 0x5d) index++
+    else {
+      for (;;) {
+        const start = index
+        index = valueEnd(text, index, 1)
+        if (index < 0) return null
+        messages.push(text.slice(start, index))
+        index = skipSpaces(text, index)
+        const next = text.charCodeAt(index)
+        index = skipSpaces(text, index + 1)
+        if (next === 0x5d) break
+        if (next !== 0x2c) return null
+      }
+    }
+  } else {
+    const start = index
+    index = valueEnd(text, index, 0)
+    if (index < 0) return null
+    messages.push(text.slice(start, index))
+    index = skipSpaces(text, index)
+  }
+  return index === text.length ? messages : null
 }
 
 /**
@@ -138,17 +245,19 @@ function arrayElements (text: string): string[] {
 export function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
   if (body.length === 0) return []
   const text = body.toString('utf8')
-  let value: unknown
-  try {
-    value = JSON.parse(text)
-  } catch {
-    throw new StreamRequestError('the body is not valid JSON')
+  let messages = scanMessages(text)
+  if (messages === null) {
+    let value: unknown
+    try {
+      value = JSON.parse(text)
+    } catch {
+      throw new StreamRequestError('the body is not valid JSON')
+    }
+    // Line breaks between tokens would split an SSE data line: each message is serialised again, on one line.
+    messages = (Array.isArray(value) ? value : [value]).map(item => JSON.stringify(item) ?? 'null')
   }
-  const array: unknown[] | null = Array.isArray(value) ? value : null
-  if (array !== null && array.length === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
-  // Line breaks between tokens would split an SSE data line: such a body is serialised again, on one line each.
-  if (/[\r\n]/.test(text)) return (array ?? [value]).map(item => JSON.stringify(item) ?? 'null')
-  return array !== null ? arrayElements(text) : [text.trim()]
+  if (messages.length === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
+  return messages
 }
 
 /** The state the append rules need, as a backend holds it. */
@@ -158,7 +267,6 @@ export interface AppendState {
   closedBy: ProducerClaim | null
   lastStreamSeq: string | null
   tail: Position
-  producer: ProducerState | null
 }
 
 /** What a backend must do after the rules accepted an append. */
@@ -168,13 +276,13 @@ export type AppendDecision =
 
 /**
  * The protocol's append rules in its order of precedence: producer fencing and duplicates, then closure,
- * then content type, then Stream-Seq and producer gaps, then the body. Throws the coded refusal.
+ * then content type, then Stream-Seq and producer gaps, then the body. `known`: the claiming producer's state
+ * in the stream. Throws the coded refusal.
  */
-export function decideAppend (state: AppendState, request: AppendRequest): AppendDecision {
+export function decideAppend (state: AppendState, known: ProducerState | null, request: AppendRequest): AppendDecision {
   const claim = request.producer
   let expectedSeq = 0
   if (claim !== null) {
-    const known = state.producer
     if (known !== null && claim.epoch < known.epoch) {
       throw Object.assign(new ProducerFencedError(claim.epoch, known.epoch), { headers: { 'producer-epoch': String(known.epoch) } })
     }

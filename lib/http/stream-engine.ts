@@ -188,7 +188,7 @@ export class StreamEngine implements DurableStreamStore {
       const stream = await this.existing(tx, name, changed)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
-      const decision = decideAppend({ ...stream, producer: known }, request)
+      const decision = decideAppend(stream, known, request)
       stream.touchedAt = this.now()
       if (decision.kind === 'duplicate') {
         if (stream.ttlSeconds !== null) await tx.put(stream)
