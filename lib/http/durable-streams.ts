@@ -12,7 +12,7 @@ import {
 import { LiveReaders, SharedReads, SseWriter, endOfTurn, httpChunk, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
-  formatOffset, mediaType, parseOffset,
+  boundedMemo, formatOffset, mediaType, parseOffset,
   type AppendRequest, type AppendResult, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
   type ReadResult, type StreamInfo
 } from './store.js'
@@ -51,6 +51,9 @@ const CACHEABLE_PRIVATE = 'private, max-age=60, stale-while-revalidate=300'
  * over several connections, which may overtake each other) waits for them before it is refused as a gap (409).
  */
 export const PRODUCER_REORDER_WAIT_MS = 2000
+
+/** URL paths whose stream names are remembered (see pathName). */
+const MAX_REMEMBERED_PATHS = 1024
 
 const DECIMAL = /^(0|[1-9]\d*)$/
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/
@@ -243,6 +246,8 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     }
   }
 
+  // Every request names its stream by URL path; most traffic goes to a few streams.
+  const pathName = boundedMemo((path) => streamName(path, prefix, settings.maxStreamPathLength), MAX_REMEMBERED_PATHS)
   // Without an auth function or an authorization function a request has nothing to wait for before its handler.
   const open = !host.authConfigured && settings.authorizeFunction === null
 
@@ -275,7 +280,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     if (request.method === 'OPTIONS') return done()
     let name: string
     try {
-      name = streamName(urlPath(request.url).path, prefix, settings.maxStreamPathLength)
+      name = pathName(urlPath(request.url).path)
     } catch (err) {
       return done(err as Error)
     }

@@ -93,20 +93,27 @@ export function parseOffset (token: string): Position | null {
   return Number.isSafeInteger(position) ? position : null
 }
 
-/** Content types seen, with their media types: every append compares two, and a few types cover most streams. */
-const mediaTypes = new Map<string, string>()
-/** Entries the memo above keeps at most (clients choose the header: a flood of distinct ones is not kept). */
+/**
+ * `compute` remembered for up to `max` keys (clients choose the keys: past `max`, new ones are computed each time).
+ * A key whose computation throws is not remembered.
+ */
+export function boundedMemo<V> (compute: (key: string) => V, max: number): (key: string) => V {
+  const known = new Map<string, V>()
+  return (key) => {
+    let value = known.get(key)
+    if (value === undefined) {
+      value = compute(key)
+      if (known.size < max) known.set(key, value)
+    }
+    return value
+  }
+}
+
+/** Content types remembered: every append compares two, and a few types cover most streams. */
 const MAX_MEDIA_TYPES = 256
 
 /** The media type alone, lower-cased: `Application/JSON; charset=utf-8` is `application/json`. */
-export function mediaType (contentType: string): string {
-  let type = mediaTypes.get(contentType)
-  if (type === undefined) {
-    type = contentType.split(';', 1)[0].trim().toLowerCase()
-    if (mediaTypes.size < MAX_MEDIA_TYPES) mediaTypes.set(contentType, type)
-  }
-  return type
-}
+export const mediaType = boundedMemo((contentType) => contentType.split(';', 1)[0].trim().toLowerCase(), MAX_MEDIA_TYPES)
 
 export function isJsonType (contentType: string): boolean {
   return mediaType(contentType) === 'application/json'
