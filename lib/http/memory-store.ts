@@ -44,28 +44,28 @@ class MemoryBackend extends SerialBackend implements StreamBackend, StreamTransa
     await this.settle()
   }
 
-  async stream (name: string): Promise<StoredStream | null> {
+  stream (name: string): StoredStream | null {
     const id = this.byName.get(name)
     return id === undefined ? null : this.byId.get(id)?.stream ?? null
   }
 
-  async streamById (id: string): Promise<StoredStream | null> {
+  streamById (id: string): StoredStream | null {
     return this.byId.get(id)?.stream ?? null
   }
 
-  async put (stream: StoredStream): Promise<void> {
+  put (stream: StoredStream): void {
     const held = this.byId.get(stream.id)
     if (held !== undefined) held.stream = stream
     else this.byId.set(stream.id, { stream, entries: [], producers: new Map() })
     this.byName.set(stream.name, stream.id)
   }
 
-  async remove (stream: StoredStream): Promise<void> {
+  remove (stream: StoredStream): void {
     this.byId.delete(stream.id)
     if (this.byName.get(stream.name) === stream.id) this.byName.delete(stream.name)
   }
 
-  async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
+  entries (id: string, from: Position, to: Position, maxBytes: number): StoredEntry[] {
     const entries = this.byId.get(id)?.entries ?? []
     const spans: Array<{ entry: StoredEntry, size: number }> = []
     for (let index = firstEndingAfter(entries, from); index < entries.length && entries[index].start < to && spans.length < ENTRY_PAGE; index++) {
@@ -74,15 +74,15 @@ class MemoryBackend extends SerialBackend implements StreamBackend, StreamTransa
     return withinBudget(spans, maxBytes).map(span => span.entry)
   }
 
-  async addEntry (id: string, entry: StoredEntry): Promise<void> {
+  addEntry (id: string, entry: StoredEntry): void {
     this.byId.get(id)?.entries.push(entry)
   }
 
-  async producer (id: string, producerId: string): Promise<ProducerState | null> {
+  producer (id: string, producerId: string): ProducerState | null {
     return this.byId.get(id)?.producers.get(producerId) ?? null
   }
 
-  async setProducer (id: string, producerId: string, state: ProducerState): Promise<void> {
+  setProducer (id: string, producerId: string, state: ProducerState): void {
     this.byId.get(id)?.producers.set(producerId, state)
   }
 }

@@ -32,19 +32,23 @@ export interface StoredStream extends StreamConfig {
 /** One append (a batch of messages in JSON mode) covering [start, end). */
 export interface StoredEntry { start: Position, end: Position, payload: Payload }
 
+/** A value, or a promise of it: an in-memory backend answers at once, a storage backend later. */
+export type Awaitable<T> = T | Promise<T>
+
+/** A backend's reads and writes within one operation (every method may answer at once or by a promise). */
 export interface StreamTransaction {
   /** The stream currently under `name`, gone or not. */
-  stream (name: string): Promise<StoredStream | null>
-  streamById (id: string): Promise<StoredStream | null>
+  stream (name: string): Awaitable<StoredStream | null>
+  streamById (id: string): Awaitable<StoredStream | null>
   /** Inserts or updates the stream's row. */
-  put (stream: StoredStream): Promise<void>
+  put (stream: StoredStream): Awaitable<void>
   /** Removes the stream's row, entries and producer states. */
-  remove (stream: StoredStream): Promise<void>
+  remove (stream: StoredStream): Awaitable<void>
   /** Entries of stream `id` overlapping [from, to), in order, until their sizes reach `maxBytes` (at least one). */
-  entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]>
-  addEntry (id: string, entry: StoredEntry): Promise<void>
-  producer (id: string, producerId: string): Promise<ProducerState | null>
-  setProducer (id: string, producerId: string, state: ProducerState): Promise<void>
+  entries (id: string, from: Position, to: Position, maxBytes: number): Awaitable<StoredEntry[]>
+  addEntry (id: string, entry: StoredEntry): Awaitable<void>
+  producer (id: string, producerId: string): Awaitable<ProducerState | null>
+  setProducer (id: string, producerId: string, state: ProducerState): Awaitable<void>
 }
 
 export interface StreamBackend {
