@@ -7,8 +7,11 @@
 // appends  (a) 100-byte JSON messages: (i) --messages appends batched by `IdempotentProducer` (@durable-streams/client,
 //          default linger and batch size), (ii) single-message POSTs from --connections keep-alive connections for
 //          --seconds, written and read by hand on raw sockets (Node's http client would make this runner the limit).
-//          Measured: appends/s and server CPU µs per append. The system `floor`, in (ii) only, is a bare node:http
-//          server that reads each body and answers 204 with an offset: what a request costs before any work.
+//          Measured: appends/s and server CPU µs per append. (i') the batches of (i) from such a raw client:
+//          IdempotentProducer's JSON encoding keeps this runner's core busy at a rate every server here keeps up
+//          with, so (i) measures the client; (i') measures the servers. The system `floor`, in (i') and (ii) only,
+//          is a bare node:http server that reads each body and answers 204 with an offset: what a request costs
+//          before any work.
 // fanout   (b) --readers raw SSE readers of one stream, --rate appends/s for --seconds. Each message carries its
 //          scheduled append time; latency = receipt − that time. Measured: server CPU µs per delivered message,
 //          p50/p99/max latency, share delivered.
@@ -223,10 +226,11 @@ async function appendsProducer (server, redis, count) {
 }
 
 /**
- * One keep-alive connection that POSTs one message at a time, each after the previous response: request bytes
+ * One keep-alive connection that POSTs one request at a time, each after the previous response: request bytes
  * written by hand and responses read by their head and Content-Length. Node's http client costs about as much
  * per request as the servers measured here, so with it the runner's core, not the server, set the rate.
- * Resolves with the count of 2xx answers and errors once `deadline` (performance.now()) has passed.
+ * `next()` gives each request's extra header lines and body, and the messages it carries. Resolves with the
+ * messages answered 2xx and the errors once `deadline` (performance.now()) has passed.
  */
 function postLoop (port, deadline, next) {
   return new Promise((resolve) => {
@@ -234,10 +238,12 @@ function postLoop (port, deadline, next) {
     const socket = net.connect(port, '127.0.0.1')
     socket.setNoDelay(true)
     let buffer = Buffer.alloc(0)
+    let carried = 0
     const send = () => {
       if (performance.now() >= deadline) return socket.end()
-      const body = next()
-      socket.write(`POST ${STREAM_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: ${JSON_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+      const { headers, body, messages } = next()
+      carried = messages
+      socket.write(`POST ${STREAM_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: ${JSON_TYPE}\r\n${headers}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
     }
     const fail = (message) => {
       tally.errors++
@@ -251,12 +257,13 @@ function postLoop (port, deadline, next) {
         if (headEnd < 0) return
         const head = buffer.toString('latin1', 0, headEnd)
         const length = /\r\ncontent-length: *(\d+)/i.exec(head)
-        if (length === null && /\r\ntransfer-encoding:/i.test(head)) return fail('chunked response')
-        const total = headEnd + 4 + (length === null ? 0 : Number(length[1]))
-        if (buffer.length < total) return
+        const total = length === null && /\r\ntransfer-encoding: *chunked/i.test(head)
+          ? chunkedEnd(buffer, headEnd + 4)
+          : headEnd + 4 + (length === null ? 0 : Number(length[1]))
+        if (total < 0 || buffer.length < total) return
         const status = Number(head.slice(9, 12))
         buffer = buffer.subarray(total)
-        if (status === 200 || status === 204) tally.done++
+        if (status === 200 || status === 204) tally.done += carried
         else return fail(`status ${status}`)
         send()
       }
@@ -267,16 +274,51 @@ function postLoop (port, deadline, next) {
   })
 }
 
-async function appendsPosts (server, redis, connections, seconds) {
+/** Where the chunked body starting at `start` ends (after its last chunk), or -1 when it has not all arrived. */
+function chunkedEnd (buffer, start) {
+  let at = start
+  for (;;) {
+    const line = buffer.indexOf('\r\n', at)
+    if (line < 0) return -1
+    const size = parseInt(buffer.toString('latin1', at, line), 16)
+    at = line + 2 + size + 2
+    if (at > buffer.length) return -1
+    if (size === 0) return at
+  }
+}
+
+/** `connections` postLoops for `seconds`; `next(connection)` as in postLoop. */
+async function postFrom (server, redis, connections, seconds, next) {
   await createStream(server.port)
-  let sent = 0
   const end = cpuMeter(server, redis)
   const deadline = performance.now() + seconds * 1000
-  const tallies = await Promise.all(Array.from({ length: connections }, () => postLoop(server.port, deadline, () => message(sent++))))
+  const tallies = await Promise.all(Array.from({ length: connections }, (_, connection) => postLoop(server.port, deadline, () => next(connection))))
   const cost = end()
   const done = tallies.reduce((sum, t) => sum + t.done, 0)
   const errors = tallies.reduce((sum, t) => sum + t.errors, 0)
   return summariseAppends(cost, done, errors, tallies.find(t => t.firstError)?.firstError ?? null)
+}
+
+function appendsPosts (server, redis, connections, seconds) {
+  let sent = 0
+  return postFrom(server, redis, connections, seconds, () => ({ headers: '', body: message(sent++), messages: 1 }))
+}
+
+const BATCH_MESSAGES = 1000
+const BATCH_PRODUCERS = 4
+
+/**
+ * What IdempotentProducer sends, from a runner that is not the limit: BATCH_PRODUCERS producers, one connection
+ * each, posting JSON arrays of BATCH_MESSAGES messages with Producer-Id/Epoch/Seq, one batch at a time.
+ */
+function appendsBatches (server, redis, seconds) {
+  const body = `[${Array.from({ length: BATCH_MESSAGES }, (_, i) => message(i)).join(',')}]`
+  const seqs = new Array(BATCH_PRODUCERS).fill(0)
+  return postFrom(server, redis, BATCH_PRODUCERS, seconds, (producer) => ({
+    headers: `producer-id: bench-${producer}\r\nproducer-epoch: 0\r\nproducer-seq: ${seqs[producer]++}\r\n`,
+    body,
+    messages: BATCH_MESSAGES
+  }))
 }
 
 function summariseAppends (cost, appends, errors, firstError) {
@@ -487,10 +529,11 @@ const LABELS = {
   floor: 'floor: bare node:http answering 204, no store'
 }
 // The scenarios each system can serve (default: all).
-const SYSTEM_SCENARIOS = { floor: ['appends-posts'] }
+const SYSTEM_SCENARIOS = { floor: ['appends-posts', 'appends-batches'] }
 const SCENARIOS = {
   'appends-producer': (server, redis, sizes) => appendsProducer(server, redis, sizes.messages),
   'appends-posts': (server, redis, sizes) => appendsPosts(server, redis, sizes.connections, sizes.seconds),
+  'appends-batches': (server, redis, sizes) => appendsBatches(server, redis, sizes.seconds),
   fanout,
   catchup,
   // The same read of a stream twice the size: RSS growth that is bounded stays about the same, growth
@@ -567,6 +610,7 @@ function report (raw) {
     ...scenario === 'appends-producer' ? [{ name: 'batch requests (of which 409, resent)', value: s => `${cell(get(scenario, s, 'batches'))} (${cell(get(scenario, s, 'statuses.409') ?? 0)})` }] : []
   ]
   table('appends-producer', `a(i) Appends of 100-byte JSON messages batched by IdempotentProducer (${meta.sizes.messages.toLocaleString('en-US')} messages)`, appendColumns('appends-producer'))
+  table('appends-batches', `a(i') The same batches from a raw client: ${BATCH_PRODUCERS} producers, ${BATCH_MESSAGES.toLocaleString('en-US')} messages per POST, ${meta.sizes.seconds} s`, appendColumns('appends-batches'))
   table('appends-posts', `a(ii) Single-message POSTs, ${meta.sizes.connections} keep-alive connections, ${meta.sizes.seconds} s`, appendColumns('appends-posts'))
   table('fanout', `b Live fan-out: ${meta.sizes.readers.toLocaleString('en-US')} SSE readers × ${meta.sizes.rate} appends/s for ${meta.sizes.seconds} s`, [
     { name: 'delivered %', value: s => cell(get('fanout', s, 'deliveredPct')) },
@@ -589,7 +633,7 @@ function report (raw) {
   ])
   const target = (name, bar, value, met) => lines.push(`| ${name} | ${bar} | ${value ?? '–'} | ${value == null ? '–' : met ? 'met' : '**missed**'} |`)
   lines.push('## Targets of issue 12 (memory adapter vs the reference)', '', '| target | bar | measured | |', '|---|---|---|---|')
-  for (const [scenario, what] of [['appends-producer', 'batched by IdempotentProducer'], ['appends-posts', 'single-message POSTs']]) {
+  for (const [scenario, what] of [['appends-producer', 'batched by IdempotentProducer'], ['appends-batches', `batched, from a raw client (${BATCH_MESSAGES} per POST, the runner not the limit)`], ['appends-posts', 'single-message POSTs']]) {
     const a = get(scenario, 'memory', 'appendsPerSec')
     const b = get(scenario, 'reference', 'appendsPerSec')
     const r = a && b ? a / b : null
@@ -624,7 +668,7 @@ async function run () {
   }
   const runs = Number(args.runs)
   const systems = args.systems.split(',')
-  const scenarios = args.scenarios.split(',').flatMap(s => s === 'appends' ? ['appends-producer', 'appends-posts'] : s === 'catchup' ? ['catchup', 'catchup-double'] : [s])
+  const scenarios = args.scenarios.split(',').flatMap(s => s === 'appends' ? ['appends-producer', 'appends-batches', 'appends-posts'] : s === 'catchup' ? ['catchup', 'catchup-double'] : [s])
   for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario ${s}`)
   for (const s of systems) if (!LABELS[s]) throw new Error(`unknown system ${s}`)
   if (!fs.existsSync(path.join(ROOT, 'dist', 'index.js')) && systems.some(s => s !== 'reference')) throw new Error('dist/index.js is missing: run `npm run build` first')
