@@ -371,6 +371,10 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
    * Appends; a producer's append refused as a sequence gap (it overtook its predecessors on another connection)
    * is tried again after each change of the stream for up to PRODUCER_REORDER_WAIT_MS before the 409 goes out.
    */
+  // Appends waiting for their producer's predecessors; a closing app answers them at once (409), not after the wait.
+  const heldAppends = new Set<ReturnType<typeof watcher>>()
+  let closing = false
+
   async function appendInOrder (name: string, request: AppendRequest): Promise<AppendResult> {
     try {
       return await store.append(name, request)
@@ -379,13 +383,14 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     }
     const deadline = Date.now() + PRODUCER_REORDER_WAIT_MS
     const watch = watcher(name)
+    heldAppends.add(watch)
     try {
       for (;;) {
         watch.pending = false
         try {
           return await store.append(name, request)
         } catch (err) {
-          if (!isProducerAhead(err, request) || Date.now() >= deadline) throw err
+          if (!isProducerAhead(err, request) || closing || Date.now() >= deadline) throw err
         }
         if (watch.pending) continue
         await new Promise<void>(resolve => {
@@ -399,6 +404,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
         watch.wake = null
       }
     } finally {
+      heldAppends.delete(watch)
       watch.stop()
     }
   }
@@ -602,7 +608,11 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     }
   })
 
-  app.addHook('preClose', async () => { readers.endAll() })
+  app.addHook('preClose', async () => {
+    closing = true
+    for (const held of heldAppends) held.wake?.()
+    readers.endAll()
+  })
   // No onClose for the store: it is the adapter's and closes with it (a borrowed adapter's stays open for its
   // owner); this app's live readers, the only users of its watchers, ended in preClose.
 }

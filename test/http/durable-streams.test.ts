@@ -391,6 +391,28 @@ test('a producer\'s batch that arrives before its predecessor waits for it (no 4
   t.equal(refusedAsGap, 0, 'the server answered no 409')
 })
 
+test('app.close() answers a producer append still waiting for its predecessors at once (409), not after the wait', async (t) => {
+  const { app, url: wsUrl } = await serve({ durable_streams: true })
+  const base = wsUrl.replace('ws://', 'http://').replace(/\/$/, '')
+  t.equal((await put(base, 'held', { 'content-type': 'application/json' })).status, 201)
+  let arrived = false
+  app.server.on('request', () => { arrived = true })
+  const held = fetch(`${base}/v1/stream/held`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '3' },
+    body: '[1]'
+  })
+  await waitFor(() => arrived, 'the append to reach the server')
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const started = Date.now()
+  await app.close()
+  const closedIn = Date.now() - started
+  const res = await held
+  t.equal(res.status, 409, 'the held append is refused as a gap')
+  t.equal((await res.json()).code, 'STREAMS_ERR_PRODUCER_SEQ_GAP')
+  t.ok(closedIn < PRODUCER_REORDER_WAIT_MS / 2, `the app closed in ${closedIn} ms, without waiting out the ${PRODUCER_REORDER_WAIT_MS} ms`)
+})
+
 test('live readers woken by one append share one store read', async (t) => {
   const READERS = 100
   const adapter = createKvAdapter()
