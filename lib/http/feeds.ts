@@ -180,8 +180,8 @@ function sseData (messages: string[]): string {
   return sseEvent('data', [`[${messages.join(',')}]`])
 }
 
-/** A page of the log as messages, and as an SSE data event once asked for. */
-interface SerialisedPage { messages: string[], sse: string | null }
+/** A page of the log as messages, and once asked for, as HTTP chunks of SSE events per offset token and cursor. */
+interface SerialisedPage { messages: string[], sseChunks: Map<string, Buffer> | null }
 
 /** Per page: the readers sharing one read (live.ts SharedReads) serialise its messages once. */
 const serialisedPages = new WeakMap<ChangePage, SerialisedPage>()
@@ -189,10 +189,27 @@ const serialisedPages = new WeakMap<ChangePage, SerialisedPage>()
 function serialised (stream: string, page: ChangePage): SerialisedPage {
   let entry = serialisedPages.get(page)
   if (entry === undefined) {
-    entry = { messages: page.changes.map(record => JSON.stringify(changeMessage(stream, record))), sse: null }
+    entry = { messages: page.changes.map(record => JSON.stringify(changeMessage(stream, record))), sseChunks: null }
     serialisedPages.set(page, entry)
   }
   return entry
+}
+
+/**
+ * A page of at least one change as SSE: its data event and the control event after it, one HTTP chunk built once
+ * per token and cursor (the readers of a reconnect storm resume at one offset, and their cursors agree).
+ */
+function sseChunk (stream: string, page: ChangePage, token: string, cursor: string): Buffer {
+  const entry = serialised(stream, page)
+  entry.sseChunks ??= new Map()
+  const key = `${token} ${cursor}`
+  let chunk = entry.sseChunks.get(key)
+  if (chunk === undefined) {
+    const last = page.changes[page.changes.length - 1].rev
+    chunk = httpChunk(sseData(entry.messages) + sseControl(encodeOffset(token, last), cursor, last >= page.rev))
+    entry.sseChunks.set(key, chunk)
+  }
+  return chunk
 }
 
 function sseControl (next: string, cursor: string, upToDate: boolean): string {
@@ -407,11 +424,6 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
       // A reader that stopped reading: drop it (it resumes from its offset) rather than buffer without bound.
       if (writer.buffered > options.maxBufferedBytes) end(true)
     }
-    const write = (data: string, rev: number, upToDate: boolean) => send(httpChunk(data + sseControl(encodeOffset(token, rev), read.cursor, upToDate)), rev)
-    const pageData = (page: ChangePage) => {
-      const entry = serialised(read.stream, page)
-      return (entry.sse ??= sseData(entry.messages))
-    }
 
     /** Reads the log after what was sent until nothing is left; events arriving meanwhile make it go round again. */
     const drain = async () => {
@@ -422,7 +434,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
           if (ended) return
           if (page.changes.length > 0) {
             const last = page.changes[page.changes.length - 1].rev
-            write(pageData(page), last, last >= page.rev)
+            send(sseChunk(read.stream, page, token, read.cursor), last)
             if (last < page.rev) dirty = true
           }
           if (!dirty || ended) return
@@ -455,26 +467,26 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
 
     // Joined before the first read, so nothing committed after it is missed; refusals still answer a status.
     enter(key, reader, reply)
-    let first: string
+    let first: Buffer
     try {
       if (read.offset === '-1') {
         const { snapshot, token: snapshotToken } = await snapshotOf(read)
         token = snapshotToken
         sent = snapshot.rev
-        first = sseData(snapshotMessages(read.stream, snapshot, encodeOffset(token, sent))) +
-          sseControl(encodeOffset(token, sent), read.cursor, true)
+        first = httpChunk(sseData(snapshotMessages(read.stream, snapshot, encodeOffset(token, sent))) +
+          sseControl(encodeOffset(token, sent), read.cursor, true))
       } else if (read.offset === 'now') {
         const page = await tail(read)
         token = learn(page.epoch)
         sent = page.rev
-        first = sseControl(encodeOffset(token, sent), read.cursor, true)
+        first = httpChunk(sseControl(encodeOffset(token, sent), read.cursor, true))
       } else {
         token = read.offset.epoch
         const page = await changesAfter(read, token, read.offset.rev)
         const last = page.changes.length === 0 ? read.offset.rev : page.changes[page.changes.length - 1].rev
         sent = last
         dirty = last < page.rev
-        first = (page.changes.length > 0 ? pageData(page) : '') + sseControl(encodeOffset(token, last), read.cursor, last >= page.rev)
+        first = page.changes.length > 0 ? sseChunk(read.stream, page, token, read.cursor) : httpChunk(sseControl(encodeOffset(token, last), read.cursor, last >= page.rev))
       }
     } catch (err) {
       leave(key, reader)
@@ -489,7 +501,7 @@ export function registerFeeds (app: FastifyInstance, host: FeedsHost): Feeds {
       clearTimeout(timer)
       end()
     })
-    send(httpChunk(first), sent)
+    send(first, sent)
     catching = false
     if (dirty) await catchUp()
   }
