@@ -70,36 +70,49 @@ interface FeedRead {
 }
 
 /**
- * The events of one group committed in one turn of the event loop, as every live reader of the group shares them:
- * their messages are serialised once, and the SSE bytes (one data event holding them all, one control event) once
- * per epoch and cursor, which nearly all readers of a group have in common. A burst thus costs a reader one write
- * and one control event, as the socket path's outbox does for its frames.
+ * Messages ending at revision `last` as readers share them over SSE: their data event serialised once, and with
+ * the control event after it one HTTP chunk per epoch and cursor, which nearly all readers of a group have in common.
+ */
+class SseChunks {
+  private data: string | null = null
+  private readonly chunks = new Map<string, Buffer>()
+
+  constructor (private readonly messages: () => string[], private readonly last: number, private readonly upToDate: boolean) {}
+
+  get (token: string, cursor: string): Buffer {
+    const key = `${token} ${cursor}`
+    let chunk = this.chunks.get(key)
+    if (chunk === undefined) {
+      this.data ??= sseData(this.messages())
+      chunk = httpChunk(this.data + sseControl(encodeOffset(token, this.last), cursor, this.upToDate))
+      this.chunks.set(key, chunk)
+    }
+    return chunk
+  }
+}
+
+/**
+ * The events of one group committed in one turn of the event loop, as every live reader of the group shares them
+ * (SseChunks). A burst thus costs a reader one write and one control event, as the socket path's outbox does for
+ * its frames.
  */
 class SharedBatch {
-  private data: string | null = null
-  private frames: Map<string, Buffer> | null = null
   /** The first and last revision of the batch. */
   readonly first: number
   readonly last: number
   /** Whether the revisions follow each other without a gap: only then can a reader take the batch as it is. */
   readonly contiguous: boolean
+  private readonly chunks: SseChunks
 
-  constructor (private readonly events: StreamEvent[]) {
+  constructor (events: StreamEvent[]) {
     this.first = events[0].rev
     this.last = events[events.length - 1].rev
     this.contiguous = this.last - this.first === events.length - 1
+    this.chunks = new SseChunks(() => events.map(event => JSON.stringify(changeMessage(event.stream, event))), this.last, true)
   }
 
   sse (token: string, cursor: string): Buffer {
-    const key = `${token} ${cursor}`
-    this.frames ??= new Map()
-    let frame = this.frames.get(key)
-    if (frame === undefined) {
-      this.data ??= sseData(this.events.map(event => JSON.stringify(changeMessage(event.stream, event))))
-      frame = httpChunk(this.data + sseControl(encodeOffset(token, this.last), cursor, true))
-      this.frames.set(key, frame)
-    }
-    return frame
+    return this.chunks.get(token, cursor)
   }
 }
 
@@ -180,36 +193,27 @@ function sseData (messages: string[]): string {
   return sseEvent('data', [`[${messages.join(',')}]`])
 }
 
-/** A page of the log as messages, and once asked for, as HTTP chunks of SSE events per offset token and cursor. */
-interface SerialisedPage { messages: string[], sseChunks: Map<string, Buffer> | null }
+/** A page of the log as messages, and once asked for, as SSE (pages of at least one change). */
+interface SerialisedPage { messages: string[], sse: SseChunks | null }
 
-/** Per page: the readers sharing one read (live.ts SharedReads) serialise its messages once. */
+/** Per page: the readers sharing one read (live.ts SharedReads) serialise it once (the readers of a reconnect storm resume at one offset). */
 const serialisedPages = new WeakMap<ChangePage, SerialisedPage>()
 
 function serialised (stream: string, page: ChangePage): SerialisedPage {
   let entry = serialisedPages.get(page)
   if (entry === undefined) {
-    entry = { messages: page.changes.map(record => JSON.stringify(changeMessage(stream, record))), sseChunks: null }
+    entry = { messages: page.changes.map(record => JSON.stringify(changeMessage(stream, record))), sse: null }
     serialisedPages.set(page, entry)
   }
   return entry
 }
 
-/**
- * A page of at least one change as SSE: its data event and the control event after it, one HTTP chunk built once
- * per token and cursor (the readers of a reconnect storm resume at one offset, and their cursors agree).
- */
+/** A page of at least one change as one HTTP chunk: its data event and the control event after it. */
 function sseChunk (stream: string, page: ChangePage, token: string, cursor: string): Buffer {
   const entry = serialised(stream, page)
-  entry.sseChunks ??= new Map()
-  const key = `${token} ${cursor}`
-  let chunk = entry.sseChunks.get(key)
-  if (chunk === undefined) {
-    const last = page.changes[page.changes.length - 1].rev
-    chunk = httpChunk(sseData(entry.messages) + sseControl(encodeOffset(token, last), cursor, last >= page.rev))
-    entry.sseChunks.set(key, chunk)
-  }
-  return chunk
+  const last = page.changes[page.changes.length - 1].rev
+  entry.sse ??= new SseChunks(() => entry.messages, last, last >= page.rev)
+  return entry.sse.get(token, cursor)
 }
 
 function sseControl (next: string, cursor: string, upToDate: boolean): string {
