@@ -100,9 +100,15 @@ function streamName (path: string, prefix: string, maxLength: number): string {
   return checkStreamName(name, maxLength)
 }
 
-function urlPath (url: string): { path: string, query: URLSearchParams } {
+/** The URL's path, without its query (every request's stream name comes from it: no query parsing for that). */
+function pathOf (url: string): string {
   const mark = url.indexOf('?')
-  return mark < 0 ? { path: url, query: new URLSearchParams() } : { path: url.slice(0, mark), query: new URLSearchParams(url.slice(mark + 1)) }
+  return mark < 0 ? url : url.slice(0, mark)
+}
+
+function queryOf (url: string): URLSearchParams {
+  const mark = url.indexOf('?')
+  return new URLSearchParams(mark < 0 ? '' : url.slice(mark + 1))
 }
 
 function producerClaim (request: FastifyRequest): ProducerClaim | null {
@@ -280,7 +286,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     if (request.method === 'OPTIONS') return done()
     let name: string
     try {
-      name = pathName(urlPath(request.url).path)
+      name = pathName(pathOf(request.url))
     } catch (err) {
       return done(err as Error)
     }
@@ -565,7 +571,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   }
 
   async function read (request: StreamRequest, reply: FastifyReply, target: Target): Promise<void> {
-    const { query } = urlPath(request.url)
+    const query = queryOf(request.url)
     const offsets = query.getAll('offset')
     const lives = query.getAll('live')
     if (offsets.length > 1 || lives.length > 1) throw new StreamRequestError('offset and live are given at most once')
