@@ -137,8 +137,19 @@ function skipSpaces (text: string, index: number): number {
   return index
 }
 
-/** Past the JSON string opening at `index`; -1 if it is not one. */
-function stringEnd (text: string, index: number): number {
+/** A backslash or a control character: a text without any has only strings that end at their next quote. */
+// eslint-disable-next-line no-control-regex
+const ESCAPE_OR_CONTROL = /[\u0000-\u001f\\]/
+
+/**
+ * Past the JSON string opening at `index`; -1 if it is not one. `plain`: the text holds no backslash and no
+ * control character, so the next quote ends the string (found natively, not character by character).
+ */
+function stringEnd (text: string, index: number, plain: boolean): number {
+  if (plain) {
+    const quote = text.indexOf('"', index + 1)
+    return quote < 0 ? -1 : quote + 1
+  }
   for (index++; index < text.length; index++) {
     const code = text.charCodeAt(index)
     if (code === 0x22) return index + 1
@@ -178,10 +189,13 @@ function numberEnd (text: string, index: number): number {
   return index
 }
 
-/** Past the JSON value starting at `index` (spaces skipped inside it, not around it); -1 if there is none. */
-function valueEnd (text: string, index: number, depth: number): number {
+/**
+ * Past the JSON value starting at `index` (spaces skipped inside it, not around it); -1 if there is none.
+ * `plain` as for stringEnd.
+ */
+function valueEnd (text: string, index: number, depth: number, plain: boolean): number {
   const code = text.charCodeAt(index)
-  if (code === 0x22) return stringEnd(text, index)
+  if (code === 0x22) return stringEnd(text, index, plain)
   if (code === 0x7b || code === 0x5b) {
     if (depth === MAX_SCAN_DEPTH) return -1
     const object = code === 0x7b
@@ -191,13 +205,13 @@ function valueEnd (text: string, index: number, depth: number): number {
     for (;;) {
       if (object) {
         if (text.charCodeAt(index) !== 0x22) return -1
-        index = stringEnd(text, index)
+        index = stringEnd(text, index, plain)
         if (index < 0) return -1
         index = skipSpaces(text, index)
         if (text.charCodeAt(index) !== 0x3a) return -1
         index = skipSpaces(text, index + 1)
       }
-      index = valueEnd(text, index, depth + 1)
+      index = valueEnd(text, index, depth + 1, plain)
       if (index < 0) return -1
       index = skipSpaces(text, index)
       const next = text.charCodeAt(index)
@@ -217,6 +231,7 @@ function valueEnd (text: string, index: number, depth: number): number {
  * not JSON, a line break, deeper than MAX_SCAN_DEPTH. It accepts only valid JSON; JSON.parse decides the rest.
  */
 function scanMessages (text: string): string[] | null {
+  const plain = !ESCAPE_OR_CONTROL.test(text)
   let index = skipSpaces(text, 0)
   const messages: string[] = []
   if (text.charCodeAt(index) === 0x5b) {
@@ -225,7 +240,7 @@ function scanMessages (text: string): string[] | null {
     else {
       for (;;) {
         const start = index
-        index = valueEnd(text, index, 1)
+        index = valueEnd(text, index, 1, plain)
         if (index < 0) return null
         messages.push(text.slice(start, index))
         index = skipSpaces(text, index)
@@ -237,7 +252,7 @@ function scanMessages (text: string): string[] | null {
     }
   } else {
     const start = index
-    index = valueEnd(text, index, 0)
+    index = valueEnd(text, index, 0, plain)
     if (index < 0) return null
     messages.push(text.slice(start, index))
     index = skipSpaces(text, index)

@@ -86,9 +86,14 @@ t.test('a body is refused (400) exactly when it is not JSON', async (t) => {
     deepStrictEqual(result.map(message => JSON.parse(message)), Array.isArray(value) ? value : [value])
   }), { numRuns: 3000 })
   t.pass('3 000 texts near JSON judged as JSON.parse judges them')
-  for (const text of ['01', '1.', '.5', '1e', '-', '+1', '"\\x"', '"\\u12G4"', '"a\u0001"', 'tru', 'nul', '[1,]', '{"a":1,}', '{"a"}', '{1:2}', '[1 2]', '[', '"', '1 2', '\u00a01', '\ufeff1']) {
+  for (const text of ['01', '1.', '.5', '1e', '-', '+1', '"\\x"', '"\\u12G4"', '"a\u0001"', '["ok","a\u0001b"]', '["a\tb"]', '["a"b"]', 'tru', 'nul', '[1,]', '{"a":1,}', '{"a"}', '{1:2}', '[1 2]', '[', '"', '1 2', '\u00a01', '\ufeff1']) {
     t.same(outcome(text), { code: 'STREAMS_ERR_STREAM_REQUEST' }, JSON.stringify(text))
   }
+})
+
+t.test('strings with escapes and without: each ends at its own closing quote', async (t) => {
+  t.same(jsonMessages(Buffer.from('["a\\"b", {"c\\\\":"d"}, "e"]'), false), ['"a\\"b"', '{"c\\\\":"d"}', '"e"'])
+  t.same(jsonMessages(Buffer.from('["a,b", {"c]":"d}"}, "e"]'), false), ['"a,b"', '{"c]":"d}"}', '"e"'])
 })
 
 t.test('deep nesting: a hostile body is refused, a deep valid one accepted, neither crashes', async (t) => {
