@@ -76,12 +76,15 @@ export interface DurableStreamStore {
   close (): Promise<void>
 }
 
-export const START_OFFSET = '0000000000000000_0000000000000000'
 const OFFSET_PATTERN = /^(\d{16})_(\d{16})$/
+
+export const START_OFFSET = '0000000000000000_0000000000000000'
 
 /** Offsets are fixed-width decimal, so they sort lexicographically in position order. */
 export function formatOffset (position: Position): string {
-  return `0000000000000000_${String(position).padStart(16, '0')}`
+  const digits = String(position)
+  // The zeros in front are a slice of the start offset (every response carries an offset: no padding loop).
+  return START_OFFSET.slice(0, START_OFFSET.length - digits.length) + digits
 }
 
 /** A position from an offset token, '-1' meaning the start; null for a malformed token. */
