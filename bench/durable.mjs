@@ -1,7 +1,7 @@
 // The Durable Streams server of fastify-streams (`durable_streams: true` on memory, SQLite and Redis) next to the
 // reference server `@durable-streams/server` (in memory), side by side in one run (issue 12). Needs `npm run build`.
 //
-//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference,floor]
+//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference,floor,fastify]
 //        [--messages N] [--connections N] [--readers N] [--rate N] [--seconds S] [--mb N] [--runs N] [--out FILE]
 //
 // appends  (a) 100-byte JSON messages: (i) --messages appends batched by `IdempotentProducer` (@durable-streams/client,
@@ -11,7 +11,8 @@
 //          IdempotentProducer's JSON encoding keeps this runner's core busy at a rate every server here keeps up
 //          with, so (i) measures the client; (i') measures the servers. The system `floor`, in (i') and (ii) only,
 //          is a bare node:http server that reads each body and answers 204 with an offset: what a request costs
-//          before any work.
+//          before any work; the system `fastify` the same on a bare Fastify route (the body read as bytes by a
+//          content-type parser, as the plugin's routes read it): what a request costs in Fastify before any work.
 // fanout   (b) --readers raw SSE readers of one stream, --rate appends/s for --seconds. Each message carries its
 //          scheduled append time; latency = receipt − that time. Measured: server CPU µs per delivered message,
 //          p50/p99/max latency, share delivered.
@@ -41,7 +42,7 @@ const SELF = fileURLToPath(import.meta.url)
 const { values: args } = parseArgs({
   options: {
     scenarios: { type: 'string', default: 'appends,fanout,catchup' },
-    systems: { type: 'string', default: 'memory,sqlite,redis,reference,floor' },
+    systems: { type: 'string', default: 'memory,sqlite,redis,reference,floor,fastify' },
     // 500 000: a shorter run (100 000 take half a second) measured start-up more than appends.
     messages: { type: 'string', default: '500000' },
     connections: { type: 'string', default: '32' },
@@ -85,6 +86,24 @@ async function serve ({ system, sqlitePath, redisUrl }) {
     })
     await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
     port = server.address().port
+  } else if (system === 'fastify') {
+    // The same on a Fastify route: Fastify's routing, hooks and body reading, no store, no checks.
+    const { default: Fastify } = await import('fastify')
+    const app = Fastify({ logger: false })
+    app.removeAllContentTypeParsers()
+    app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
+    let appended = 0
+    app.route({
+      method: ['PUT', 'POST'],
+      url: '/v1/stream/*',
+      handler: async (request, reply) => {
+        appended++
+        reply.header('stream-next-offset', String(appended).padStart(16, '0'))
+        reply.code(request.method === 'PUT' ? 201 : 204).send()
+      }
+    })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    port = app.server.address().port
   } else if (system === 'reference') {
     const { DurableStreamTestServer } = await import('@durable-streams/server')
     // Responses are not compressed by fastify-streams: the reference does not compress either (the runner's
@@ -526,10 +545,11 @@ const LABELS = {
   sqlite: 'ours, SQLite',
   redis: 'ours, Redis',
   reference: 'reference (@durable-streams/server, memory)',
-  floor: 'floor: bare node:http answering 204, no store'
+  floor: 'floor: bare node:http answering 204, no store',
+  fastify: 'floor: bare Fastify route answering 204, no store'
 }
 // The scenarios each system can serve (default: all).
-const SYSTEM_SCENARIOS = { floor: ['appends-posts', 'appends-batches'] }
+const SYSTEM_SCENARIOS = { floor: ['appends-posts', 'appends-batches'], fastify: ['appends-posts', 'appends-batches'] }
 const SCENARIOS = {
   'appends-producer': (server, redis, sizes) => appendsProducer(server, redis, sizes.messages),
   'appends-posts': (server, redis, sizes) => appendsPosts(server, redis, sizes.connections, sizes.seconds),
