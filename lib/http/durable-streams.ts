@@ -239,7 +239,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
   const keepBytes = (_request: FastifyRequest, body: Buffer, done: (err: null, body: Buffer) => void): void => done(null, body)
   // A pattern matching every content type, so Fastify remembers each type's parser (its catch-all `*` is looked
   // up afresh, parsing the header, on every request); `*` stays for requests without a content type.
-  app.addContentTypeParser(/(?:)/, asBytes, keepBytes)
+  app.addContentTypeParser(/^/, asBytes, keepBytes)
   app.addContentTypeParser('*', asBytes, keepBytes)
 
   async function authorize (method: string, name: string, operation: StreamOperation, context: unknown): Promise<void> {

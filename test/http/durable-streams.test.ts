@@ -37,6 +37,18 @@ async function put (base: string, name: string, headers: Record<string, string> 
   return fetch(`${base}/v1/stream/${name}`, { method: 'PUT', headers, body })
 }
 
+test('starting durable streams prints no warning (Fastify warns about loose content-type patterns, once per process)', async (t) => {
+  const warnings: string[] = []
+  const record = (warning: Error): void => { warnings.push(`${warning.name}: ${warning.message}`) }
+  process.on('warning', record)
+  t.teardown(() => { process.off('warning', record) })
+  const { close } = await serveHttp({})
+  await close()
+  // Warnings are emitted on the next tick.
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(warnings, [])
+})
+
 test('durable_streams is off by default and its options are checked before anything starts', async (t) => {
   const { app, url } = await serve({})
   t.teardown(() => app.close())
