@@ -2,7 +2,7 @@
 // connection, between its batch commits: an append is acknowledged once its transaction is committed to the
 // write-ahead log with the adapter's synchronous=FULL, so it survives SIGKILL (and power loss) as items do.
 // Operations handed in together share a transaction (group commit).
-import type { Database } from 'sqlite3'
+import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
 import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
@@ -49,6 +49,9 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
   private db: Database | null = null
   /** Operations handed in while a transaction ran: the next one takes them all. */
   private waiting: WaitingOperation[] = []
+  /** Prepared statements by SQL (each resolves once prepared), on the connection `preparedOn`. */
+  private readonly prepared = new Map<string, Promise<Statement>>()
+  private preparedOn: Database | null = null
 
   constructor (private readonly host: SqliteHost) {
     super()
@@ -59,16 +62,54 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
     return this.db
   }
 
-  private exec (sql: string, params: unknown[] = []): Promise<void> {
-    return new Promise((resolve, reject) => this.connection().run(sql, params, (err) => err === null ? resolve() : reject(err)))
+  /**
+   * The statement of `sql`, prepared once on the writer: a statement run through the connection is prepared,
+   * run and finalized each time, three trips to sqlite3's thread pool instead of one.
+   */
+  private statement (sql: string): Promise<Statement> {
+    const db = this.connection()
+    if (this.preparedOn !== db) {
+      this.finalizeAll().catch(() => {})
+      this.preparedOn = db
+    }
+    let statement = this.prepared.get(sql)
+    if (statement === undefined) {
+      // Calls queued on a statement that fails to prepare are never answered: each waits for its preparation.
+      // One that failed is not kept (a later call prepares it again).
+      const preparing = new Promise<Statement>((resolve, reject) => {
+        const prepared: Statement = db.prepare(sql, (err: Error | null) => {
+          if (err === null) return resolve(prepared)
+          if (this.prepared.get(sql) === preparing) this.prepared.delete(sql)
+          reject(err)
+        })
+      })
+      statement = preparing
+      this.prepared.set(sql, statement)
+    }
+    return statement
   }
 
-  private one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
-    return new Promise((resolve, reject) => this.connection().get(sql, params, (err, row) => err === null ? resolve(row as T | undefined) : reject(err)))
+  /** Finalizes the prepared statements (before the connection closes: it cannot close while any is open). */
+  private async finalizeAll (): Promise<void> {
+    const preparing = [...this.prepared.values()]
+    this.prepared.clear()
+    const statements = await Promise.all(preparing.map(statement => statement.catch(() => null)))
+    await Promise.all(statements.map(statement => new Promise<void>(resolve => statement === null ? resolve() : statement.finalize(() => resolve()))))
   }
 
-  private all<T> (sql: string, params: unknown[]): Promise<T[]> {
-    return new Promise((resolve, reject) => this.connection().all(sql, params, (err, rows) => err === null ? resolve(rows as T[]) : reject(err)))
+  private async exec (sql: string, params: unknown[] = []): Promise<void> {
+    const statement = await this.statement(sql)
+    return new Promise((resolve, reject) => statement.run(params, (err: Error | null) => err === null ? resolve() : reject(err)))
+  }
+
+  /** The first row; every statement is stepped to its end (`all`), so none keeps a read open between calls. */
+  private async one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
+    return (await this.all<T>(sql, params))[0]
+  }
+
+  private async all<T> (sql: string, params: unknown[]): Promise<T[]> {
+    const statement = await this.statement(sql)
+    return new Promise((resolve, reject) => statement.all(params, (err: Error | null, rows: unknown[]) => err === null ? resolve(rows as T[]) : reject(err)))
   }
 
   /** Runs `work` holding the host's writer. */
@@ -150,9 +191,10 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
     this.emit(name)
   }
 
-  /** Waits for the running operations; the connection stays open (it is the adapter's). */
+  /** Waits for the running operations and finalizes the statements; the connection stays open (it is the adapter's). */
   async close (): Promise<void> {
     await this.settle()
+    await this.finalizeAll()
   }
 
   async stream (name: string): Promise<StoredStream | null> {

@@ -85,20 +85,27 @@ t.test('SQLite: appends handed in together share one commit; a refused one leave
   const durable = first.app.streams.durable!
   await durable.create('grouped', { contentType: 'application/json' })
   await durable.create('shut', { contentType: 'application/json', closed: true })
-  // Durable-stream transactions end with a COMMIT of their own (the items' batches commit inside one exec).
+  // Durable-stream transactions end with a COMMIT statement of their own (the items' batches commit inside one
+  // exec); counted whether it runs through the connection or as a prepared statement.
   const run = sqlite3.Database.prototype.run
+  const runStatement = sqlite3.Statement.prototype.run
   let commits = 0
   sqlite3.Database.prototype.run = function (this: sqlite3.Database, sql: string, ...rest: unknown[]) {
     if (sql === 'COMMIT') commits++
     return run.call(this, sql, ...rest as [])
   } as typeof run
+  sqlite3.Statement.prototype.run = function (this: sqlite3.Statement & { sql: string }, ...rest: unknown[]) {
+    if (this.sql === 'COMMIT') commits++
+    return runStatement.call(this, ...rest as [])
+  } as typeof runStatement
   const outcomes = await Promise.allSettled(Array.from({ length: 72 }, async (_, n) =>
     n % 9 === 8 ? await durable.append('shut', { n }) : await durable.append('grouped', { n })))
   sqlite3.Database.prototype.run = run
+  sqlite3.Statement.prototype.run = runStatement
   const refused = outcomes.filter(outcome => outcome.status === 'rejected')
   t.equal(refused.length, 8, 'the appends to the closed stream are refused')
   t.ok(refused.every(outcome => (outcome.reason as { code?: string }).code === 'STREAMS_ERR_STREAM_CLOSED'), 'each with its own error')
-  t.ok(commits <= 4, `72 appends, ${commits} commit(s)`)
+  t.ok(commits >= 1 && commits <= 4, `72 appends, ${commits} commit(s)`)
   const expected = Array.from({ length: 72 }, (_, n) => n).filter(n => n % 9 !== 8)
   const messages = async (app: typeof first.app) => ((await app.streams.durable!.read('grouped')).messages as Array<{ n: number }>).map(m => m.n)
   t.same(await messages(first.app), expected, 'the others are all there, in the order they were handed in')
