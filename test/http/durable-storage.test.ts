@@ -209,3 +209,29 @@ t.test('Redis: a live reader whose node lost its subscriber connection reads wha
   t.equal(await answer.text(), 'while away')
   t.ok(Date.now() - started < 10_000, 'once the subscriber was back, not at the long-poll\'s time-out')
 })
+
+t.test('SQLite: a statement that cannot be prepared answers an error, not silence, and works once it can', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-storage-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const file = join(dir, 'streams.db')
+  const adapter = { class: 'modules::streams::adapters::KvStore' as const, config: { store_method: 'file_based' as const, file_path: file } }
+  const served = await httpApp({ adapter, durable_streams: true })
+  t.teardown(() => served.app.close())
+  const url = `${served.base}/v1/stream/prepared`
+  t.equal((await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' } })).status, 201)
+  const other = new sqlite3.Database(file)
+  const run = (sql: string): Promise<void> => new Promise((resolve, reject) => other.run(sql, (err) => err === null ? resolve() : reject(err)))
+  // No producer has appended yet: the producers' statements are not prepared, and now cannot be.
+  await run('DROP TABLE ds_producers')
+  const producerAppend = (): Promise<Response> => fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '0' },
+    body: '[1]',
+    signal: AbortSignal.timeout(5000)
+  })
+  t.equal((await producerAppend()).status, 500, 'answered, with an error')
+  await run('CREATE TABLE ds_producers (stream_id TEXT NOT NULL, producer_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream_id, producer_id)) WITHOUT ROWID')
+  await new Promise<void>(resolve => other.close(() => resolve()))
+  t.equal((await producerAppend()).status, 200, 'prepared again once the table is back')
+  t.same(await (await fetch(`${url}?offset=-1`)).json(), [1])
+})
