@@ -311,7 +311,9 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     if (status >= 500 && error.code !== 'STREAMS_ERR_TOO_MANY_READERS') request.log.error({ err: error }, 'fastify-streams: durable stream request failed')
     for (const [name, value] of Object.entries(error.headers ?? {})) reply.header(name, value)
     reply.header('cache-control', 'no-store')
-    reply.code(status).send({ code: error.code ?? 'STREAMS_ERR_INTERNAL', message: status >= 500 && error.code === undefined ? 'Internal error' : error.message })
+    // A failure of ours is described by its coded error; any other (a storage driver's, say) is logged, not shown.
+    const ours = error.code?.startsWith('STREAMS_ERR_') === true
+    reply.code(status).send(status >= 500 && !ours ? { code: 'STREAMS_ERR_INTERNAL', message: 'Internal error' } : { code: error.code ?? 'STREAMS_ERR_INTERNAL', message: error.message })
   })
 
   function describe (reply: FastifyReply, info: StreamInfo, next: Position = info.tail): void {

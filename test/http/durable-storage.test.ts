@@ -229,7 +229,9 @@ t.test('SQLite: a statement that cannot be prepared answers an error, not silenc
     body: '[1]',
     signal: AbortSignal.timeout(5000)
   })
-  t.equal((await producerAppend()).status, 500, 'answered, with an error')
+  const failed = await producerAppend()
+  t.equal(failed.status, 500, 'answered, with an error')
+  t.same(await failed.json(), { code: 'STREAMS_ERR_INTERNAL', message: 'Internal error' }, 'the driver\'s error is logged, not shown')
   await run('CREATE TABLE ds_producers (stream_id TEXT NOT NULL, producer_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream_id, producer_id)) WITHOUT ROWID')
   await new Promise<void>(resolve => other.close(() => resolve()))
   t.equal((await producerAppend()).status, 200, 'prepared again once the table is back')
