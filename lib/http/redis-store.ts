@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
-import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Index members a read looks at per call (a read asks again for more). */
@@ -246,14 +246,13 @@ class RedisTransaction implements StreamTransaction {
       const bytes = data[at]
       // Deleted (or recreated) since this run read its row: run again.
       if (bytes === null || bytes === undefined) throw new Conflict()
-      return { start, end, payload: json === 1 ? { kind: 'json', messages: bytes.toString('utf8').split('\n') } : { kind: 'bytes', bytes } }
+      return { start, end, payload: storedPayload(bytes, json === 1) }
     })
   }
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {
     const { payload } = entry
-    // JSON messages are canonical JSON texts, which never hold a raw newline: one per line.
-    const data = payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.messages.join('\n'))
+    const data = payloadBytes(payload)
     const json = payload.kind === 'json' ? 1 : 0
     this.write('zadd', this.key('index', id), String(entry.start), `${entry.start}:${entry.end}:${json}:${data.length}`)
     this.write('hset', this.key('data', id), String(entry.start), data)

@@ -4,7 +4,7 @@
 // Operations handed in together share a transaction (group commit).
 import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
@@ -22,12 +22,7 @@ const SCHEMA = [
 interface EntryRow { start: number, end: number, json: number, data: Buffer }
 
 function toEntry (row: EntryRow): StoredEntry {
-  // JSON messages are canonical JSON texts, which never hold a raw newline: one per line.
-  return {
-    start: row.start,
-    end: row.end,
-    payload: row.json === 1 ? { kind: 'json', messages: row.data.toString('utf8').split('\n') } : { kind: 'bytes', bytes: row.data }
-  }
+  return { start: row.start, end: row.end, payload: storedPayload(row.data, row.json === 1) }
 }
 
 /** The SQLite file that lends its writer connection (lib/adapters/sqlite.ts SqliteFile). */
@@ -234,7 +229,7 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {
     const { payload } = entry
-    const data = payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.messages.join('\n'))
+    const data = payloadBytes(payload)
     await this.exec('INSERT INTO ds_entries (stream_id, start, end, json, data) VALUES (?, ?, ?, ?, ?)',
       [id, entry.start, entry.end, payload.kind === 'json' ? 1 : 0, data])
   }

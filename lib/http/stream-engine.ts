@@ -32,6 +32,25 @@ export interface StoredStream extends StreamConfig {
 /** One append (a batch of messages in JSON mode) covering [start, end). */
 export interface StoredEntry { start: Position, end: Position, payload: Payload }
 
+/** JSON messages as backends keep them: one per line (messages are JSON texts on one line, see jsonMessages). */
+export function messageLines (messages: string[]): string {
+  return messages.join('\n')
+}
+
+export function linesMessages (lines: string): string[] {
+  return lines.split('\n')
+}
+
+/** A payload as a backend stores it: bytes, JSON messages one per line. */
+export function payloadBytes (payload: Payload): Buffer {
+  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(messageLines(payload.messages))
+}
+
+/** A stored payload back (`json`: it holds JSON messages, one per line). */
+export function storedPayload (bytes: Buffer, json: boolean): Payload {
+  return json ? { kind: 'json', messages: linesMessages(bytes.toString('utf8')) } : { kind: 'bytes', bytes }
+}
+
 /** A value, or a promise of it: an in-memory backend answers at once, a storage backend later. */
 export type Awaitable<T> = T | Promise<T>
 
