@@ -3,10 +3,12 @@
 // every stream. No lock: each operation is an optimistic transaction on the keys of the streams it touches
 // (it reads them, then one Lua script writes only if none of what it read changed, else the operation runs
 // again), so operations on different streams run at once and those on one stream apply one after another.
+// Appends to one stream handed in together share a transaction, and start from the values this node last
+// read or wrote (checked at commit like any read): a lone writer's append waits for one round trip.
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
-import { SerialBackend, StreamEngine, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Index members a read looks at per call (a read asks again for more). */
@@ -15,6 +17,10 @@ const ENTRY_PAGE = 64
 const MAX_ATTEMPTS = 50
 /** The longest pause between two runs of an operation that lost (a random part of it, growing with the runs). */
 const MAX_BACKOFF_MS = 20
+/** Appends to one stream handed in while an operation on it runs share the next transaction, this many at most. */
+const MAX_APPENDS_PER_COMMIT = 256
+/** Values (stream names, rows, producer states) this node remembers from its last operations. */
+const MAX_REMEMBERED_VALUES = 4096
 
 /**
  * Writes the operation's commands if every value it read is still the same. ARGV: the number of checks, then
@@ -65,11 +71,40 @@ function coded (err: unknown): boolean {
   return typeof code === 'string' && code.startsWith('STREAMS_ERR_')
 }
 
+/**
+ * The values of string keys and hash fields (by slot: key, NUL, field) this node last read or committed.
+ * Appends start from them instead of asking Redis: each is checked at commit like a value read, so one that
+ * another node changed since costs a conflict and a run on fresh values, never a wrong write.
+ */
+class RememberedValues {
+  private readonly values = new Map<string, string | null>()
+
+  get (slot: string): string | null | undefined {
+    return this.values.get(slot)
+  }
+
+  set (slot: string, value: string | null): void {
+    // Oldest first in the map's order: a value set again moves to the end.
+    this.values.delete(slot)
+    this.values.set(slot, value)
+    if (this.values.size > MAX_REMEMBERED_VALUES) this.values.delete(this.values.keys().next().value!)
+  }
+
+  forget (slot: string): void {
+    this.values.delete(slot)
+  }
+}
+
 class RedisBackend extends SerialBackend implements StreamBackend {
   private readonly channel: string
   private readonly prefix: string
   /** Per stream name, the end of this node's queue of operations on it. */
   private readonly queues = new Map<string, Promise<void>>()
+  /** Per stream name, the appends gathering for the next transaction on it. */
+  private readonly gathering = new Map<string, WaitingOperation[]>()
+  private readonly remembered = new RememberedValues()
+  /** Streams changed in this turn: each is announced once when it ends (a woken reader reads to the tail anyway). */
+  private readonly changed = new Set<string>()
   private stopResync: () => void = () => {}
 
   constructor (private readonly host: RedisHost) {
@@ -85,30 +120,71 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   }
 
   /** Runs `task` after this node's earlier operations on `name` (they would only conflict with each other). */
-  private inOrder<T> (name: string, task: () => Promise<T>): Promise<T> {
-    const result = (this.queues.get(name) ?? Promise.resolve()).then(task)
-    const tail = result.then(() => {}, () => {})
+  private inOrder (name: string, task: () => Promise<void>): void {
+    const tail = (this.queues.get(name) ?? Promise.resolve()).then(task)
     this.queues.set(name, tail)
     tail.then(() => { if (this.queues.get(name) === tail) this.queues.delete(name) }, () => {})
-    return result
   }
 
-  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
-    return this.inOrder(name, async () => {
-      for (let attempt = 1; ; attempt++) {
-        const tx = new RedisTransaction(this.host.command(), this.prefix)
-        try {
-          const value = await work(tx)
-          await tx.commit()
-          return value
-        } catch (err) {
-          if (coded(err)) throw err
-          if (!(err instanceof Conflict)) throw new BackendUnavailableError(`durable stream operation failed: ${(err as Error).message}`)
-          if (attempt === MAX_ATTEMPTS) throw new BackendUnavailableError(`a durable stream operation lost to concurrent writers ${MAX_ATTEMPTS} times`)
-          await new Promise(resolve => setTimeout(resolve, Math.random() * Math.min(attempt, MAX_BACKOFF_MS)))
-        }
+  /**
+   * Appends handed in while an operation on their stream runs gather for the next transaction on it: one round
+   * trip for them all, and one for each other operation. Each waits for the commit of its transaction.
+   */
+  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, append = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const operation: WaitingOperation = { work, resolve: resolve as (value: unknown) => void, reject }
+      const gathering = this.gathering.get(name)
+      if (append && gathering !== undefined && gathering.length < MAX_APPENDS_PER_COMMIT) {
+        gathering.push(operation)
+        return
       }
+      const group = [operation]
+      // Appends handed in after another operation run after it.
+      if (append) this.gathering.set(name, group)
+      else this.gathering.delete(name)
+      this.inOrder(name, async () => {
+        if (this.gathering.get(name) === group) this.gathering.delete(name)
+        await this.runGroup(group, append)
+      })
     })
+  }
+
+  /**
+   * Runs the operations one after another in one transaction (appends from remembered values), again on
+   * fresh ones after a conflict. A refused operation leaves nothing; the others commit. Never throws.
+   */
+  private async runGroup (group: WaitingOperation[], recall: boolean): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      let tx: RedisTransaction | null = null
+      try {
+        tx = new RedisTransaction(this.host.command(), this.prefix, this.remembered, recall && attempt === 1)
+        const outcomes: Outcome[] = []
+        for (const operation of group) {
+          const mark = tx.mark()
+          try {
+            outcomes.push({ ok: true, value: await operation.work(tx) })
+          } catch (error) {
+            if (!coded(error)) throw error
+            tx.rollback(mark)
+            outcomes.push({ ok: false, error })
+          }
+        }
+        await tx.commit()
+        tx.remember()
+        answer(group, outcomes)
+        return
+      } catch (err) {
+        tx?.forget()
+        let failure: Error | null = null
+        if (!(err instanceof Conflict)) failure = new BackendUnavailableError(`durable stream operation failed: ${(err as Error).message}`)
+        else if (attempt === MAX_ATTEMPTS) failure = new BackendUnavailableError(`a durable stream operation lost to concurrent writers ${MAX_ATTEMPTS} times`)
+        if (failure !== null) {
+          for (const operation of group) operation.reject(failure)
+          return
+        }
+        await new Promise(resolve => setTimeout(resolve, Math.random() * Math.min(attempt, MAX_BACKOFF_MS)))
+      }
+    }
   }
 
   async names (): Promise<string[]> {
@@ -116,8 +192,16 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   }
 
   publish (name: string): void {
+    if (this.changed.size === 0) process.nextTick(() => this.announce())
+    this.changed.add(name)
+  }
+
+  private announce (): void {
+    const names = [...this.changed]
+    this.changed.clear()
     try {
-      this.host.command().publish(this.channel, name).catch(() => {})
+      const client = this.host.command()
+      for (const name of names) client.publish(this.channel, name).catch(() => {})
     } catch {
       // The adapter is closed: nobody is left to tell.
     }
@@ -131,29 +215,41 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   }
 }
 
+interface TransactionMark { writes: number, values: Map<string, string | null>, rows: Map<string, { name: string, text: string }> }
+
+/** Where a string key's value (field '') or a hash field's is remembered. */
+function slotOf (key: string, field = ''): string {
+  return `${key}\u0000${field}`
+}
+
 /**
- * One run of an operation: reads go to Redis (or to what this run already read or wrote) and are remembered
- * with their values; writes are collected and sent in one COMMIT script that checks those values first.
+ * One run of an operation (or of a group of appends): reads go to Redis (or to what this run already read or
+ * wrote, or, for appends, to what this node remembers) and are remembered with their values; writes are
+ * collected and sent in one COMMIT script that checks those values first.
  */
 class RedisTransaction implements StreamTransaction {
   private readonly keys: string[] = []
   private readonly keyIndex = new Map<string, number>()
   private readonly checks: Argument[] = []
   private checkCount = 0
+  /** Every slot checked, so a failed run forgets what it remembered of them. */
+  private readonly checked = new Set<string>()
   private readonly writes: Argument[] = []
-  /** Stream rows by id and stream ids by name, as read or written by this run (null: none). */
-  private readonly rows = new Map<string, StoredStream | null>()
-  private readonly ids = new Map<string, string | null>()
-  private readonly producers = new Map<string, ProducerState | null>()
+  /** Values of string keys and hash fields as this run read or wrote them (null: none), by slot. */
+  private values = new Map<string, string | null>()
+  /** Stream rows put (their names and texts), by id, written at commit: a group's appends put one row many times. */
+  private rows = new Map<string, { name: string, text: string }>()
+  /** Whether a value came from what this node remembered rather than from Redis. */
+  private recalled = false
 
-  constructor (private readonly client: Redis, private readonly prefix: string) {}
+  constructor (private readonly client: Redis, private readonly prefix: string, private readonly remembered: RememberedValues, private readonly recall: boolean) {}
 
   private key (...parts: string[]): string {
     return this.prefix + parts.join(':')
   }
 
   /** The 1-based index of `key` in the script's KEYS. */
-  private slot (key: string): string {
+  private keyArgument (key: string): string {
     let index = this.keyIndex.get(key)
     if (index === undefined) {
       this.keys.push(key)
@@ -163,18 +259,48 @@ class RedisTransaction implements StreamTransaction {
     return String(index)
   }
 
-  private check (kind: 'k' | 'h', key: string, field: string, value: string | null): void {
-    this.checks.push(kind, this.slot(key), field, value === null ? '' : `=${value}`)
-    this.checkCount++
-  }
-
   private write (command: string, key: string, ...args: Argument[]): void {
-    this.writes.push(String(args.length + 2), command, this.slot(key), ...args)
+    this.writes.push(String(args.length + 2), command, this.keyArgument(key), ...args)
   }
 
-  /** Sends the writes, if any; a Conflict when something read has changed meanwhile. */
+  /** A string key's value (or a hash field's) for this run, checked at commit; null when there is none. */
+  private async value (kind: 'k' | 'h', key: string, field = ''): Promise<string | null> {
+    const slot = slotOf(key, field)
+    const known = this.values.get(slot)
+    if (known !== undefined) return known
+    let value = this.recall ? this.remembered.get(slot) : undefined
+    if (value !== undefined) this.recalled = true
+    else value = kind === 'h' ? await this.client.hget(key, field) : await this.client.get(key)
+    this.checks.push(kind, this.keyArgument(key), field, value === null ? '' : `=${value}`)
+    this.checkCount++
+    this.checked.add(slot)
+    this.values.set(slot, value)
+    return value
+  }
+
+  /** Where an operation of a group starts: a refused one goes back to it. */
+  mark (): TransactionMark {
+    return { writes: this.writes.length, values: new Map(this.values), rows: new Map(this.rows) }
+  }
+
+  /** Drops what was written since `mark` (what was read stays checked: the refusal rests on it). */
+  rollback (mark: TransactionMark): void {
+    this.writes.length = mark.writes
+    this.values = mark.values
+    this.rows = mark.rows
+  }
+
+  /**
+   * Sends the writes, if any; a Conflict when something read has changed meanwhile. A run that used remembered
+   * values has them checked even with nothing to write: its answer (a refusal, a duplicate) rests on them.
+   */
   async commit (): Promise<void> {
-    if (this.writes.length === 0) return
+    for (const [id, { name, text }] of this.rows) {
+      this.write('set', this.key('stream', id), text)
+      this.write('set', this.key('name', name), id)
+      this.write('sadd', this.key('names'), name)
+    }
+    if (this.writes.length === 0 && !this.recalled) return
     const args: Argument[] = [...this.keys, String(this.checkCount), ...this.checks, ...this.writes]
     let written: unknown
     try {
@@ -186,43 +312,41 @@ class RedisTransaction implements StreamTransaction {
     if (written !== 1) throw new Conflict()
   }
 
+  /** After a commit (or a run with nothing to commit): this node remembers the values as they now are. */
+  remember (): void {
+    for (const [slot, value] of this.values) this.remembered.set(slot, value)
+  }
+
+  /** After a failed run: what it read or wrote may be out of date. */
+  forget (): void {
+    for (const slot of [...this.checked, ...this.values.keys()]) this.remembered.forget(slot)
+  }
+
   async stream (name: string): Promise<StoredStream | null> {
-    let id = this.ids.get(name)
-    if (id === undefined) {
-      const key = this.key('name', name)
-      id = await this.client.get(key)
-      this.check('k', key, '', id)
-      this.ids.set(name, id)
-    }
+    const id = await this.value('k', this.key('name', name))
     return id === null ? null : this.streamById(id)
   }
 
   async streamById (id: string): Promise<StoredStream | null> {
-    if (!this.rows.has(id)) {
-      const key = this.key('stream', id)
-      const row = await this.client.get(key)
-      this.check('k', key, '', row)
-      this.rows.set(id, row === null ? null : JSON.parse(row) as StoredStream)
-    }
-    const row = this.rows.get(id) ?? null
-    // A copy: the engine changes the rows it is given before it puts them.
-    return row === null ? null : { ...row }
+    const row = await this.value('k', this.key('stream', id))
+    // Parsed afresh: the engine changes the rows it is given before it puts them.
+    return row === null ? null : JSON.parse(row) as StoredStream
   }
 
   async put (stream: StoredStream): Promise<void> {
-    this.rows.set(stream.id, { ...stream })
-    this.ids.set(stream.name, stream.id)
-    this.write('set', this.key('stream', stream.id), JSON.stringify(stream))
-    this.write('set', this.key('name', stream.name), stream.id)
-    this.write('sadd', this.key('names'), stream.name)
+    const text = JSON.stringify(stream)
+    this.values.set(slotOf(this.key('stream', stream.id)), text)
+    this.values.set(slotOf(this.key('name', stream.name)), stream.id)
+    this.rows.set(stream.id, { name: stream.name, text })
   }
 
   async remove (stream: StoredStream): Promise<void> {
     const ownsName = (await this.stream(stream.name))?.id === stream.id
-    this.rows.set(stream.id, null)
+    this.rows.delete(stream.id)
+    this.values.set(slotOf(this.key('stream', stream.id)), null)
     for (const part of ['stream', 'index', 'data', 'producers']) this.write('del', this.key(part, stream.id))
     if (ownsName) {
-      this.ids.set(stream.name, null)
+      this.values.set(slotOf(this.key('name', stream.name)), null)
       this.write('del', this.key('name', stream.name))
       this.write('srem', this.key('names'), stream.name)
     }
@@ -259,20 +383,16 @@ class RedisTransaction implements StreamTransaction {
   }
 
   async producer (id: string, producerId: string): Promise<ProducerState | null> {
-    const field = `${id}\u0000${producerId}`
-    if (!this.producers.has(field)) {
-      const key = this.key('producers', id)
-      const value = await this.client.hget(key, producerId)
-      this.check('h', key, producerId, value)
-      const [epoch, seq] = (value ?? '').split(':').map(Number)
-      this.producers.set(field, value === null ? null : { epoch, seq })
-    }
-    return this.producers.get(field) ?? null
+    const value = await this.value('h', this.key('producers', id), producerId)
+    if (value === null) return null
+    const [epoch, seq] = value.split(':').map(Number)
+    return { epoch, seq }
   }
 
   async setProducer (id: string, producerId: string, state: ProducerState): Promise<void> {
-    this.producers.set(`${id}\u0000${producerId}`, state)
-    this.write('hset', this.key('producers', id), producerId, `${state.epoch}:${state.seq}`)
+    const value = `${state.epoch}:${state.seq}`
+    this.values.set(slotOf(this.key('producers', id), producerId), value)
+    this.write('hset', this.key('producers', id), producerId, value)
   }
 }
 

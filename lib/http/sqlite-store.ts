@@ -4,7 +4,7 @@
 // Operations handed in together share a transaction (group commit).
 import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { SerialBackend, StreamEngine, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
@@ -29,15 +29,6 @@ function toEntry (row: EntryRow): StoredEntry {
 export interface SqliteHost {
   exclusive<T> (work: (db: Database) => Promise<T>): Promise<T>
 }
-
-/** An operation waiting for the next transaction, and how to answer it once that is committed. */
-interface WaitingOperation {
-  work: (tx: StreamTransaction) => Promise<unknown>
-  resolve: (value: unknown) => void
-  reject: (err: unknown) => void
-}
-
-type Outcome = { ok: true, value: unknown } | { ok: false, error: unknown }
 
 class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransaction {
   /** The host's writer, while one of our operations holds it. */
@@ -158,11 +149,7 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
       for (const operation of group) operation.reject(err)
       return
     }
-    group.forEach((operation, index) => {
-      const outcome = outcomes[index]
-      if (outcome.ok) operation.resolve(outcome.value)
-      else operation.reject(outcome.error)
-    })
+    answer(group, outcomes)
   }
 
   private async inSavepoint (operation: WaitingOperation): Promise<Outcome> {

@@ -75,9 +75,10 @@ export interface StreamBackend {
    * Runs `work` atomically (on a throw, nothing it wrote stays) and isolated from every other operation that
    * touches the same streams; `name` is the stream the operation is about (a backend may run operations on
    * different streams at once). A backend may run `work` more than once (an optimistic retry): it must
-   * only read and write through `tx`.
+   * only read and write through `tx`. An `append` reads no entries: a backend may run it in one transaction
+   * with other appends to the same stream.
    */
-  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T>
+  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, append?: boolean): Promise<T>
   /** Names of every stored stream (for the expiry sweep). */
   names (): Promise<string[]>
   /** Tells the watchers of `name`, on every node sharing the backend, that it changed. */
@@ -85,6 +86,24 @@ export interface StreamBackend {
   /** Registers the listener of every published change (local and from other nodes); null: any stream may have changed. */
   onChange (listener: (name: string | null) => void): () => void
   close (): Promise<void>
+}
+
+/** An operation waiting for the next transaction (of a group), and how to answer it once that is committed. */
+export interface WaitingOperation {
+  work: (tx: StreamTransaction) => Promise<unknown>
+  resolve: (value: unknown) => void
+  reject: (err: unknown) => void
+}
+
+export type Outcome = { ok: true, value: unknown } | { ok: false, error: unknown }
+
+/** Answers each operation of a committed group with its own outcome. */
+export function answer (group: WaitingOperation[], outcomes: Outcome[]): void {
+  group.forEach((operation, index) => {
+    const outcome = outcomes[index]
+    if (outcome.ok) operation.resolve(outcome.value)
+    else operation.reject(outcome.error)
+  })
 }
 
 /** What every backend shares: one operation at a time in this process (if it wants), and the listeners of changes. */
@@ -156,7 +175,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async create (name: string, request: CreateRequest): Promise<CreateResult> {
-    return this.run(name, async (tx, changed) => {
+    return this.run(name, false, async (tx, changed) => {
       const existing = await this.lookup(tx, name, changed)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
       const source = request.fork === null ? null : await this.lookup(tx, request.fork.source, changed)
@@ -207,7 +226,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async append (name: string, request: AppendRequest): Promise<AppendResult> {
-    const result = await this.run(name, async (tx, changed) => {
+    const result = await this.run(name, true, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
@@ -232,11 +251,11 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async head (name: string): Promise<StreamInfo> {
-    return this.run(name, async (tx, changed) => info(await this.existing(tx, name, changed)))
+    return this.run(name, false, async (tx, changed) => info(await this.existing(tx, name, changed)))
   }
 
   async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
-    return this.run(name, async (tx, changed) => {
+    return this.run(name, false, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       if (stream.ttlSeconds !== null) {
         stream.touchedAt = this.now()
@@ -284,7 +303,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async delete (name: string): Promise<void> {
-    await this.run(name, async (tx, changed) => {
+    await this.run(name, false, async (tx, changed) => {
       await this.drop(tx, await this.existing(tx, name, changed))
       changed.push(name)
     })
@@ -311,13 +330,13 @@ export class StreamEngine implements DurableStreamStore {
    * Runs an operation on the backend; once it settled, tells the watchers of the streams it deleted or expired
    * (`changed`, filled by the operation; started afresh when the backend runs the operation again).
    */
-  private async run<T> (name: string, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
+  private async run<T> (name: string, append: boolean, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
     let changed: string[] = []
     try {
       return await this.backend.run(name, async (tx) => {
         changed = []
         return work(tx, changed)
-      })
+      }, append)
     } finally {
       for (const gone of changed) this.backend.publish(gone)
     }
@@ -393,6 +412,6 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   private async sweep (): Promise<void> {
-    for (const name of await this.backend.names()) await this.run(name, async (tx, changed) => { await this.lookup(tx, name, changed) })
+    for (const name of await this.backend.names()) await this.run(name, false, async (tx, changed) => { await this.lookup(tx, name, changed) })
   }
 }

@@ -1,6 +1,7 @@
 // Where durable streams live: inside the configured adapter, on its own connections. A Redis adapter with
 // durable streams opens no more Redis connections than without; a SQLite one no more handles on its file;
-// two nodes on one Redis append to one stream at once without a lock, losing and repeating nothing.
+// two nodes on one Redis append to one stream at once without a lock, losing and repeating nothing; appends handed
+// in together share one commit, on SQLite and on Redis.
 import { readdir, readlink, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -186,6 +187,78 @@ t.test('Redis: two nodes append to one stream at once: nothing lost or repeated,
   }
   const sorted = [...tails].sort()
   t.same(sorted.map(tail => Number(tail.split('_')[1])), Array.from({ length: 2 * PER_NODE }, (_, i) => i + 1), 'the raw POSTs got the tails 1, 2, … in some order: strictly increasing offsets')
+})
+
+/** Commit scripts the redis-server has run so far (each durable-stream transaction that writes runs one). */
+async function commitScripts (redis: RedisServer): Promise<number> {
+  const stats = replyText(await redis.command('INFO', 'commandstats'))
+  return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0)
+}
+
+t.test('Redis: appends handed in together share one commit; a refused one leaves the others', async t => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const [node, other] = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
+  t.teardown(() => Promise.all([node.app.close(), other.app.close()]))
+  const durable = node.app.streams.durable!
+  await durable.create('grouped', { contentType: 'application/json' })
+  const before = await commitScripts(redis)
+  // Every ninth append repeats the first Stream-Seq, so it is refused, in the middle of the others.
+  const seq = (n: number) => String(n % 9 === 8 ? 0 : n).padStart(3, '0')
+  const outcomes = await Promise.allSettled(Array.from({ length: 64 }, (_, n) => durable.append('grouped', { n }, { streamSeq: seq(n) })))
+  const commits = await commitScripts(redis) - before
+  const refused = outcomes.filter(outcome => outcome.status === 'rejected')
+  t.equal(refused.length, 7, 'the appends repeating a Stream-Seq are refused')
+  t.ok(refused.every(outcome => (outcome.reason as { code?: string }).code === 'STREAMS_ERR_STREAM_SEQ'), 'each with its own error')
+  t.ok(commits >= 1 && commits <= 4, `64 appends, ${commits} commit(s)`)
+  const expected = Array.from({ length: 64 }, (_, n) => n).filter(n => n % 9 !== 8)
+  const stored = (await other.app.streams.durable!.read('grouped')).messages as Array<{ n: number }>
+  t.same(stored.map(message => message.n), expected, 'the others are all there, in the order they were handed in, on the other node too')
+})
+
+t.test('Redis: a node appending from what it remembers of a stream never misses what another node changed', async t => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const [first, second] = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
+  t.teardown(() => Promise.all([first.app.close(), second.app.close()]))
+  const other = second.app.streams.durable!
+  // Appends on the first node as a client sends them (no other request on the stream in between).
+  const post = (name: string, body: string, headers: Record<string, string> = {}) =>
+    fetch(`${first.base}/v1/stream/${name}`, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body })
+  const text = async (name: string) => (await other.read(name)).data!.toString()
+  const replace = async (name: string) => {
+    await other.delete(name)
+    await other.create(name, { contentType: 'text/plain' })
+  }
+
+  await other.create('log', { contentType: 'text/plain' })
+  await post('log', 'a1,')
+  await other.append('log', 'b1,')
+  const after = await post('log', 'a2,')
+  t.equal(await text('log'), 'a1,b1,a2,', 'an append after the other node\'s lands after it')
+  t.equal(after.headers.get('stream-next-offset'), (await other.head('log')).offset, 'and answers the stream\'s real tail')
+
+  // Deleted and created again on the other node: the first node's appends go to the new stream.
+  await replace('log')
+  t.equal((await post('log', 'fresh')).status, 204)
+  t.equal(await text('log'), 'fresh', 'into the new stream, not refused as gone')
+
+  // Closed through the first node, then replaced by an open stream: not refused as closed.
+  await other.create('shut', { contentType: 'text/plain' })
+  await post('shut', 'last', { 'stream-closed': 'true' })
+  await replace('shut')
+  t.equal((await post('shut', 'reopened')).status, 204)
+  t.equal(await text('shut'), 'reopened', 'an append to the new stream is taken')
+
+  // A producer's append seen by the first node, then the stream replaced: the same append is new data there.
+  const producer = { 'producer-id': 'writer', 'producer-epoch': '0', 'producer-seq': '0' }
+  await other.create('produced', { contentType: 'text/plain' })
+  t.equal((await post('produced', 'one', producer)).status, 200)
+  await replace('produced')
+  t.equal((await post('produced', 'one', producer)).status, 200, 'new data (200), not answered as a duplicate (204)')
+  t.equal(await text('produced'), 'one', 'and stored')
 })
 
 t.test('Redis: a live reader whose node lost its subscriber connection reads what was appended meanwhile', async t => {
