@@ -9,7 +9,7 @@ import type { Registry } from '../registry.js'
 import {
   ForbiddenError, InvalidOptionError, PayloadTooLargeError, StreamRequestError
 } from '../errors.js'
-import { LiveReaders, SharedReads, SseWriter, endOfTurn, httpChunk, nextCursor, sseEvent, sseLines, waitForChange } from './live.js'
+import { LiveReaders, SharedReads, SseChunks, SseWriter, endOfTurn, nextCursor, sseControl, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
   boundedMemo, formatOffset, mediaType, parseOffset,
@@ -174,37 +174,20 @@ function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): strin
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 
-/**
- * What an SSE reader sends of a read: the read as cut for its encoding, its data event (null: no data), and per
- * cursor the HTTP chunk of that event with its control event (see sseFrame).
- */
-interface SseChunk { result: ReadResult, data: string | null, frames: Map<string, Buffer> | null }
+/** What an SSE reader sends of a read: the read as cut for its encoding, and its data event with each control event. */
+interface SseRead { result: ReadResult, chunks: SseChunks }
 
-/** Chunks per read result: the readers sharing one read (live.ts SharedReads) frame its data once. */
-const sseChunks = new WeakMap<ReadResult, SseChunk>()
+/** Per read result: the readers sharing one read (live.ts SharedReads) frame its data once. */
+const sseReads = new WeakMap<ReadResult, SseRead>()
 
-function sseChunk (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseChunk {
-  let chunk = sseChunks.get(read)
-  if (chunk === undefined) {
+function sseRead (read: ReadResult, encoding: 'text' | 'json' | 'base64'): SseRead {
+  let entry = sseReads.get(read)
+  if (entry === undefined) {
     const result = encoding === 'text' ? wholeCharacters(read) : read
-    chunk = { result, data: payloadEmpty(result.payload) ? null : sseEvent('data', sseData(result.payload, encoding)), frames: null }
-    sseChunks.set(read, chunk)
+    entry = { result, chunks: new SseChunks(() => payloadEmpty(result.payload) ? null : sseEvent('data', sseData(result.payload, encoding))) }
+    sseReads.set(read, entry)
   }
-  return chunk
-}
-
-/** The chunk's data event (if any) and its control event as one HTTP chunk, built once per cursor for every reader. */
-function sseFrame (chunk: SseChunk, cursor: string): Buffer {
-  chunk.frames ??= new Map()
-  let frame = chunk.frames.get(cursor)
-  if (frame === undefined) {
-    const { info, next } = chunk.result
-    const control: Record<string, unknown> = { streamNextOffset: formatOffset(next), streamCursor: cursor }
-    if (next === info.tail) control.upToDate = true
-    frame = httpChunk((chunk.data ?? '') + sseEvent('control', [JSON.stringify(control)]))
-    chunk.frames.set(cursor, frame)
-  }
-  return frame
+  return entry
 }
 
 function isProducerAhead (err: unknown, request: AppendRequest): boolean {
@@ -542,18 +525,19 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
       let announced = false
       while (!reader.ended) {
         watch.pending = false
-        const chunk = sseChunk(result ?? await sharedRead(target.name, position), encoding)
+        const { result: read, chunks } = sseRead(result ?? await sharedRead(target.name, position), encoding)
         result = null
-        const { info, next } = chunk.result
+        const { info, next } = read
         const atTail = next === info.tail
         // The data and its control event go out in one write.
         if (atTail && info.closed) {
-          writer.write(httpChunk((chunk.data ?? '') + sseEvent('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })])))
+          writer.write(chunks.chunk('closed', () => sseEvent('control', [JSON.stringify({ streamNextOffset: formatOffset(next), streamClosed: true })])))
           break
         }
         let frame: Buffer | null = null
-        if (chunk.data !== null || !announced) {
-          frame = sseFrame(chunk, nextCursor(cursor))
+        if (chunks.dataEvent !== null || !announced) {
+          const streamCursor = nextCursor(cursor)
+          frame = chunks.chunk(streamCursor, () => sseControl(formatOffset(next), streamCursor, atTail))
           announced = true
         }
         position = next

@@ -12,7 +12,7 @@ import {
 import type { FeedsConfig, NormalizedOptions } from '../options.js'
 import { checkName, type Subscription } from '../protocol.js'
 import { encodeOffset, epochToken, parseOffset, type ParsedOffset } from './offsets.js'
-import { SharedReads, SseWriter, httpChunk, nextCursor, sseEvent } from './live.js'
+import { SharedReads, SseChunks, SseWriter, httpChunk, nextCursor, sseControl, sseEvent } from './live.js'
 import { Outbox, type Flushable } from '../ws.js'
 
 /** What the plugin lends the feeds: the store, the options, and the socket's auth and join checks. */
@@ -70,28 +70,6 @@ interface FeedRead {
 }
 
 /**
- * Messages ending at revision `last` as readers share them over SSE: their data event serialised once, and with
- * the control event after it one HTTP chunk per epoch and cursor, which nearly all readers of a group have in common.
- */
-class SseChunks {
-  private data: string | null = null
-  private readonly chunks = new Map<string, Buffer>()
-
-  constructor (private readonly messages: () => string[], private readonly last: number, private readonly upToDate: boolean) {}
-
-  get (token: string, cursor: string): Buffer {
-    const key = `${token} ${cursor}`
-    let chunk = this.chunks.get(key)
-    if (chunk === undefined) {
-      this.data ??= sseData(this.messages())
-      chunk = httpChunk(this.data + sseControl(encodeOffset(token, this.last), cursor, this.upToDate))
-      this.chunks.set(key, chunk)
-    }
-    return chunk
-  }
-}
-
-/**
  * The events of one group committed in one turn of the event loop, as every live reader of the group shares them
  * (SseChunks). A burst thus costs a reader one write and one control event, as the socket path's outbox does for
  * its frames.
@@ -108,11 +86,11 @@ class SharedBatch {
     this.first = events[0].rev
     this.last = events[events.length - 1].rev
     this.contiguous = this.last - this.first === events.length - 1
-    this.chunks = new SseChunks(() => events.map(event => JSON.stringify(changeMessage(event.stream, event))), this.last, true)
+    this.chunks = new SseChunks(() => sseData(events.map(event => JSON.stringify(changeMessage(event.stream, event)))))
   }
 
   sse (token: string, cursor: string): Buffer {
-    return this.chunks.get(token, cursor)
+    return sseChunkAt(this.chunks, token, cursor, this.last, true)
   }
 }
 
@@ -208,16 +186,17 @@ function serialised (stream: string, page: ChangePage): SerialisedPage {
   return entry
 }
 
+/** Changes ending at revision `last` with their control event, per epoch and cursor (nearly all readers of a group share them). */
+function sseChunkAt (chunks: SseChunks, token: string, cursor: string, last: number, upToDate: boolean): Buffer {
+  return chunks.chunk(`${token} ${cursor}`, () => sseControl(encodeOffset(token, last), cursor, upToDate))
+}
+
 /** A page of at least one change as one HTTP chunk: its data event and the control event after it. */
 function sseChunk (stream: string, page: ChangePage, token: string, cursor: string): Buffer {
   const entry = serialised(stream, page)
   const last = page.changes[page.changes.length - 1].rev
-  entry.sse ??= new SseChunks(() => entry.messages, last, last >= page.rev)
-  return entry.sse.get(token, cursor)
-}
-
-function sseControl (next: string, cursor: string, upToDate: boolean): string {
-  return sseEvent('control', [`{"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}`])
+  entry.sse ??= new SseChunks(() => sseData(entry.messages))
+  return sseChunkAt(entry.sse, token, cursor, last, last >= page.rev)
 }
 
 /** One query parameter's value; a parameter given twice is refused (its meaning would be a guess). */

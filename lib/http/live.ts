@@ -193,6 +193,39 @@ export function sseEvent (type: string, lines: string[]): string {
   return frame + '\n'
 }
 
+/** The control event after data: where the reader goes on from, its cursor, and whether it reached the tail. */
+export function sseControl (next: string, cursor: string, upToDate: boolean): string {
+  return sseEvent('control', [`{"streamNextOffset":"${next}","streamCursor":"${cursor}"${upToDate ? ',"upToDate":true' : ''}}`])
+}
+
+/**
+ * What the SSE readers of one read (or one batch of events) send: its data event, built once, and with each
+ * control event after it one HTTP chunk of both, built once for every reader sending that control event (readers
+ * mostly share their cursor, so the bytes of one event are built once and written to each socket).
+ */
+export class SseChunks {
+  private event: string | null | undefined
+  private readonly chunks = new Map<string, Buffer>()
+
+  /** `data` builds the data event, null when there is no data. */
+  constructor (private readonly data: () => string | null) {}
+
+  get dataEvent (): string | null {
+    if (this.event === undefined) this.event = this.data()
+    return this.event
+  }
+
+  /** The data event and the control event `control()` as one HTTP chunk; `key` names the control event. */
+  chunk (key: string, control: () => string): Buffer {
+    let chunk = this.chunks.get(key)
+    if (chunk === undefined) {
+      chunk = httpChunk((this.dataEvent ?? '') + control())
+      this.chunks.set(key, chunk)
+    }
+    return chunk
+  }
+}
+
 /** Splits text into SSE data lines on every line break form, so a CR or LF inside a payload stays data. */
 export function sseLines (text: string): string[] {
   return text.split(/\r\n|\r|\n/)
