@@ -3,7 +3,10 @@
 // rules, same live readers woken as for HTTP appends.
 import { InvalidArgumentError } from '../errors.js'
 import type { Registry } from '../registry.js'
-import { formatOffset, isJsonType, parseOffset, type DurableStreamStore, type ProducerClaim } from './store.js'
+import { RecentMap, formatOffset, isJsonType, mediaType, parseOffset, type AppendResult, type DurableStreamStore, type ProducerClaim } from './store.js'
+
+/** Streams whose content types the API remembers for its appends. */
+const MAX_REMEMBERED_TYPES = 1024
 
 export interface DurableCreateOptions {
   contentType?: string
@@ -62,6 +65,14 @@ function encode (data: unknown, json: boolean): Buffer {
 }
 
 export function createDurableStreamsApi (store: DurableStreamStore, checkName: (name: string) => string, readChunkBytes: number, registry: Registry): DurableStreamsApi {
+  // Encoding data needs the stream's content type, which never changes: appends ask the store for it once.
+  const contentTypes = new RecentMap<string>(MAX_REMEMBERED_TYPES)
+  async function contentTypeOf (stream: string): Promise<string> {
+    const { contentType } = await store.head(stream)
+    contentTypes.set(stream, contentType)
+    return contentType
+  }
+
   const api: DurableStreamsApi = {
     async create (name, options = {}) {
       const contentType = options.contentType ?? 'application/octet-stream'
@@ -75,14 +86,24 @@ export function createDurableStreamsApi (store: DurableStreamStore, checkName: (
     },
     async append (name, data, options = {}) {
       const stream = checkName(name)
-      const { contentType } = await store.head(stream)
-      const result = await store.append(stream, {
+      const appendAs = (contentType: string): Promise<AppendResult> => store.append(stream, {
         contentType,
         body: encode(data, isJsonType(contentType)),
         close: options.close === true,
         streamSeq: options.streamSeq ?? null,
         producer: options.producer ?? null
       })
+      const remembered = contentTypes.get(stream)
+      let result: AppendResult
+      try {
+        result = await appendAs(remembered ?? await contentTypeOf(stream))
+      } catch (err) {
+        // Refused on a remembered type: the stream may have been created again with another one.
+        if (remembered === undefined) throw err
+        const contentType = await contentTypeOf(stream)
+        if (mediaType(contentType) === mediaType(remembered)) throw err
+        result = await appendAs(contentType)
+      }
       return { offset: formatOffset(result.info.tail), duplicate: result.outcome === 'duplicate', closed: result.info.closed }
     },
     async close (name) {
@@ -111,7 +132,9 @@ export function createDurableStreamsApi (store: DurableStreamStore, checkName: (
       }
     },
     async delete (name) {
-      await store.delete(checkName(name))
+      const stream = checkName(name)
+      contentTypes.delete(stream)
+      await store.delete(stream)
     }
   }
   type Input = Record<string, unknown> & { name: string }

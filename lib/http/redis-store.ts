@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
 import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
-import type { Position, ProducerState } from './store.js'
+import { RecentMap, type Position, type ProducerState } from './store.js'
 
 /** Index members a read looks at per call (a read asks again for more). */
 const ENTRY_PAGE = 64
@@ -71,30 +71,6 @@ function coded (err: unknown): boolean {
   return typeof code === 'string' && code.startsWith('STREAMS_ERR_')
 }
 
-/**
- * The values of string keys and hash fields (by slot: key, NUL, field) this node last read or committed.
- * Appends start from them instead of asking Redis: each is checked at commit like a value read, so one that
- * another node changed since costs a conflict and a run on fresh values, never a wrong write.
- */
-class RememberedValues {
-  private readonly values = new Map<string, string | null>()
-
-  get (slot: string): string | null | undefined {
-    return this.values.get(slot)
-  }
-
-  set (slot: string, value: string | null): void {
-    // Oldest first in the map's order: a value set again moves to the end.
-    this.values.delete(slot)
-    this.values.set(slot, value)
-    if (this.values.size > MAX_REMEMBERED_VALUES) this.values.delete(this.values.keys().next().value!)
-  }
-
-  forget (slot: string): void {
-    this.values.delete(slot)
-  }
-}
-
 class RedisBackend extends SerialBackend implements StreamBackend {
   private readonly channel: string
   private readonly prefix: string
@@ -102,7 +78,12 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   private readonly queues = new Map<string, Promise<void>>()
   /** Per stream name, the appends gathering for the next transaction on it. */
   private readonly gathering = new Map<string, WaitingOperation[]>()
-  private readonly remembered = new RememberedValues()
+  /**
+   * The values of string keys and hash fields (by slot, see slotOf) this node last read or committed. Appends
+   * start from them instead of asking Redis: each is checked at commit like a value read, so one that another
+   * node changed since costs a conflict and a run on fresh values, never a wrong write.
+   */
+  private readonly remembered = new RecentMap<string | null>(MAX_REMEMBERED_VALUES)
   /** Streams changed in this turn: each is announced once when it ends (a woken reader reads to the tail anyway). */
   private readonly changed = new Set<string>()
   private stopResync: () => void = () => {}
@@ -242,7 +223,7 @@ class RedisTransaction implements StreamTransaction {
   /** Whether a value came from what this node remembered rather than from Redis. */
   private recalled = false
 
-  constructor (private readonly client: Redis, private readonly prefix: string, private readonly remembered: RememberedValues, private readonly recall: boolean) {}
+  constructor (private readonly client: Redis, private readonly prefix: string, private readonly remembered: RecentMap<string | null>, private readonly recall: boolean) {}
 
   private key (...parts: string[]): string {
     return this.prefix + parts.join(':')
@@ -319,7 +300,7 @@ class RedisTransaction implements StreamTransaction {
 
   /** After a failed run: what it read or wrote may be out of date. */
   forget (): void {
-    for (const slot of [...this.checked, ...this.values.keys()]) this.remembered.forget(slot)
+    for (const slot of [...this.checked, ...this.values.keys()]) this.remembered.delete(slot)
   }
 
   async stream (name: string): Promise<StoredStream | null> {

@@ -112,6 +112,28 @@ export function boundedMemo<V> (compute: (key: string) => V, max: number): (key:
   }
 }
 
+/** A map that keeps the `max` keys set last: setting one more forgets the one set longest ago. */
+export class RecentMap<V> {
+  private readonly entries = new Map<string, V>()
+
+  constructor (private readonly max: number) {}
+
+  get (key: string): V | undefined {
+    return this.entries.get(key)
+  }
+
+  set (key: string, value: V): void {
+    // Oldest first in the map's order: a key set again moves to the end.
+    this.entries.delete(key)
+    this.entries.set(key, value)
+    if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!)
+  }
+
+  delete (key: string): void {
+    this.entries.delete(key)
+  }
+}
+
 /** Content types remembered: every append compares two, and a few types cover most streams. */
 const MAX_MEDIA_TYPES = 256
 

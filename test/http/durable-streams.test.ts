@@ -294,6 +294,26 @@ test('app.streams.durable and the registry functions write and read streams with
   await t.rejects(durable.head('log'), { code: 'STREAMS_ERR_STREAM_NOT_FOUND' })
 })
 
+test('app.streams.durable appends encode for the stream as it is now, after it was created again with another content type', async (t) => {
+  const { app, url } = await serve({ durable_streams: true })
+  t.teardown(() => app.close())
+  const base = url.replace('ws://', 'http://').replace(/\/$/, '')
+  const durable = app.streams.durable!
+  await durable.create('changing', { contentType: 'text/plain' })
+  await durable.append('changing', 'text')
+  // Replaced over HTTP, behind the API's back: first by a JSON stream, then by a text stream again.
+  t.equal((await fetch(`${base}/v1/stream/changing`, { method: 'DELETE' })).status, 204)
+  t.equal((await put(base, 'changing', { 'content-type': 'application/json' })).status, 201)
+  await durable.append('changing', { now: 'json' })
+  await durable.append('changing', 'a string is a JSON message here')
+  t.same((await durable.read('changing')).messages, [{ now: 'json' }, 'a string is a JSON message here'], 'encoded as JSON')
+  t.equal((await fetch(`${base}/v1/stream/changing`, { method: 'DELETE' })).status, 204)
+  t.equal((await put(base, 'changing')).status, 201)
+  await durable.append('changing', 'bytes again')
+  t.equal((await durable.read('changing')).data?.toString(), 'bytes again', 'encoded as bytes')
+  await t.rejects(durable.append('changing', { not: 'bytes' }), { code: 'STREAMS_ERR_INVALID_ARGUMENT' }, 'refused as before when the data cannot be the stream\'s')
+})
+
 test('catch-up reads come in chunks of read_chunk_bytes, on memory and on SQLite', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ds-chunks-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
