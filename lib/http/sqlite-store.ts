@@ -1,7 +1,8 @@
 // Durable streams in the SQLite file of the file_based KvStore (tables ds_*), on the adapter's own writer
 // connection, between its batch commits: an append is acknowledged once its transaction is committed to the
 // write-ahead log with the adapter's synchronous=FULL, so it survives SIGKILL (and power loss) as items do.
-// Operations handed in together share a transaction (group commit).
+// Operations handed in together share a transaction (group commit); an operation's writes wait until it is done
+// and are dropped if it fails, so a group of appends to one stream writes its row once and each append's entry.
 import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
 import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
@@ -30,7 +31,7 @@ export interface SqliteHost {
   exclusive<T> (work: (db: Database) => Promise<T>): Promise<T>
 }
 
-class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransaction {
+class SqliteBackend extends SerialBackend implements StreamBackend {
   /** The host's writer, while one of our operations holds it. */
   private db: Database | null = null
   /** Operations handed in while a transaction ran: the next one takes them all. */
@@ -83,17 +84,17 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
     await Promise.all(statements.map(statement => new Promise<void>(resolve => statement === null ? resolve() : statement.finalize(() => resolve()))))
   }
 
-  private async exec (sql: string, params: unknown[] = []): Promise<void> {
+  async exec (sql: string, params: unknown[] = []): Promise<void> {
     const statement = await this.statement(sql)
     return new Promise((resolve, reject) => statement.run(params, (err: Error | null) => err === null ? resolve() : reject(err)))
   }
 
   /** The first row; every statement is stepped to its end (`all`), so none keeps a read open between calls. */
-  private async one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
+  async one<T> (sql: string, params: unknown[]): Promise<T | undefined> {
     return (await this.all<T>(sql, params))[0]
   }
 
-  private async all<T> (sql: string, params: unknown[]): Promise<T[]> {
+  async all<T> (sql: string, params: unknown[]): Promise<T[]> {
     const statement = await this.statement(sql)
     return new Promise((resolve, reject) => statement.all(params, (err: Error | null, rows: unknown[]) => err === null ? resolve(rows as T[]) : reject(err)))
   }
@@ -115,10 +116,10 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
   }
 
   /**
-   * Group commit: the operations handed in while a transaction runs share the next one, one after another, each
-   * in a savepoint (one that fails leaves nothing and answers its error; the others commit). Each is answered
-   * once that transaction is committed, so an acknowledged append is on disk, as with one transaction each, at
-   * one fsync per group instead of one per append.
+   * Group commit: the operations handed in while a transaction runs share the next one, one after another (one
+   * that fails leaves nothing and answers its error; the others commit). Each is answered once that transaction
+   * is committed, so an acknowledged append is on disk, as with one transaction each, at one fsync per group
+   * instead of one per append.
    */
   run<T> (_name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -135,9 +136,20 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
       await this.holding(async () => {
         await this.exec('BEGIN IMMEDIATE')
         try {
-          // A group of one needs no savepoint: if it fails, the whole transaction rolls back (two trips fewer).
-          if (group.length === 1) outcomes.push({ ok: true, value: await group[0].work(this) })
-          else for (const operation of group) outcomes.push(await this.inSavepoint(operation))
+          const tx = new SqliteTransaction(this)
+          for (const operation of group) {
+            const start = tx.begin()
+            try {
+              outcomes.push({ ok: true, value: await operation.work(tx) })
+              tx.done()
+            } catch (error) {
+              // Writes of earlier operations that failed half-way: nothing of the group may be committed.
+              if (error instanceof WriteFailed) throw error.cause
+              tx.undo(start)
+              outcomes.push({ ok: false, error })
+            }
+          }
+          await tx.write()
           await this.exec('COMMIT')
         } catch (err) {
           await this.exec('ROLLBACK').catch(() => {})
@@ -145,24 +157,11 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
         }
       })
     } catch (err) {
-      // Nothing of the group was committed (for a group of one, `err` is its own error).
+      // Nothing of the group was committed.
       for (const operation of group) operation.reject(err)
       return
     }
     answer(group, outcomes)
-  }
-
-  private async inSavepoint (operation: WaitingOperation): Promise<Outcome> {
-    await this.exec('SAVEPOINT operation')
-    let outcome: Outcome
-    try {
-      outcome = { ok: true, value: await operation.work(this) }
-    } catch (error) {
-      await this.exec('ROLLBACK TO operation')
-      outcome = { ok: false, error }
-    }
-    await this.exec('RELEASE operation')
-    return outcome
   }
 
   async names (): Promise<string[]> {
@@ -178,56 +177,142 @@ class SqliteBackend extends SerialBackend implements StreamBackend, StreamTransa
     await this.settle()
     await this.finalizeAll()
   }
+}
+
+/** A write waiting for its operation to be done; `key` names the row it replaces (a later write of it supersedes it). */
+interface PendingWrite { sql: string, params: unknown[], key: string | null }
+
+/** Where an operation started: what it read or wrote is forgotten if it fails. */
+interface OperationStart { ids: Map<string, string | null>, rows: Map<string, string | null>, producers: Map<string, ProducerState | null> }
+
+/** Writing the writes of the group's earlier operations failed: the whole transaction rolls back. */
+class WriteFailed extends Error {}
+
+const UPSERT_STREAM = 'INSERT INTO ds_streams (id, name, row) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET row = excluded.row'
+const INSERT_ENTRY = 'INSERT INTO ds_entries (stream_id, start, end, json, data) VALUES (?, ?, ?, ?, ?)'
+const UPSERT_PRODUCER = 'INSERT INTO ds_producers (stream_id, producer_id, epoch, seq) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq'
+
+/**
+ * The operations of one group in their transaction. Stream rows and producer states are read once and kept as
+ * written; writes wait until their operation is done (a failed one's are dropped) and reach the file before a
+ * read of entries, and at the end, a row written several times only in its last version.
+ */
+class SqliteTransaction implements StreamTransaction {
+  /** Stream ids by name, stream rows (JSON) by id, producer states by stream id and producer: as read or written (null: none). */
+  private ids = new Map<string, string | null>()
+  private rows = new Map<string, string | null>()
+  private producers = new Map<string, ProducerState | null>()
+  /** Writes of the operations done, in order. */
+  private pending: PendingWrite[] = []
+  /** Writes of the running operation. */
+  private running: PendingWrite[] = []
+
+  constructor (private readonly sql: SqliteBackend) {}
+
+  begin (): OperationStart {
+    this.running = []
+    return { ids: new Map(this.ids), rows: new Map(this.rows), producers: new Map(this.producers) }
+  }
+
+  done (): void {
+    this.pending.push(...this.running)
+    this.running = []
+  }
+
+  undo (start: OperationStart): void {
+    this.running = []
+    this.ids = start.ids
+    this.rows = start.rows
+    this.producers = start.producers
+  }
+
+  /** Writes the pending writes of the operations done. */
+  async write (): Promise<void> {
+    const writes = this.pending
+    this.pending = []
+    const last = new Map<string, number>()
+    writes.forEach((write, index) => { if (write.key !== null) last.set(write.key, index) })
+    for (const [index, write] of writes.entries()) {
+      if (write.key === null || last.get(write.key) === index) await this.sql.exec(write.sql, write.params)
+    }
+  }
 
   async stream (name: string): Promise<StoredStream | null> {
-    const row = await this.one<{ row: string }>('SELECT row FROM ds_streams WHERE name = ?', [name])
-    return row === undefined ? null : JSON.parse(row.row) as StoredStream
+    let id = this.ids.get(name)
+    if (id === undefined) {
+      const found = await this.sql.one<{ id: string, row: string }>('SELECT id, row FROM ds_streams WHERE name = ?', [name])
+      id = found?.id ?? null
+      this.ids.set(name, id)
+      // A row this transaction removed or rewrote stays as it has it.
+      if (found !== undefined && !this.rows.has(found.id)) this.rows.set(found.id, found.row)
+    }
+    return id === null ? null : this.streamById(id)
   }
 
   async streamById (id: string): Promise<StoredStream | null> {
-    const row = await this.one<{ row: string }>('SELECT row FROM ds_streams WHERE id = ?', [id])
-    return row === undefined ? null : JSON.parse(row.row) as StoredStream
+    let row = this.rows.get(id)
+    if (row === undefined) {
+      row = (await this.sql.one<{ row: string }>('SELECT row FROM ds_streams WHERE id = ?', [id]))?.row ?? null
+      this.rows.set(id, row)
+    }
+    // Parsed afresh: the engine changes the rows it is given before it puts them.
+    return row === null ? null : JSON.parse(row) as StoredStream
   }
 
   async put (stream: StoredStream): Promise<void> {
-    await this.exec('INSERT INTO ds_streams (id, name, row) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET row = excluded.row',
-      [stream.id, stream.name, JSON.stringify(stream)])
+    const row = JSON.stringify(stream)
+    this.rows.set(stream.id, row)
+    this.ids.set(stream.name, stream.id)
+    this.running.push({ sql: UPSERT_STREAM, params: [stream.id, stream.name, row], key: `stream ${stream.id}` })
   }
 
   async remove (stream: StoredStream): Promise<void> {
-    await this.exec('DELETE FROM ds_streams WHERE id = ?', [stream.id])
-    await this.exec('DELETE FROM ds_entries WHERE stream_id = ?', [stream.id])
-    await this.exec('DELETE FROM ds_producers WHERE stream_id = ?', [stream.id])
+    this.rows.set(stream.id, null)
+    if (this.ids.get(stream.name) === stream.id) this.ids.set(stream.name, null)
+    for (const table of ['ds_streams', 'ds_entries', 'ds_producers']) {
+      this.running.push({ sql: `DELETE FROM ${table} WHERE ${table === 'ds_streams' ? 'id' : 'stream_id'} = ?`, params: [stream.id], key: null })
+    }
   }
 
   async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
+    // The entries of the operations done before this one must be in the file to be read.
+    try {
+      await this.write()
+    } catch (err) {
+      throw new WriteFailed('writing the group\'s earlier operations failed', { cause: err })
+    }
     // Entries are contiguous: the first one wanted is the last one starting at or before `from`. Sizes are
     // read first, so no more data than `maxBytes` (plus one entry) is ever loaded.
-    const spans = await this.all<{ start: number, end: number, size: number }>(
+    const spans = await this.sql.all<{ start: number, end: number, size: number }>(
       `SELECT start, end, length(data) AS size FROM ds_entries WHERE stream_id = ?1 AND start < ?3 AND start >=
          coalesce((SELECT max(start) FROM ds_entries WHERE stream_id = ?1 AND start <= ?2), 0)
        ORDER BY start LIMIT ${ENTRY_PAGE}`, [id, from, to])
     const wanted = withinBudget(spans.filter(span => span.end > from), maxBytes)
     if (wanted.length === 0) return []
-    const rows = await this.all<EntryRow>('SELECT start, end, json, data FROM ds_entries WHERE stream_id = ? AND start >= ? AND start <= ? ORDER BY start',
+    const rows = await this.sql.all<EntryRow>('SELECT start, end, json, data FROM ds_entries WHERE stream_id = ? AND start >= ? AND start <= ? ORDER BY start',
       [id, wanted[0].start, wanted[wanted.length - 1].start])
     return rows.map(toEntry)
   }
 
   async addEntry (id: string, entry: StoredEntry): Promise<void> {
     const { payload } = entry
-    const data = payloadBytes(payload)
-    await this.exec('INSERT INTO ds_entries (stream_id, start, end, json, data) VALUES (?, ?, ?, ?, ?)',
-      [id, entry.start, entry.end, payload.kind === 'json' ? 1 : 0, data])
+    this.running.push({ sql: INSERT_ENTRY, params: [id, entry.start, entry.end, payload.kind === 'json' ? 1 : 0, payloadBytes(payload)], key: null })
   }
 
   async producer (id: string, producerId: string): Promise<ProducerState | null> {
-    return await this.one<ProducerState>('SELECT epoch, seq FROM ds_producers WHERE stream_id = ? AND producer_id = ?', [id, producerId]) ?? null
+    const key = `${id}\u0000${producerId}`
+    let state = this.producers.get(key)
+    if (state === undefined) {
+      state = await this.sql.one<ProducerState>('SELECT epoch, seq FROM ds_producers WHERE stream_id = ? AND producer_id = ?', [id, producerId]) ?? null
+      this.producers.set(key, state)
+    }
+    return state === null ? null : { ...state }
   }
 
   async setProducer (id: string, producerId: string, state: ProducerState): Promise<void> {
-    await this.exec('INSERT INTO ds_producers (stream_id, producer_id, epoch, seq) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq',
-      [id, producerId, state.epoch, state.seq])
+    const key = `${id}\u0000${producerId}`
+    this.producers.set(key, { ...state })
+    this.running.push({ sql: UPSERT_PRODUCER, params: [id, producerId, state.epoch, state.seq], key: `producer ${key}` })
   }
 }
 

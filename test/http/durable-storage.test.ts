@@ -116,6 +116,23 @@ t.test('SQLite: appends handed in together share one commit; a refused one leave
   t.same(await messages(second.app), expected, 'every acknowledged append is in the file')
 })
 
+t.test('SQLite: an operation sees what the operations before it in its transaction wrote', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'ds-storage-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const adapter = { class: 'modules::streams::adapters::KvStore' as const, config: { store_method: 'file_based' as const, file_path: join(dir, 'streams.db') } }
+  const { app } = await httpApp({ adapter, durable_streams: true })
+  t.teardown(() => app.close())
+  const durable = app.streams.durable!
+  await durable.create('seen', { contentType: 'text/plain' })
+  await durable.append('seen', 'a')
+  // Handed in together, so they share one transaction.
+  const [, read, , head] = await Promise.all([durable.append('seen', 'b'), durable.read('seen'), durable.append('seen', 'c', { close: true }), durable.head('seen')])
+  t.equal(read.data?.toString(), 'ab', 'the read has the append before it')
+  t.equal(read.upToDate, true, 'and is at the tail it had then')
+  t.same([head.offset, head.closed], [(await durable.read('seen')).nextOffset, true], 'the head after the close sees it')
+  t.equal((await durable.read('seen')).data?.toString(), 'abc')
+})
+
 t.test('a borrowed adapter keeps its durable streams when the app closes; they close with the adapter', async t => {
   const adapter = createKvAdapter()
   await adapter.start()
