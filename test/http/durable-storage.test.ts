@@ -18,6 +18,16 @@ async function httpApp (options: StreamsOptions) {
   return { app: served.app, base: served.url.replace('ws:', 'http:').slice(0, -1) }
 }
 
+/** Two nodes with durable streams on a redis-server of their own; all of it closed after the test. */
+async function redisNodes (test: { teardown: (fn: () => unknown) => void }, durable: StreamsOptions['durable_streams'] = true) {
+  const redis = await startRedisServer()
+  test.teardown(() => redis.close())
+  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
+  const nodes = [await httpApp({ adapter, durable_streams: durable }), await httpApp({ adapter, durable_streams: durable })]
+  test.teardown(() => Promise.all(nodes.map(node => node.app.close())))
+  return { redis, nodes }
+}
+
 /** Connections the redis-server has open, the one asking excluded. */
 async function redisClients (redis: RedisServer): Promise<number> {
   const list = replyText(await redis.command('CLIENT', 'LIST')).trim().split('\n')
@@ -161,11 +171,7 @@ t.test('an adapter without durableStreamStore() cannot serve durable streams: th
 })
 
 t.test('Redis: two nodes append to one stream at once: nothing lost or repeated, offsets strictly increasing', async t => {
-  const redis = await startRedisServer()
-  t.teardown(() => redis.close())
-  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
-  const nodes = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
-  t.teardown(() => Promise.all(nodes.map(node => node.app.close())))
+  const { nodes } = await redisNodes(t)
   const path = '/v1/stream/shared'
   await DurableStream.create({ url: `${nodes[0].base}${path}`, contentType: 'application/json' })
 
@@ -213,11 +219,7 @@ async function commitScripts (redis: RedisServer): Promise<number> {
 }
 
 t.test('Redis: appends handed in together share one commit; a refused one leaves the others', async t => {
-  const redis = await startRedisServer()
-  t.teardown(() => redis.close())
-  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
-  const [node, other] = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
-  t.teardown(() => Promise.all([node.app.close(), other.app.close()]))
+  const { redis, nodes: [node, other] } = await redisNodes(t)
   const durable = node.app.streams.durable!
   await durable.create('grouped', { contentType: 'application/json' })
   const before = await commitScripts(redis)
@@ -235,11 +237,7 @@ t.test('Redis: appends handed in together share one commit; a refused one leaves
 })
 
 t.test('Redis: a node appending from what it remembers of a stream never misses what another node changed', async t => {
-  const redis = await startRedisServer()
-  t.teardown(() => redis.close())
-  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
-  const [first, second] = [await httpApp({ adapter, durable_streams: true }), await httpApp({ adapter, durable_streams: true })]
-  t.teardown(() => Promise.all([first.app.close(), second.app.close()]))
+  const { nodes: [first, second] } = await redisNodes(t)
   const other = second.app.streams.durable!
   // Appends on the first node as a client sends them (no other request on the stream in between).
   const post = (name: string, body: string, headers: Record<string, string> = {}) =>
@@ -279,12 +277,7 @@ t.test('Redis: a node appending from what it remembers of a stream never misses 
 })
 
 t.test('Redis: a live reader whose node lost its subscriber connection reads what was appended meanwhile', async t => {
-  const redis = await startRedisServer()
-  t.teardown(() => redis.close())
-  const adapter = { class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url } }
-  const options = { adapter, durable_streams: { long_poll_timeout_ms: 30_000 } }
-  const [reading, writing] = [await httpApp(options), await httpApp(options)]
-  t.teardown(() => Promise.all([reading.app.close(), writing.app.close()]))
+  const { redis, nodes: [reading, writing] } = await redisNodes(t, { long_poll_timeout_ms: 30_000 })
   const path = '/v1/stream/missed'
   const created = await fetch(`${reading.base}${path}`, { method: 'PUT', headers: { 'content-type': 'text/plain' } })
   const tail = created.headers.get('stream-next-offset')!
