@@ -17,8 +17,12 @@ const ENTRY_PAGE = 64
 const MAX_ATTEMPTS = 50
 /** The longest pause between two runs of an operation that lost (a random part of it, growing with the runs). */
 const MAX_BACKOFF_MS = 20
-/** Appends to one stream handed in while an operation on it runs share the next transaction, this many at most. */
+/**
+ * Appends to one stream handed in while an operation on it runs share the next transaction, this many and this
+ * many bytes at most (one append alone may be bigger): one script call must stay far below what Redis takes.
+ */
 const MAX_APPENDS_PER_COMMIT = 256
+export const MAX_APPEND_BYTES_PER_COMMIT = 8 * 1024 * 1024
 /** Values (stream names, rows, producer states) this node remembers from its last operations. */
 const MAX_REMEMBERED_VALUES = 4096
 
@@ -76,8 +80,8 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   private readonly prefix: string
   /** Per stream name, the end of this node's queue of operations on it. */
   private readonly queues = new Map<string, Promise<void>>()
-  /** Per stream name, the appends gathering for the next transaction on it. */
-  private readonly gathering = new Map<string, WaitingOperation[]>()
+  /** Per stream name, the appends gathering for the next transaction on it, and the bytes of their bodies. */
+  private readonly gathering = new Map<string, { operations: WaitingOperation[], bytes: number }>()
   /**
    * The values of string keys and hash fields (by slot, see slotOf) this node last read or committed. Appends
    * start from them instead of asking Redis: each is checked at commit like a value read, so one that another
@@ -111,21 +115,24 @@ class RedisBackend extends SerialBackend implements StreamBackend {
    * Appends handed in while an operation on their stream runs gather for the next transaction on it: one round
    * trip for them all, and one for each other operation. Each waits for the commit of its transaction.
    */
-  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, append = false): Promise<T> {
+  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, appendBytes?: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const operation: WaitingOperation = { work, resolve: resolve as (value: unknown) => void, reject }
+      const append = appendBytes !== undefined
       const gathering = this.gathering.get(name)
-      if (append && gathering !== undefined && gathering.length < MAX_APPENDS_PER_COMMIT) {
-        gathering.push(operation)
+      if (append && gathering !== undefined && gathering.operations.length < MAX_APPENDS_PER_COMMIT &&
+        gathering.bytes + appendBytes <= MAX_APPEND_BYTES_PER_COMMIT) {
+        gathering.operations.push(operation)
+        gathering.bytes += appendBytes
         return
       }
-      const group = [operation]
+      const group = { operations: [operation], bytes: appendBytes ?? 0 }
       // Appends handed in after another operation run after it.
       if (append) this.gathering.set(name, group)
       else this.gathering.delete(name)
       this.inOrder(name, async () => {
         if (this.gathering.get(name) === group) this.gathering.delete(name)
-        await this.runGroup(group, append)
+        await this.runGroup(group.operations, append)
       })
     })
   }

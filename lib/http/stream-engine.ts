@@ -75,10 +75,10 @@ export interface StreamBackend {
    * Runs `work` atomically (on a throw, nothing it wrote stays) and isolated from every other operation that
    * touches the same streams; `name` is the stream the operation is about (a backend may run operations on
    * different streams at once). A backend may run `work` more than once (an optimistic retry): it must
-   * only read and write through `tx`. An `append` reads no entries: a backend may run it in one transaction
-   * with other appends to the same stream.
+   * only read and write through `tx`. An append (`appendBytes`: the size of its body) reads no entries: a
+   * backend may run it in one transaction with other appends to the same stream.
    */
-  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, append?: boolean): Promise<T>
+  run<T> (name: string, work: (tx: StreamTransaction) => Promise<T>, appendBytes?: number): Promise<T>
   /** Names of every stored stream (for the expiry sweep). */
   names (): Promise<string[]>
   /** Tells the watchers of `name`, on every node sharing the backend, that it changed. */
@@ -175,7 +175,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async create (name: string, request: CreateRequest): Promise<CreateResult> {
-    return this.run(name, false, async (tx, changed) => {
+    return this.run(name, undefined, async (tx, changed) => {
       const existing = await this.lookup(tx, name, changed)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
       const source = request.fork === null ? null : await this.lookup(tx, request.fork.source, changed)
@@ -226,7 +226,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async append (name: string, request: AppendRequest): Promise<AppendResult> {
-    const result = await this.run(name, true, async (tx, changed) => {
+    const result = await this.run(name, request.body.length, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
@@ -251,11 +251,11 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async head (name: string): Promise<StreamInfo> {
-    return this.run(name, false, async (tx, changed) => info(await this.existing(tx, name, changed)))
+    return this.run(name, undefined, async (tx, changed) => info(await this.existing(tx, name, changed)))
   }
 
   async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
-    return this.run(name, false, async (tx, changed) => {
+    return this.run(name, undefined, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       if (stream.ttlSeconds !== null) {
         stream.touchedAt = this.now()
@@ -303,7 +303,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async delete (name: string): Promise<void> {
-    await this.run(name, false, async (tx, changed) => {
+    await this.run(name, undefined, async (tx, changed) => {
       await this.drop(tx, await this.existing(tx, name, changed))
       changed.push(name)
     })
@@ -330,13 +330,13 @@ export class StreamEngine implements DurableStreamStore {
    * Runs an operation on the backend; once it settled, tells the watchers of the streams it deleted or expired
    * (`changed`, filled by the operation; started afresh when the backend runs the operation again).
    */
-  private async run<T> (name: string, append: boolean, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
+  private async run<T> (name: string, appendBytes: number | undefined, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
     let changed: string[] = []
     try {
       return await this.backend.run(name, async (tx) => {
         changed = []
         return work(tx, changed)
-      }, append)
+      }, appendBytes)
     } finally {
       for (const gone of changed) this.backend.publish(gone)
     }
@@ -412,6 +412,6 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   private async sweep (): Promise<void> {
-    for (const name of await this.backend.names()) await this.run(name, false, async (tx, changed) => { await this.lookup(tx, name, changed) })
+    for (const name of await this.backend.names()) await this.run(name, undefined, async (tx, changed) => { await this.lookup(tx, name, changed) })
   }
 }

@@ -12,6 +12,7 @@ import { serve } from '../helpers/app.js'
 import { replyText, startRedisServer, type RedisServer } from '../helpers/redis-server.js'
 import { createKvAdapter, type StreamsOptions } from '../../lib/index.js'
 import type { StreamAdapter } from '../../lib/adapters/adapter.js'
+import { MAX_APPEND_BYTES_PER_COMMIT } from '../../lib/http/redis-store.js'
 
 async function httpApp (options: StreamsOptions) {
   const served = await serve(options)
@@ -234,6 +235,16 @@ t.test('Redis: appends handed in together share one commit; a refused one leaves
   const expected = Array.from({ length: 64 }, (_, n) => n).filter(n => n % 9 !== 8)
   const stored = (await other.app.streams.durable!.read('grouped')).messages as Array<{ n: number }>
   t.same(stored.map(message => message.n), expected, 'the others are all there, in the order they were handed in, on the other node too')
+
+  // Big appends handed in together go in several scripts: one script call stays far below what Redis takes.
+  await durable.create('big', { contentType: 'text/plain' })
+  await durable.append('big', '<')
+  const size = Math.floor(MAX_APPEND_BYTES_PER_COMMIT / 3)
+  const bigBefore = await commitScripts(redis)
+  await Promise.all(['a', 'b', 'c', 'd'].map(letter => durable.append('big', letter.repeat(size))))
+  const bigCommits = await commitScripts(redis) - bigBefore
+  t.ok(bigCommits >= 2 && bigCommits <= 4, `4 appends of ${size} bytes, ${bigCommits} commits of at most ${MAX_APPEND_BYTES_PER_COMMIT} bytes`)
+  t.equal((await other.app.streams.durable!.read('big', { maxBytes: 8 * size })).data?.toString(), '<' + ['a', 'b', 'c', 'd'].map(letter => letter.repeat(size)).join(''), 'all stored, in order')
 })
 
 t.test('Redis: a node appending from what it remembers of a stream never misses what another node changed', async t => {
