@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
-import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
+import { SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type WaitingOperation } from './stream-engine.js'
 import { RecentMap, type Position, type ProducerState } from './store.js'
 
 /** Index members a read looks at per call (a read asks again for more). */
@@ -146,17 +146,8 @@ class RedisBackend extends SerialBackend implements StreamBackend {
       let tx: RedisTransaction | null = null
       try {
         tx = new RedisTransaction(this.host.command(), this.prefix, this.remembered, recall && attempt === 1)
-        const outcomes: Outcome[] = []
-        for (const operation of group) {
-          const mark = tx.mark()
-          try {
-            outcomes.push({ ok: true, value: await operation.work(tx) })
-          } catch (error) {
-            if (!coded(error)) throw error
-            tx.rollback(mark)
-            outcomes.push({ ok: false, error })
-          }
-        }
+        // A refusal is the operation's own; a Redis failure or a conflict is the group's.
+        const outcomes = await runOperations(group, tx, error => !coded(error))
         await tx.commit()
         tx.remember()
         answer(group, outcomes)
@@ -203,7 +194,7 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   }
 }
 
-interface TransactionMark { writes: number, values: Map<string, string | null>, rows: Map<string, { name: string, text: string }> }
+interface TransactionMark { writes: number, values: Map<string, string | null>, rows: Map<string, string> }
 
 /** Where a string key's value (field '') or a hash field's is remembered. */
 function slotOf (key: string, field = ''): string {
@@ -215,7 +206,7 @@ function slotOf (key: string, field = ''): string {
  * wrote, or, for appends, to what this node remembers) and are remembered with their values; writes are
  * collected and sent in one COMMIT script that checks those values first.
  */
-class RedisTransaction implements StreamTransaction {
+class RedisTransaction implements GroupTransaction<TransactionMark> {
   private readonly keys: string[] = []
   private readonly keyIndex = new Map<string, number>()
   private readonly checks: Argument[] = []
@@ -225,8 +216,8 @@ class RedisTransaction implements StreamTransaction {
   private readonly writes: Argument[] = []
   /** Values of string keys and hash fields as this run read or wrote them (null: none), by slot. */
   private values = new Map<string, string | null>()
-  /** Stream rows put (their names and texts), by id, written at commit: a group's appends put one row many times. */
-  private rows = new Map<string, { name: string, text: string }>()
+  /** Names of the streams put, by id: their rows (in `values`) are written at commit, as a group's appends put one row many times. */
+  private rows = new Map<string, string>()
   /** Whether a value came from what this node remembered rather than from Redis. */
   private recalled = false
 
@@ -283,8 +274,8 @@ class RedisTransaction implements StreamTransaction {
    * values has them checked even with nothing to write: its answer (a refusal, a duplicate) rests on them.
    */
   async commit (): Promise<void> {
-    for (const [id, { name, text }] of this.rows) {
-      this.write('set', this.key('stream', id), text)
+    for (const [id, name] of this.rows) {
+      this.write('set', this.key('stream', id), this.values.get(slotOf(this.key('stream', id)))!)
       this.write('set', this.key('name', name), id)
       this.write('sadd', this.key('names'), name)
     }
@@ -322,10 +313,9 @@ class RedisTransaction implements StreamTransaction {
   }
 
   async put (stream: StoredStream): Promise<void> {
-    const text = JSON.stringify(stream)
-    this.values.set(slotOf(this.key('stream', stream.id)), text)
+    this.values.set(slotOf(this.key('stream', stream.id)), JSON.stringify(stream))
     this.values.set(slotOf(this.key('name', stream.name)), stream.id)
-    this.rows.set(stream.id, { name: stream.name, text })
+    this.rows.set(stream.id, stream.name)
   }
 
   async remove (stream: StoredStream): Promise<void> {

@@ -5,7 +5,7 @@
 // and are dropped if it fails, so a group of appends to one stream writes its row once and each append's entry.
 import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { SerialBackend, StreamEngine, answer, payloadBytes, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
+import { SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
@@ -137,18 +137,8 @@ class SqliteBackend extends SerialBackend implements StreamBackend {
         await this.exec('BEGIN IMMEDIATE')
         try {
           const tx = new SqliteTransaction(this)
-          for (const operation of group) {
-            const start = tx.begin()
-            try {
-              outcomes.push({ ok: true, value: await operation.work(tx) })
-              tx.done()
-            } catch (error) {
-              // Writes of earlier operations that failed half-way: nothing of the group may be committed.
-              if (error instanceof WriteFailed) throw error.cause
-              tx.undo(start)
-              outcomes.push({ ok: false, error })
-            }
-          }
+          // Writes of earlier operations that failed half-way: nothing of the group may be committed.
+          outcomes.push(...await runOperations(group, tx, error => error instanceof WriteFailed))
           await tx.write()
           await this.exec('COMMIT')
         } catch (err) {
@@ -158,7 +148,7 @@ class SqliteBackend extends SerialBackend implements StreamBackend {
       })
     } catch (err) {
       // Nothing of the group was committed.
-      for (const operation of group) operation.reject(err)
+      for (const operation of group) operation.reject(err instanceof WriteFailed ? err.cause : err)
       return
     }
     answer(group, outcomes)
@@ -197,7 +187,7 @@ const UPSERT_PRODUCER = 'INSERT INTO ds_producers (stream_id, producer_id, epoch
  * written; writes wait until their operation is done (a failed one's are dropped) and reach the file before a
  * read of entries, and at the end, a row written several times only in its last version.
  */
-class SqliteTransaction implements StreamTransaction {
+class SqliteTransaction implements GroupTransaction<OperationStart> {
   /** Stream ids by name, stream rows (JSON) by id, producer states by stream id and producer: as read or written (null: none). */
   private ids = new Map<string, string | null>()
   private rows = new Map<string, string | null>()
@@ -209,25 +199,29 @@ class SqliteTransaction implements StreamTransaction {
 
   constructor (private readonly sql: SqliteBackend) {}
 
-  begin (): OperationStart {
+  /** The next operation starts: the writes of the one before are final (it did not fail, or was rolled back). */
+  mark (): OperationStart {
+    this.pending.push(...this.running)
     this.running = []
     return { ids: new Map(this.ids), rows: new Map(this.rows), producers: new Map(this.producers) }
   }
 
-  done (): void {
-    this.pending.push(...this.running)
-    this.running = []
-  }
-
-  undo (start: OperationStart): void {
+  rollback (start: OperationStart): void {
     this.running = []
     this.ids = start.ids
     this.rows = start.rows
     this.producers = start.producers
   }
 
-  /** Writes the pending writes of the operations done. */
+  /** Writes every operation's writes (at the end of the group). */
   async write (): Promise<void> {
+    this.pending.push(...this.running)
+    this.running = []
+    await this.writeDone()
+  }
+
+  /** Writes the writes of the operations done before the running one. */
+  private async writeDone (): Promise<void> {
     const writes = this.pending
     this.pending = []
     const last = new Map<string, number>()
@@ -277,7 +271,7 @@ class SqliteTransaction implements StreamTransaction {
   async entries (id: string, from: Position, to: Position, maxBytes: number): Promise<StoredEntry[]> {
     // The entries of the operations done before this one must be in the file to be read.
     try {
-      await this.write()
+      await this.writeDone()
     } catch (err) {
       throw new WriteFailed('writing the group\'s earlier operations failed', { cause: err })
     }

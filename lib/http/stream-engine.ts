@@ -97,6 +97,33 @@ export interface WaitingOperation {
 
 export type Outcome = { ok: true, value: unknown } | { ok: false, error: unknown }
 
+/** A transaction that can take back what one operation of a group wrote. */
+export interface GroupTransaction<Mark> extends StreamTransaction {
+  /** Where the next operation starts (what the operations before it wrote stays). */
+  mark (): Mark
+  /** Drops what was written since `mark`. */
+  rollback (mark: Mark): void
+}
+
+/**
+ * Runs a group's operations one after another in `tx`: one that throws leaves nothing written and gets its
+ * error as its outcome, unless `fatal(error)`: then the whole group fails with it (thrown).
+ */
+export async function runOperations<Mark> (group: WaitingOperation[], tx: GroupTransaction<Mark>, fatal: (error: unknown) => boolean): Promise<Outcome[]> {
+  const outcomes: Outcome[] = []
+  for (const operation of group) {
+    const mark = tx.mark()
+    try {
+      outcomes.push({ ok: true, value: await operation.work(tx) })
+    } catch (error) {
+      if (fatal(error)) throw error
+      tx.rollback(mark)
+      outcomes.push({ ok: false, error })
+    }
+  }
+  return outcomes
+}
+
 /** Answers each operation of a committed group with its own outcome. */
 export function answer (group: WaitingOperation[], outcomes: Outcome[]): void {
   group.forEach((operation, index) => {
@@ -175,7 +202,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async create (name: string, request: CreateRequest): Promise<CreateResult> {
-    return this.run(name, undefined, async (tx, changed) => {
+    return this.run(name, async (tx, changed) => {
       const existing = await this.lookup(tx, name, changed)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
       const source = request.fork === null ? null : await this.lookup(tx, request.fork.source, changed)
@@ -226,7 +253,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async append (name: string, request: AppendRequest): Promise<AppendResult> {
-    const result = await this.run(name, request.body.length, async (tx, changed) => {
+    const result = await this.run(name, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       const claim = request.producer
       const known = claim === null ? null : await tx.producer(stream.id, claim.id)
@@ -245,17 +272,17 @@ export class StreamEngine implements DurableStreamStore {
       }
       await tx.put(stream)
       return { info: info(stream), outcome: 'appended' as const, producer: decision.producer, changed: decision.payload !== null || decision.close }
-    })
+    }, request.body.length)
     if (result.changed) this.backend.publish(name)
     return { info: result.info, outcome: result.outcome, producer: result.producer }
   }
 
   async head (name: string): Promise<StreamInfo> {
-    return this.run(name, undefined, async (tx, changed) => info(await this.existing(tx, name, changed)))
+    return this.run(name, async (tx, changed) => info(await this.existing(tx, name, changed)))
   }
 
   async read (name: string, from: Position | null, maxBytes: number): Promise<ReadResult> {
-    return this.run(name, undefined, async (tx, changed) => {
+    return this.run(name, async (tx, changed) => {
       const stream = await this.existing(tx, name, changed)
       if (stream.ttlSeconds !== null) {
         stream.touchedAt = this.now()
@@ -303,7 +330,7 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   async delete (name: string): Promise<void> {
-    await this.run(name, undefined, async (tx, changed) => {
+    await this.run(name, async (tx, changed) => {
       await this.drop(tx, await this.existing(tx, name, changed))
       changed.push(name)
     })
@@ -330,7 +357,7 @@ export class StreamEngine implements DurableStreamStore {
    * Runs an operation on the backend; once it settled, tells the watchers of the streams it deleted or expired
    * (`changed`, filled by the operation; started afresh when the backend runs the operation again).
    */
-  private async run<T> (name: string, appendBytes: number | undefined, work: (tx: StreamTransaction, changed: string[]) => Promise<T>): Promise<T> {
+  private async run<T> (name: string, work: (tx: StreamTransaction, changed: string[]) => Promise<T>, appendBytes?: number): Promise<T> {
     let changed: string[] = []
     try {
       return await this.backend.run(name, async (tx) => {
@@ -412,6 +439,6 @@ export class StreamEngine implements DurableStreamStore {
   }
 
   private async sweep (): Promise<void> {
-    for (const name of await this.backend.names()) await this.run(name, undefined, async (tx, changed) => { await this.lookup(tx, name, changed) })
+    for (const name of await this.backend.names()) await this.run(name, async (tx, changed) => { await this.lookup(tx, name, changed) })
   }
 }
