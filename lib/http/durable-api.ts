@@ -3,7 +3,7 @@
 // rules, same live readers woken as for HTTP appends.
 import { InvalidArgumentError } from '../errors.js'
 import type { Registry } from '../registry.js'
-import { RecentMap, formatOffset, isJsonType, mediaType, parseOffset, type AppendResult, type DurableStreamStore, type ProducerClaim } from './store.js'
+import { RecentMap, formatOffset, isJsonType, jsonArray, mediaType, parseOffset, type AppendResult, type DurableStreamStore, type ProducerClaim } from './store.js'
 
 /** Streams whose content types the API remembers for its appends. */
 const MAX_REMEMBERED_TYPES = 1024
@@ -117,7 +117,7 @@ export function createDurableStreamsApi (store: DurableStreamStore, checkName: (
       const result = await store.read(checkName(name), from, options.maxBytes ?? readChunkBytes)
       const upToDate = result.next === result.info.tail
       const out: DurableReadResult = { nextOffset: formatOffset(result.next), upToDate, closed: upToDate && result.info.closed }
-      if (result.payload.kind === 'json') out.messages = result.payload.messages.map(message => JSON.parse(message) as unknown)
+      if (result.payload.kind === 'json') out.messages = JSON.parse(jsonArray(result.payload)) as unknown[]
       else out.data = result.payload.bytes
       return out
     },

@@ -12,7 +12,7 @@ import {
 import { LiveReaders, SharedReads, SseChunks, SseWriter, endOfTurn, nextCursor, sseControl, sseEvent, sseLines, waitForChange } from './live.js'
 import { createDurableStreamsApi } from './durable-api.js'
 import {
-  boundedMemo, formatOffset, mediaType, parseOffset,
+  boundedMemo, formatOffset, jsonArray, mediaType, parseOffset,
   type AppendRequest, type AppendResult, type CreateRequest, type DurableStreamStore, type Payload, type Position, type ProducerClaim,
   type ReadResult, type StreamInfo
 } from './store.js'
@@ -135,11 +135,11 @@ function bodyOf (request: FastifyRequest): Buffer {
 
 /** A read's body; JSON goes out as bytes too, so Fastify adds no charset to the stream's content type. */
 function payloadBody (payload: Payload): Buffer {
-  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(`[${payload.messages.join(',')}]`)
+  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(jsonArray(payload))
 }
 
 function payloadEmpty (payload: Payload): boolean {
-  return payload.kind === 'bytes' ? payload.bytes.length === 0 : payload.messages.length === 0
+  return payload.kind === 'bytes' ? payload.bytes.length === 0 : payload.count === 0
 }
 
 /** SSE carries text as is and JSON as arrays; every other content type is base64. */
@@ -170,7 +170,7 @@ function wholeCharacters (result: ReadResult): ReadResult {
 }
 
 function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): string[] {
-  if (payload.kind === 'json') return [`[${payload.messages.join(',')}]`]
+  if (payload.kind === 'json') return [jsonArray(payload)]
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 

@@ -1,5 +1,5 @@
 // Durable streams in process memory (the in_memory KvStore's, closed with it): gone with the process, like its items.
-import { SerialBackend, StreamEngine, linesMessages, messageLines, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import type { Payload, Position, ProducerState } from './store.js'
 
 /**
@@ -17,12 +17,11 @@ function hold (entry: StoredEntry): HeldEntry {
   const { start, end, payload } = entry
   if (payload.kind === 'bytes') return { start, end, bytes: payload.bytes, lines: '', weight: payload.bytes.length }
   // Weighed by message characters, as the other backends do.
-  const lines = messageLines(payload.messages)
-  return { start, end, bytes: null, lines, weight: lines.length - payload.messages.length + 1 }
+  return { start, end, bytes: null, lines: payload.lines, weight: payload.lines.length - payload.count + 1 }
 }
 
 function stored (entry: HeldEntry): StoredEntry {
-  const payload: Payload = entry.bytes !== null ? { kind: 'bytes', bytes: entry.bytes } : { kind: 'json', messages: linesMessages(entry.lines) }
+  const payload: Payload = entry.bytes !== null ? { kind: 'bytes', bytes: entry.bytes } : { kind: 'json', lines: entry.lines, count: entry.end - entry.start }
   return { start: entry.start, end: entry.end, payload }
 }
 

@@ -348,7 +348,7 @@ class RedisTransaction implements GroupTransaction<TransactionMark> {
       const bytes = data[at]
       // Deleted (or recreated) since this run read its row: run again.
       if (bytes === null || bytes === undefined) throw new Conflict()
-      return { start, end, payload: storedPayload(bytes, json === 1) }
+      return { start, end, payload: storedPayload(bytes, json === 1, end - start) }
     })
   }
 

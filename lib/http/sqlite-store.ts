@@ -23,7 +23,7 @@ const SCHEMA = [
 interface EntryRow { start: number, end: number, json: number, data: Buffer }
 
 function toEntry (row: EntryRow): StoredEntry {
-  return { start: row.start, end: row.end, payload: storedPayload(row.data, row.json === 1) }
+  return { start: row.start, end: row.end, payload: storedPayload(row.data, row.json === 1, row.end - row.start) }
 }
 
 /** The SQLite file that lends its writer connection (lib/adapters/sqlite.ts SqliteFile). */

@@ -49,8 +49,14 @@ export interface AppendResult {
   producer: ProducerState | null
 }
 
-/** A read's payload: bytes for byte streams, one JSON text per message for JSON streams. */
-export type Payload = { kind: 'bytes', bytes: Buffer } | { kind: 'json', messages: string[] }
+/**
+ * JSON messages: `count` JSON texts, one per line of `lines` (a message never holds a line break). One string
+ * for any number of messages: a batch of a thousand is one string for the garbage collector, not a thousand.
+ */
+export interface JsonPayload { kind: 'json', lines: string, count: number }
+
+/** A read's payload: bytes for byte streams, JSON messages for JSON streams. */
+export type Payload = { kind: 'bytes', bytes: Buffer } | JsonPayload
 
 export interface ReadResult {
   info: StreamInfo
@@ -250,24 +256,27 @@ function valueEnd (text: string, index: number, depth: number, plain: boolean): 
   return numberEnd(text, index)
 }
 
+/** Where the messages of a scanned body lie in its text: message `i` is [starts[i], ends[i]). */
+interface MessageSpans { starts: number[], ends: number[] }
+
 /**
- * The messages of a JSON text on one line, cut from the text itself (cheaper than parsing it and serialising every
+ * The messages of a JSON text on one line, found in the text itself (cheaper than parsing it and serialising every
  * element again): a top-level array's elements, or the whole value. Null when the scanner does not accept the text:
  * not JSON, a line break, deeper than MAX_SCAN_DEPTH. It accepts only valid JSON; JSON.parse decides the rest.
  */
-function scanMessages (text: string): string[] | null {
+function scanMessages (text: string): MessageSpans | null {
   const plain = !ESCAPE_OR_CONTROL.test(text)
   let index = skipSpaces(text, 0)
-  const messages: string[] = []
+  const spans: MessageSpans = { starts: [], ends: [] }
   if (text.charCodeAt(index) === 0x5b) {
     index = skipSpaces(text, index + 1)
     if (text.charCodeAt(index) === 0x5d) index++
     else {
       for (;;) {
-        const start = index
+        spans.starts.push(index)
         index = valueEnd(text, index, 1, plain)
         if (index < 0) return null
-        messages.push(text.slice(start, index))
+        spans.ends.push(index)
         index = skipSpaces(text, index)
         const next = text.charCodeAt(index)
         index = skipSpaces(text, index + 1)
@@ -276,24 +285,41 @@ function scanMessages (text: string): string[] | null {
       }
     }
   } else {
-    const start = index
+    spans.starts.push(index)
     index = valueEnd(text, index, 0, plain)
     if (index < 0) return null
-    messages.push(text.slice(start, index))
+    spans.ends.push(index)
     index = skipSpaces(text, index)
   }
-  return index === text.length ? messages : null
+  return index === text.length ? spans : null
 }
 
 /**
- * A JSON body as messages (one JSON text each, on one line): an array is one level of messages, anything else
+ * The scanned messages one per line. Messages of an ASCII body (one byte per character) that only a comma
+ * separates are copied out at once, each comma turned into a line break: no string per message.
+ */
+function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpans): string {
+  const count = starts.length
+  let tight = body.length === text.length
+  for (let i = 1; tight && i < count; i++) tight = starts[i] === ends[i - 1] + 1
+  if (!tight) return starts.map((start, i) => text.slice(start, ends[i])).join('\n')
+  const first = starts[0]
+  const lines = Buffer.from(body.subarray(first, ends[count - 1]))
+  for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = 0x0a
+  return lines.toString('latin1')
+}
+
+/**
+ * A JSON body as messages, one JSON text each on one line: an array is one level of messages, anything else
  * one message. `allowEmpty` admits `[]` (a PUT creating an empty stream).
  */
-export function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
-  if (body.length === 0) return []
+export function jsonPayload (body: Buffer, allowEmpty: boolean): JsonPayload {
+  if (body.length === 0) return { kind: 'json', lines: '', count: 0 }
   const text = body.toString('utf8')
-  let messages = scanMessages(text)
-  if (messages === null) {
+  const spans = scanMessages(text)
+  let payload: JsonPayload
+  if (spans !== null) payload = { kind: 'json', lines: spans.starts.length === 0 ? '' : spannedLines(body, text, spans), count: spans.starts.length }
+  else {
     let value: unknown
     try {
       value = JSON.parse(text)
@@ -301,10 +327,16 @@ export function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
       throw new StreamRequestError('the body is not valid JSON')
     }
     // Line breaks between tokens would split an SSE data line: each message is serialised again, on one line.
-    messages = (Array.isArray(value) ? value : [value]).map(item => JSON.stringify(item) ?? 'null')
+    const messages = (Array.isArray(value) ? value : [value]).map(item => JSON.stringify(item) ?? 'null')
+    payload = { kind: 'json', lines: messages.join('\n'), count: messages.length }
   }
-  if (messages.length === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
-  return messages
+  if (payload.count === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
+  return payload
+}
+
+/** JSON messages as an array: the body of a JSON read. */
+export function jsonArray (payload: JsonPayload): string {
+  return `[${payload.lines.replaceAll('\n', ',')}]`
 }
 
 /** The state the append rules need, as a backend holds it. */
@@ -364,7 +396,7 @@ export function decideAppend (state: AppendState, known: ProducerState | null, r
   }
   if (!hasBody) return { kind: 'apply', payload: null, close: request.close, producer }
   const payload: Payload = isJsonType(state.contentType)
-    ? { kind: 'json', messages: jsonMessages(request.body, false) }
+    ? jsonPayload(request.body, false)
     : { kind: 'bytes', bytes: request.body }
   return { kind: 'apply', payload, close: request.close, producer }
 }

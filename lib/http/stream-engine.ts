@@ -4,8 +4,8 @@
 import { randomUUID } from 'node:crypto'
 import { StreamConflictError, StreamGoneError, StreamNotFoundError, StreamRequestError } from '../errors.js'
 import {
-  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonMessages, mediaType,
-  type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type Payload,
+  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType,
+  type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type JsonPayload, type Payload,
   type Position, type ProducerClaim, type ProducerState, type ReadResult, type StreamConfig, type StreamInfo
 } from './store.js'
 
@@ -32,23 +32,14 @@ export interface StoredStream extends StreamConfig {
 /** One append (a batch of messages in JSON mode) covering [start, end). */
 export interface StoredEntry { start: Position, end: Position, payload: Payload }
 
-/** JSON messages as backends keep them: one per line (messages are JSON texts on one line, see jsonMessages). */
-export function messageLines (messages: string[]): string {
-  return messages.join('\n')
-}
-
-export function linesMessages (lines: string): string[] {
-  return lines.split('\n')
-}
-
 /** A payload as a backend stores it: bytes, JSON messages one per line. */
 export function payloadBytes (payload: Payload): Buffer {
-  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(messageLines(payload.messages))
+  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.lines)
 }
 
-/** A stored payload back (`json`: it holds JSON messages, one per line). */
-export function storedPayload (bytes: Buffer, json: boolean): Payload {
-  return json ? { kind: 'json', messages: linesMessages(bytes.toString('utf8')) } : { kind: 'bytes', bytes }
+/** A stored payload back (`json`: it holds `count` JSON messages, one per line). */
+export function storedPayload (bytes: Buffer, json: boolean, count: number): Payload {
+  return json ? { kind: 'json', lines: bytes.toString('utf8'), count } : { kind: 'bytes', bytes }
 }
 
 /** A value, or a promise of it: an in-memory backend answers at once, a storage backend later. */
@@ -171,7 +162,25 @@ export function withinBudget<T extends { size: number }> (spans: T[], maxBytes: 
 }
 
 function entrySize (payload: Payload): number {
-  return payload.kind === 'bytes' ? payload.bytes.length : payload.messages.length
+  return payload.kind === 'bytes' ? payload.bytes.length : payload.count
+}
+
+/** Where the line `skip` lines after the one starting at `index` starts; past the end: length + 1. */
+function lineAfter (lines: string, index: number, skip: number): number {
+  for (let k = 0; k < skip; k++) {
+    const newline = lines.indexOf('\n', index)
+    if (newline < 0) return lines.length + 1
+    index = newline + 1
+  }
+  return index
+}
+
+/** The messages [a, b) of a JSON payload. */
+function jsonSlice (payload: JsonPayload, a: number, b: number): JsonPayload {
+  if (a === 0 && b === payload.count) return payload
+  if (b <= a) return { kind: 'json', lines: '', count: 0 }
+  const from = lineAfter(payload.lines, 0, a)
+  return { kind: 'json', lines: payload.lines.slice(from, lineAfter(payload.lines, from, b - a) - 1), count: b - a }
 }
 
 /** The part [from, to) of an entry. */
@@ -180,7 +189,7 @@ function slice (entry: StoredEntry, from: Position, to: Position): Payload {
   const b = to - entry.start
   return entry.payload.kind === 'bytes'
     ? { kind: 'bytes', bytes: entry.payload.bytes.subarray(a, b) }
-    : { kind: 'json', messages: entry.payload.messages.slice(a, b) }
+    : jsonSlice(entry.payload, a, b)
 }
 
 function info (stream: StoredStream): StreamInfo {
@@ -218,7 +227,7 @@ export class StreamEngine implements DurableStreamStore {
         throw new StreamConflictError('a fork keeps its source\'s content type')
       }
       const initial: Payload = isJsonType(contentType)
-        ? { kind: 'json', messages: jsonMessages(request.body, true) }
+        ? jsonPayload(request.body, true)
         : { kind: 'bytes', bytes: request.body }
       const inherit = source !== null && request.ttlSeconds === null && request.expiresAt === null
       const base = fork?.offset ?? 0
@@ -292,7 +301,9 @@ export class StreamEngine implements DurableStreamStore {
       if (start > stream.tail) throw new StreamRequestError('the offset is beyond the end of the stream')
       const json = isJsonType(stream.contentType)
       const parts: Buffer[] = []
-      const messages: string[] = []
+      // JSON: the lines taken from each entry, and how many messages they hold.
+      const pieces: string[] = []
+      let count = 0
       let position = start
       let bytes = 0
       // Full once the budget is spent or the next message does not fit in it.
@@ -309,14 +320,25 @@ export class StreamEngine implements DurableStreamStore {
             parts.push(part.bytes)
             bytes += part.bytes.length
           } else {
-            // Whole messages only, at least one per read.
+            // Whole messages only, at least one per read; a part that fits whole is taken without looking into it.
+            const { lines } = part
+            const characters = lines.length - part.count + 1
             let taken = 0
-            for (const message of part.messages) {
-              if (messages.length > 0 && bytes + message.length > maxBytes) break
-              messages.push(message)
-              bytes += message.length
-              taken++
+            let at = 0
+            if (part.count > 0 && bytes + characters <= maxBytes) {
+              taken = part.count
+              bytes += characters
             }
+            while (taken < part.count) {
+              const newline = lines.indexOf('\n', at)
+              const length = (newline < 0 ? lines.length : newline) - at
+              if (count + taken > 0 && bytes + length > maxBytes) break
+              bytes += length
+              taken++
+              at += length + 1
+            }
+            if (taken > 0) pieces.push(taken === part.count ? lines : lines.slice(0, at - 1))
+            count += taken
             end = position + taken
           }
           position = end
@@ -324,7 +346,7 @@ export class StreamEngine implements DurableStreamStore {
           if (full) break
         }
       }
-      const payload: Payload = json ? { kind: 'json', messages } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
+      const payload: Payload = json ? { kind: 'json', lines: pieces.join('\n'), count } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
       return { info: info(stream), from: start, next: position, payload }
     })
   }

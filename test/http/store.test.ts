@@ -3,7 +3,16 @@
 import { deepStrictEqual, equal, ok } from 'node:assert/strict'
 import t from 'tap'
 import fc from 'fast-check'
-import { jsonMessages, mediaType } from '../../lib/http/store.js'
+import { jsonArray, jsonPayload, mediaType } from '../../lib/http/store.js'
+
+/** The messages of a body as jsonPayload keeps them (one per line), checked against its count and its array form. */
+function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
+  const payload = jsonPayload(body, allowEmpty)
+  const messages = payload.count === 0 ? [] : payload.lines.split('\n')
+  equal(messages.length, payload.count, 'as many lines as messages')
+  deepStrictEqual(JSON.parse(jsonArray(payload)), messages.map(message => JSON.parse(message) as unknown), 'the array form holds the same messages')
+  return messages
+}
 
 /** jsonMessages' answer, or the code of its refusal. */
 function outcome (text: string): string[] | { code: string } {
@@ -53,6 +62,21 @@ t.test('a JSON text on one line becomes its elements (an array) or itself, uncha
     }
   }), { numRuns: 300 })
   t.pass('300 values with random spaces and tabs')
+})
+
+t.test('any characters, one byte or several: each message as the body wrote it, on a line of its own', async (t) => {
+  // Commas alone between the elements of an ASCII body are turned into line breaks in one copy; other bodies are cut.
+  t.same(jsonMessages(Buffer.from('[{"a":"x,y"},[1,2],"b","c\\"d"]'), false), ['{"a":"x,y"}', '[1,2]', '"b"', '"c\\"d"'])
+  t.same(jsonMessages(Buffer.from('["é",{"k":"日本"},"ü","😀"]'), false), ['"é"', '{"k":"日本"}', '"ü"', '"😀"'])
+  t.same(jsonMessages(Buffer.from('["a", "é",1]'), false), ['"a"', '"é"', '1'])
+  t.same(jsonMessages(Buffer.from('[1,2 ,3]'), false), ['1', '2', '3'])
+  fc.assert(fc.property(fc.array(fc.jsonValue({ stringUnit: 'grapheme' }), { minLength: 1 }), gaps, (values, chosen) => {
+    const text = spaced(values, chosen)
+    const messages = jsonMessages(Buffer.from(text), false)
+    deepStrictEqual(messages.map(message => JSON.parse(message)), JSON.parse(JSON.stringify(values)))
+    for (const message of messages) ok(text.includes(message), 'as the body wrote it')
+  }), { numRuns: 300 })
+  t.pass('300 arrays of values with any characters')
 })
 
 t.test('bodies with line breaks: each message is serialised again, on one line', async (t) => {
