@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BackendUnavailableError } from '../errors.js'
-import { SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type WaitingOperation } from './stream-engine.js'
+import { OperationGroup, SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type WaitingOperation } from './stream-engine.js'
 import { RecentMap, type Position, type ProducerState } from './store.js'
 
 /** Index members a read looks at per call (a read asks again for more). */
@@ -17,12 +17,6 @@ const ENTRY_PAGE = 64
 const MAX_ATTEMPTS = 50
 /** The longest pause between two runs of an operation that lost (a random part of it, growing with the runs). */
 const MAX_BACKOFF_MS = 20
-/**
- * Appends to one stream handed in while an operation on it runs share the next transaction, this many and this
- * many bytes at most (one append alone may be bigger): one script call must stay far below what Redis takes.
- */
-const MAX_APPENDS_PER_COMMIT = 256
-export const MAX_APPEND_BYTES_PER_COMMIT = 8 * 1024 * 1024
 /** Values (stream names, rows, producer states) this node remembers from its last operations. */
 const MAX_REMEMBERED_VALUES = 4096
 
@@ -81,7 +75,7 @@ class RedisBackend extends SerialBackend implements StreamBackend {
   /** Per stream name, the end of this node's queue of operations on it. */
   private readonly queues = new Map<string, Promise<void>>()
   /** Per stream name, the appends gathering for the next transaction on it, and the bytes of their bodies. */
-  private readonly gathering = new Map<string, { operations: WaitingOperation[], bytes: number }>()
+  private readonly gathering = new Map<string, OperationGroup>()
   /**
    * The values of string keys and hash fields (by slot, see slotOf) this node last read or committed. Appends
    * start from them instead of asking Redis: each is checked at commit like a value read, so one that another
@@ -119,14 +113,9 @@ class RedisBackend extends SerialBackend implements StreamBackend {
     return new Promise<T>((resolve, reject) => {
       const operation: WaitingOperation = { work, resolve: resolve as (value: unknown) => void, reject }
       const append = appendBytes !== undefined
-      const gathering = this.gathering.get(name)
-      if (append && gathering !== undefined && gathering.operations.length < MAX_APPENDS_PER_COMMIT &&
-        gathering.bytes + appendBytes <= MAX_APPEND_BYTES_PER_COMMIT) {
-        gathering.operations.push(operation)
-        gathering.bytes += appendBytes
-        return
-      }
-      const group = { operations: [operation], bytes: appendBytes ?? 0 }
+      if (append && this.gathering.get(name)?.add(operation, appendBytes) === true) return
+      const group = new OperationGroup()
+      group.add(operation, appendBytes ?? 0)
       // Appends handed in after another operation run after it.
       if (append) this.gathering.set(name, group)
       else this.gathering.delete(name)

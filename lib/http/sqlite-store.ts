@@ -5,13 +5,11 @@
 // and are dropped if it fails, so a group of appends to one stream writes its row once and each append's entry.
 import type { Database, Statement } from 'sqlite3'
 import { StorageError } from '../errors.js'
-import { SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
+import { OperationGroup, SerialBackend, StreamEngine, answer, payloadBytes, runOperations, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction, type GroupTransaction, type Outcome, type WaitingOperation } from './stream-engine.js'
 import type { Position, ProducerState } from './store.js'
 
 /** Rows fetched per query when a read walks a stream's entries. */
 const ENTRY_PAGE = 64
-/** Most operations that share one transaction (one commit, one fsync). */
-const MAX_OPERATIONS_PER_COMMIT = 256
 
 // No PRAGMA here: the connection's settings (WAL, synchronous=FULL) are the adapter's, for items and streams.
 const SCHEMA = [
@@ -34,8 +32,8 @@ export interface SqliteHost {
 class SqliteBackend extends SerialBackend implements StreamBackend {
   /** The host's writer, while one of our operations holds it. */
   private db: Database | null = null
-  /** Operations handed in while a transaction ran: the next one takes them all. */
-  private waiting: WaitingOperation[] = []
+  /** Operations handed in while a transaction runs: the next one takes them (MAX_GROUP_OPERATIONS, MAX_GROUP_APPEND_BYTES). */
+  private gathering: OperationGroup | null = null
   /** Prepared statements by SQL (each resolves once prepared), on the connection `preparedOn`. */
   private readonly prepared = new Map<string, Promise<Statement>>()
   private preparedOn: Database | null = null
@@ -121,16 +119,21 @@ class SqliteBackend extends SerialBackend implements StreamBackend {
    * is committed, so an acknowledged append is on disk, as with one transaction each, at one fsync per group
    * instead of one per append.
    */
-  run<T> (_name: string, work: (tx: StreamTransaction) => Promise<T>): Promise<T> {
+  run<T> (_name: string, work: (tx: StreamTransaction) => Promise<T>, appendBytes = 0): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.waiting.push({ work, resolve: resolve as (value: unknown) => void, reject })
-      if (this.waiting.length === 1) this.serial(() => this.commitWaiting()).catch(() => {})
+      const operation: WaitingOperation = { work, resolve: resolve as (value: unknown) => void, reject }
+      if (this.gathering?.add(operation, appendBytes) === true) return
+      const group = new OperationGroup()
+      group.add(operation, appendBytes)
+      this.gathering = group
+      this.serial(() => {
+        if (this.gathering === group) this.gathering = null
+        return this.commitGroup(group.operations)
+      }).catch(() => {})
     })
   }
 
-  private async commitWaiting (): Promise<void> {
-    const group = this.waiting.splice(0, MAX_OPERATIONS_PER_COMMIT)
-    if (this.waiting.length > 0) this.serial(() => this.commitWaiting()).catch(() => {})
+  private async commitGroup (group: WaitingOperation[]): Promise<void> {
     const outcomes: Outcome[] = []
     try {
       await this.holding(async () => {

@@ -86,6 +86,29 @@ export interface WaitingOperation {
   reject: (err: unknown) => void
 }
 
+/**
+ * Operations handed in together share one transaction (a group commit), this many and this many bytes of
+ * appends at most (one append alone may be bigger): the first of a group is not kept waiting for gigabytes
+ * behind it, and one Redis script call stays far below what Redis takes.
+ */
+export const MAX_GROUP_OPERATIONS = 256
+export const MAX_GROUP_APPEND_BYTES = 8 * 1024 * 1024
+
+/** Operations gathering for one transaction, and the bytes of their appends. */
+export class OperationGroup {
+  readonly operations: WaitingOperation[] = []
+  private bytes = 0
+
+  /** Takes `operation` (`appendBytes`: its body's size) unless the group is full; an empty group takes any. */
+  add (operation: WaitingOperation, appendBytes: number): boolean {
+    const count = this.operations.length
+    if (count > 0 && (count >= MAX_GROUP_OPERATIONS || this.bytes + appendBytes > MAX_GROUP_APPEND_BYTES)) return false
+    this.operations.push(operation)
+    this.bytes += appendBytes
+    return true
+  }
+}
+
 export type Outcome = { ok: true, value: unknown } | { ok: false, error: unknown }
 
 /** A transaction that can take back what one operation of a group wrote. */
