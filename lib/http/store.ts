@@ -304,7 +304,9 @@ function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpan
   for (let i = 1; tight && i < count; i++) tight = starts[i] === ends[i - 1] + 1
   if (!tight) return starts.map((start, i) => text.slice(start, ends[i])).join('\n')
   const first = starts[0]
-  const lines = Buffer.from(body.subarray(first, ends[count - 1]))
+  // Not zeroed first: every byte is copied over.
+  const lines = Buffer.allocUnsafe(ends[count - 1] - first)
+  body.copy(lines, 0, first, ends[count - 1])
   for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = 0x0a
   return lines.toString('latin1')
 }
