@@ -1,6 +1,6 @@
 // Durable streams in process memory (the in_memory KvStore's, closed with it): gone with the process, like its items.
 import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
-import type { Payload, Position, ProducerState } from './store.js'
+import { messageCharacters, type Payload, type Position, type ProducerState } from './store.js'
 
 /**
  * An entry as kept: a JSON entry's messages as one string, one message per line (messages hold no line break),
@@ -17,7 +17,7 @@ function hold (entry: StoredEntry): HeldEntry {
   const { start, end, payload } = entry
   if (payload.kind === 'bytes') return { start, end, bytes: payload.bytes, lines: '', weight: payload.bytes.length }
   // Weighed by message characters, as the other backends do.
-  return { start, end, bytes: null, lines: payload.lines, weight: payload.lines.length - payload.count + 1 }
+  return { start, end, bytes: null, lines: payload.lines, weight: messageCharacters(payload) }
 }
 
 function stored (entry: HeldEntry): StoredEntry {

@@ -336,6 +336,11 @@ export function jsonPayload (body: Buffer, allowEmpty: boolean): JsonPayload {
   return payload
 }
 
+/** The characters of a JSON payload's messages, line breaks aside: what read budgets count. */
+export function messageCharacters (payload: JsonPayload): number {
+  return payload.count === 0 ? 0 : payload.lines.length - payload.count + 1
+}
+
 /** JSON messages as an array: the body of a JSON read. */
 export function jsonArray (payload: JsonPayload): string {
   return `[${payload.lines.replaceAll('\n', ',')}]`

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import { StreamConflictError, StreamGoneError, StreamNotFoundError, StreamRequestError } from '../errors.js'
 import {
-  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType,
+  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType, messageCharacters,
   type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type JsonPayload, type Payload,
   type Position, type ProducerClaim, type ProducerState, type ReadResult, type StreamConfig, type StreamInfo
 } from './store.js'
@@ -345,7 +345,7 @@ export class StreamEngine implements DurableStreamStore {
           } else {
             // Whole messages only, at least one per read; a part that fits whole is taken without looking into it.
             const { lines } = part
-            const characters = lines.length - part.count + 1
+            const characters = messageCharacters(part)
             let taken = 0
             let at = 0
             if (part.count > 0 && bytes + characters <= maxBytes) {
