@@ -51,6 +51,11 @@ export const DEFAULT_READ_CHUNK_BYTES = 1024 * 1024
 export const DEFAULT_DURABLE_STREAMS_MAX_LIVE_READERS = 10_000
 export const DEFAULT_MAX_STREAM_PATH_LENGTH = 1024
 export const DEFAULT_CORS_ORIGIN = '*'
+/**
+ * How long a producer's append that arrived ahead of its predecessors (a pipelining client sends batches over
+ * several connections, which may overtake each other) waits for them before it is refused as a gap (409).
+ */
+export const DEFAULT_PRODUCER_REORDER_WAIT_MS = 2000
 
 /** The methods every adapter object must have (the StreamAdapter contract's required methods). */
 export const ADAPTER_METHODS = ['get', 'set', 'delete', 'getGroup', 'listGroups', 'listAll', 'update', 'publish', 'snapshotGroup', 'snapshotItem', 'subscribe', 'close']
@@ -90,6 +95,8 @@ export interface DurableStreamsSettings {
   /** Open long-poll and SSE responses at once; more get 503. */
   maxLiveReaders: number
   maxStreamPathLength: number
+  /** How long a producer's append waits for its predecessors before a sequence gap is answered (0: at once). */
+  producerReorderWaitMs: number
   /** `Access-Control-Allow-Origin` of every response; null sends no CORS headers. */
   corsOrigin: string | null
   /** A registry function path asked `{ method, path, operation, context }` before each operation. */
@@ -284,7 +291,7 @@ function switchedSection (raw: OptionReader, key: string): OptionReader | null {
 }
 
 const DURABLE_STREAMS_KEYS = ['path', 'longPollTimeoutMs', 'sseMaxDurationMs', 'maxAppendBytes', 'readChunkBytes', 'maxLiveReaders',
-  'maxStreamPathLength', 'corsOrigin', 'authorizeFunction']
+  'maxStreamPathLength', 'producerReorderWaitMs', 'corsOrigin', 'authorizeFunction']
 
 /** Checks and defaults the `durable_streams` option: false/absent is off, true takes every default. */
 function durableStreamsSettings (raw: OptionReader): DurableStreamsSettings | null {
@@ -307,6 +314,7 @@ function durableStreamsSettings (raw: OptionReader): DurableStreamsSettings | nu
     readChunkBytes: settings.positiveInt('readChunkBytes', DEFAULT_READ_CHUNK_BYTES),
     maxLiveReaders: settings.positiveInt('maxLiveReaders', DEFAULT_DURABLE_STREAMS_MAX_LIVE_READERS),
     maxStreamPathLength: settings.positiveInt('maxStreamPathLength', DEFAULT_MAX_STREAM_PATH_LENGTH),
+    producerReorderWaitMs: settings.integer('producerReorderWaitMs', DEFAULT_PRODUCER_REORDER_WAIT_MS, 0),
     corsOrigin: corsOrigin as string | null,
     authorizeFunction: authorizeFunction as string | null
   }

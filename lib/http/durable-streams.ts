@@ -46,12 +46,6 @@ const ALLOWED_HEADERS = [
 const CACHEABLE = 'public, max-age=60, stale-while-revalidate=300'
 const CACHEABLE_PRIVATE = 'private, max-age=60, stale-while-revalidate=300'
 
-/**
- * How long an append of a producer that arrived ahead of its predecessors (a pipelining client sends batches
- * over several connections, which may overtake each other) waits for them before it is refused as a gap (409).
- */
-export const PRODUCER_REORDER_WAIT_MS = 2000
-
 /** URL paths whose stream names are remembered (see pathName). */
 const MAX_REMEMBERED_PATHS = 1024
 
@@ -121,12 +115,9 @@ function producerClaim (request: FastifyRequest): ProducerClaim | null {
   return { id, epoch: decimal(epoch, 'Producer-Epoch'), seq: decimal(seq, 'Producer-Seq') }
 }
 
+/** `Stream-Closed: true` (any case); the protocol has every other value mean the header is absent, not an error. */
 function closedFlag (request: FastifyRequest): boolean {
-  const value = header(request, 'stream-closed')
-  if (value === null) return false
-  const flag = value.trim().toLowerCase()
-  if (flag !== 'true' && flag !== 'false') throw new StreamRequestError('Stream-Closed is true or false')
-  return flag === 'true'
+  return header(request, 'stream-closed')?.toLowerCase() === 'true'
 }
 
 function bodyOf (request: FastifyRequest): Buffer {
@@ -365,7 +356,7 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
 
   /**
    * Appends; a producer's append refused as a sequence gap (it overtook its predecessors on another connection)
-   * is tried again after each change of the stream for up to PRODUCER_REORDER_WAIT_MS before the 409 goes out.
+   * is tried again after each change of the stream for up to `producer_reorder_wait_ms` before the 409 goes out.
    */
   // Appends waiting for their producer's predecessors; a closing app answers them at once (409), not after the wait.
   const heldAppends = new Set<ReturnType<typeof watcher>>()
@@ -375,9 +366,9 @@ export const durableStreamsRoutes: FastifyPluginAsync<DurableStreamsHost> = asyn
     try {
       return await store.append(name, request)
     } catch (err) {
-      if (!isProducerAhead(err, request)) throw err
+      if (!isProducerAhead(err, request) || settings.producerReorderWaitMs === 0) throw err
     }
-    const deadline = Date.now() + PRODUCER_REORDER_WAIT_MS
+    const deadline = Date.now() + settings.producerReorderWaitMs
     const watch = watcher(name)
     heldAppends.add(watch)
     try {

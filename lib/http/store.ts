@@ -361,30 +361,21 @@ export type AppendDecision =
   | { kind: 'apply', payload: Payload | null, close: boolean, producer: ProducerState | null }
 
 /**
- * The protocol's append rules in its order of precedence: producer fencing and duplicates, then closure,
- * then content type, then Stream-Seq and producer gaps, then the body. `known`: the claiming producer's state
- * in the stream. Throws the coded refusal.
+ * The protocol's append rules in its order of precedence: closure (a closed stream answers only a repeat of the
+ * request that closed it, and a plain close again), then content type, then the producer (fencing, a new epoch's
+ * first seq, duplicates, gaps), then Stream-Seq (of a body), then the body. `known`: the claiming producer's state in the
+ * stream. Throws the coded refusal.
  */
 export function decideAppend (state: AppendState, known: ProducerState | null, request: AppendRequest): AppendDecision {
   const claim = request.producer
-  let expectedSeq = 0
-  if (claim !== null) {
-    if (known !== null && claim.epoch < known.epoch) {
-      throw Object.assign(new ProducerFencedError(claim.epoch, known.epoch), { headers: { 'producer-epoch': String(known.epoch) } })
-    }
-    if (known !== null && claim.epoch === known.epoch && claim.seq <= known.seq) {
-      return { kind: 'duplicate', producer: known, closed: state.closed }
-    }
-    if (known !== null && claim.epoch > known.epoch && claim.seq !== 0) {
-      throw new StreamRequestError('a new producer epoch starts at Producer-Seq 0')
-    }
-    if (known !== null && claim.epoch === known.epoch) expectedSeq = known.seq + 1
-  }
   const hasBody = request.body.length > 0
-  const producer = claim === null ? null : { epoch: claim.epoch, seq: claim.seq }
   if (state.closed) {
+    const closer = state.closedBy
+    if (claim !== null && closer !== null && closer.id === claim.id && closer.epoch === claim.epoch && closer.seq === claim.seq) {
+      return { kind: 'duplicate', producer: known ?? { epoch: claim.epoch, seq: claim.seq }, closed: true }
+    }
     // Closing a closed stream again is a no-op; appending to it is refused.
-    if (!hasBody && request.close && claim === null) return { kind: 'apply', payload: null, close: false, producer }
+    if (!hasBody && request.close && claim === null) return { kind: 'apply', payload: null, close: false, producer: null }
     throw Object.assign(new StreamClosedError(), { headers: { 'stream-closed': 'true', 'stream-next-offset': formatOffset(state.tail) } })
   }
   if (hasBody) {
@@ -393,13 +384,27 @@ export function decideAppend (state: AppendState, known: ProducerState | null, r
       throw new StreamConflictError(`content type ${mediaType(request.contentType)} does not match the stream's ${mediaType(state.contentType)}`)
     }
   }
-  if (request.streamSeq !== null && state.lastStreamSeq !== null && request.streamSeq <= state.lastStreamSeq) {
-    throw new StreamSeqError(request.streamSeq, state.lastStreamSeq)
+  let producer: ProducerState | null = null
+  if (claim !== null) {
+    if (known !== null && claim.epoch < known.epoch) {
+      throw Object.assign(new ProducerFencedError(claim.epoch, known.epoch), { headers: { 'producer-epoch': String(known.epoch) } })
+    }
+    if (known !== null && claim.epoch > known.epoch && claim.seq !== 0) {
+      throw new StreamRequestError('a new producer epoch starts at Producer-Seq 0')
+    }
+    const sameEpoch = known !== null && claim.epoch === known.epoch
+    if (sameEpoch && claim.seq <= known.seq) return { kind: 'duplicate', producer: known, closed: false }
+    const expectedSeq = sameEpoch ? known.seq + 1 : 0
+    if (claim.seq !== expectedSeq) {
+      throw Object.assign(new ProducerSeqGapError(claim.seq, expectedSeq), {
+        headers: { 'producer-expected-seq': String(expectedSeq), 'producer-received-seq': String(claim.seq) }
+      })
+    }
+    producer = { epoch: claim.epoch, seq: claim.seq }
   }
-  if (claim !== null && claim.seq !== expectedSeq) {
-    throw Object.assign(new ProducerSeqGapError(claim.seq, expectedSeq), {
-      headers: { 'producer-expected-seq': String(expectedSeq), 'producer-received-seq': String(claim.seq) }
-    })
+  // Stream-Seq orders appended data: a close without a body neither checks nor records it.
+  if (hasBody && request.streamSeq !== null && state.lastStreamSeq !== null && request.streamSeq <= state.lastStreamSeq) {
+    throw new StreamSeqError(request.streamSeq, state.lastStreamSeq)
   }
   if (!hasBody) return { kind: 'apply', payload: null, close: request.close, producer }
   const payload: Payload = isJsonType(state.contentType)
@@ -414,9 +419,14 @@ export interface StreamConfig {
   ttlSeconds: number | null
   expiresAt: number | null
   fork: { source: string, offset: Position, subOffset: number } | null
+  closed: boolean
 }
 
-/** 409 unless an existing stream's configuration matches the request's (a repeated PUT is then a no-op). */
+/**
+ * 409 unless an existing stream's configuration matches the request's (a repeated PUT is then a no-op). Whether
+ * the stream is closed counts too: a PUT without `Stream-Closed: true` does not ensure a closed stream, nor one
+ * with it an open stream.
+ */
 export function checkSameConfig (existing: StreamConfig, request: CreateRequest, requestedFork: StreamConfig['fork']): void {
   const sameType = request.contentType === null || mediaType(request.contentType) === mediaType(existing.contentType)
   const sameExpiry = (request.ttlSeconds === null && request.expiresAt === null) ||
@@ -425,7 +435,7 @@ export function checkSameConfig (existing: StreamConfig, request: CreateRequest,
   const b = requestedFork
   const sameFork = (a === null && b === null) ||
     (a !== null && b !== null && a.source === b.source && a.offset === b.offset && a.subOffset === b.subOffset)
-  if (!sameType || !sameExpiry || !sameFork) throw new StreamConflictError('the stream exists with another configuration')
+  if (!sameType || !sameExpiry || !sameFork || request.closed !== existing.closed) throw new StreamConflictError('the stream exists with another configuration')
 }
 
 /** The sliding or absolute expiry time of a stream in epoch ms, or null when it never expires. */

@@ -18,7 +18,6 @@ export interface StoredStream extends StreamConfig {
   name: string
   id: string
   touchedAt: number
-  closed: boolean
   closedBy: ProducerClaim | null
   lastStreamSeq: string | null
   parentId: string | null

@@ -8,7 +8,7 @@ import { test } from 'tap'
 import Fastify from 'fastify'
 import { DurableStream, IdempotentProducer, stream } from '@durable-streams/client'
 import streams, { createKvAdapter, type StreamsOptions } from '../../lib/index.js'
-import { PRODUCER_REORDER_WAIT_MS } from '../../lib/http/durable-streams.js'
+import { DEFAULT_PRODUCER_REORDER_WAIT_MS as PRODUCER_REORDER_WAIT_MS } from '../../lib/options.js'
 import { serve, waitFor } from '../helpers/app.js'
 
 async function serveHttp (options: StreamsOptions, setup?: Parameters<typeof serve>[1]): Promise<{ base: string, close: () => Promise<void> }> {
@@ -56,7 +56,7 @@ test('durable_streams is off by default and its options are checked before anyth
   t.equal(res.status, 404, 'no durable stream routes without the option')
 
   for (const [value, key] of [['yes', 'durable_streams'], [{ path: 'v1' }, 'durable_streams.path'], [{ path: '/v1/' }, 'durable_streams.path'],
-    [{ long_poll_timeout_ms: 0 }, 'durable_streams.long_poll_timeout_ms'], [{ colour: 'red' }, 'durable_streams.colour'],
+    [{ long_poll_timeout_ms: 0 }, 'durable_streams.long_poll_timeout_ms'], [{ producer_reorder_wait_ms: -1 }, 'durable_streams.producer_reorder_wait_ms'], [{ colour: 'red' }, 'durable_streams.colour'],
     [{ authorize_function: 3 }, 'durable_streams.authorize_function']] as const) {
     const bad = Fastify()
     await t.rejects(async () => { await bad.register(streams, { durable_streams: value as never }) }, { code: 'STREAMS_ERR_INVALID_OPTION', key }, `${JSON.stringify(value)} is refused`)
@@ -96,7 +96,6 @@ test('bad input gets a coded refusal and the stream stays intact', async (t) => 
     { 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '01' },
     { 'producer-id': 'p', 'producer-epoch': '9007199254740993', 'producer-seq': '0' },
     { 'producer-id': 'p', 'producer-seq': '0' },
-    { 'stream-closed': 'maybe' },
     { 'stream-seq': '' }
   ] as Array<Record<string, string>>) {
     const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: 'no' })
@@ -391,6 +390,60 @@ test('JSON messages are kept as sent, and a body with line breaks between its to
   t.same(data.flat(), expected, 'SSE data events parse as the same messages')
 })
 
+test('Stream-Closed counts only as "true": a PUT compares it with the stream\'s closure; other values are as if absent', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const text = { 'content-type': 'text/plain' }
+  t.equal((await put(base, 'done', { ...text, 'stream-closed': 'true' })).status, 201)
+  t.equal((await put(base, 'done', text)).status, 409, 'a PUT without Stream-Closed does not ensure a closed stream')
+  t.equal((await put(base, 'done', { ...text, 'stream-closed': 'TRUE' })).status, 200, 'a PUT closing it again does, in any case')
+  t.equal((await put(base, 'open', text)).status, 201)
+  t.equal((await put(base, 'open', { ...text, 'stream-closed': 'true' })).status, 409, 'a closing PUT does not ensure an open stream')
+  t.equal((await put(base, 'open', { ...text, 'stream-closed': 'maybe' })).status, 200, 'another value is no Stream-Closed')
+  const url = `${base}/v1/stream/open`
+  const appended = await fetch(url, { method: 'POST', headers: { ...text, 'stream-closed': 'yes' }, body: 'a' })
+  t.equal(appended.status, 204, 'an append with Stream-Closed: yes is a plain append')
+  t.equal(appended.headers.get('stream-closed'), null, 'which leaves the stream open')
+  t.equal((await fetch(url, { method: 'POST', headers: { ...text, 'stream-closed': 'false' }, body: 'b' })).status, 204)
+  t.equal(await (await fetch(url)).text(), 'ab')
+})
+
+test('an append\'s refusals come in the protocol\'s order: closed, content type, producer, Stream-Seq', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const json = { 'content-type': 'application/json' }
+  const producer = (epoch: number, seq: number) => ({ 'producer-id': 'p', 'producer-epoch': String(epoch), 'producer-seq': String(seq) })
+  const post = (name: string, headers: Record<string, string>, body = '[1]') => fetch(`${base}/v1/stream/${name}`, { method: 'POST', headers, body })
+  t.equal((await put(base, 'order', json)).status, 201)
+  t.equal((await post('order', { ...json, ...producer(1, 0), 'stream-seq': '5' })).status, 200)
+
+  const text = { 'content-type': 'text/plain' }
+  const staleOfOtherType = await post('order', { ...text, ...producer(0, 0) }, 'x')
+  t.equal(staleOfOtherType.status, 409, 'content type before fencing')
+  t.equal((await staleOfOtherType.json()).code, 'STREAMS_ERR_STREAM_CONFLICT')
+  t.equal((await post('order', { ...text, ...producer(1, 0) }, 'x')).status, 409, 'content type before duplicates')
+  t.equal((await post('order', { ...json, ...producer(2, 1) })).status, 400, 'a new epoch starts at seq 0')
+  const gapAndRegression = await post('order', { ...json, ...producer(1, 3), 'stream-seq': '4' })
+  t.equal(gapAndRegression.status, 409, 'a producer gap before a Stream-Seq regression')
+  t.equal(gapAndRegression.headers.get('producer-expected-seq'), '1')
+  const closing = await post('order', { ...json, 'stream-closed': 'true', 'stream-seq': '5' }, '')
+  t.equal(closing.status, 204, 'a close without a body does not check Stream-Seq')
+  t.equal(closing.headers.get('stream-closed'), 'true')
+  for (const [headers, what] of [[producer(1, 0), 'an earlier batch of the producer'], [producer(0, 0), 'a fenced producer']] as const) {
+    const refused = await post('order', { ...json, ...headers })
+    t.equal(refused.status, 409, `closed before anything else: ${what}`)
+    t.equal(refused.headers.get('stream-closed'), 'true')
+  }
+
+  t.equal((await put(base, 'last', json)).status, 201)
+  t.equal((await post('last', { ...json, ...producer(0, 0), 'stream-closed': 'true' })).status, 200, 'a producer appends and closes')
+  const repeat = await post('last', { ...json, ...producer(0, 0), 'stream-closed': 'true' })
+  t.equal(repeat.status, 204, 'the repeat of the closing request is a duplicate')
+  t.equal(repeat.headers.get('stream-closed'), 'true')
+  t.equal((await post('last', { ...json, ...producer(0, 1) })).status, 409, 'any other append to the closed stream is refused')
+  t.same(await (await fetch(`${base}/v1/stream/last`)).json(), [1], 'appended once')
+})
+
 test('a producer\'s batch that arrives before its predecessor waits for it (no 409); a pipelined producer loses and repeats nothing', async (t) => {
   const { app, url: wsUrl } = await serve({ durable_streams: true })
   t.teardown(() => app.close())
@@ -417,6 +470,19 @@ test('a producer\'s batch that arrives before its predecessor waits for it (no 4
   t.equal(orphan.status, 409, 'a gap nobody fills is refused')
   t.equal((await orphan.json()).code, 'STREAMS_ERR_PRODUCER_SEQ_GAP')
   t.ok(Date.now() - started >= PRODUCER_REORDER_WAIT_MS - 50, 'after waiting for its predecessors a bounded time')
+
+  const impatient = await serveHttp({ durable_streams: { producer_reorder_wait_ms: 0 } })
+  t.teardown(impatient.close)
+  t.equal((await put(impatient.base, 'ordered', { 'content-type': 'application/json' })).status, 201)
+  const refusedAt = Date.now()
+  const gap = await fetch(`${impatient.base}/v1/stream/ordered`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'producer-id': 'p', 'producer-epoch': '0', 'producer-seq': '1' },
+    body: '[1]'
+  })
+  t.equal(gap.status, 409, 'with producer_reorder_wait_ms: 0 a gap is refused')
+  t.equal(gap.headers.get('producer-expected-seq'), '0')
+  t.ok(Date.now() - refusedAt < PRODUCER_REORDER_WAIT_MS / 2, 'at once, without waiting for predecessors')
   refusedAsGap = 0
 
   const handle = new DurableStream({ url: `${base}/v1/stream/pipelined`, contentType: 'application/json' })
