@@ -425,16 +425,18 @@ export interface StreamConfig {
 /**
  * 409 unless an existing stream's configuration matches the request's (a repeated PUT is then a no-op). Whether
  * the stream is closed counts too: a PUT without `Stream-Closed: true` does not ensure a closed stream, nor one
- * with it an open stream.
+ * with it an open stream. A fork matches its source and sub-offset, and its offset when the request gives one (the
+ * stored offset includes the sub-offset); the source itself is not looked at, so a retried PUT of a fork still
+ * answers 200 after its source grew or was deleted.
  */
-export function checkSameConfig (existing: StreamConfig, request: CreateRequest, requestedFork: StreamConfig['fork']): void {
+export function checkSameConfig (existing: StreamConfig, request: CreateRequest): void {
   const sameType = request.contentType === null || mediaType(request.contentType) === mediaType(existing.contentType)
   const sameExpiry = (request.ttlSeconds === null && request.expiresAt === null) ||
     (request.ttlSeconds === existing.ttlSeconds && request.expiresAt === existing.expiresAt)
   const a = existing.fork
-  const b = requestedFork
+  const b = request.fork
   const sameFork = (a === null && b === null) ||
-    (a !== null && b !== null && a.source === b.source && a.offset === b.offset && a.subOffset === b.subOffset)
+    (a !== null && b !== null && a.source === b.source && a.subOffset === b.subOffset && (b.offset === null || a.offset === b.offset + b.subOffset))
   if (!sameType || !sameExpiry || !sameFork || request.closed !== existing.closed) throw new StreamConflictError('the stream exists with another configuration')
 }
 

@@ -236,14 +236,15 @@ export class StreamEngine implements DurableStreamStore {
     return this.run(name, async (tx, changed) => {
       const existing = await this.lookup(tx, name, changed)
       if (existing !== null && existing.gone) throw new StreamConflictError('a deleted stream with live forks keeps its name')
+      // An existing stream answers first, whatever became of a fork's source since.
+      if (existing !== null) {
+        checkSameConfig(existing, request)
+        return { created: false, info: info(existing) }
+      }
       const source = request.fork === null ? null : await this.lookup(tx, request.fork.source, changed)
       if (request.fork !== null && source === null) throw new StreamNotFoundError()
       if (source !== null && source.gone) throw new StreamConflictError('the fork source is deleted')
       const fork = source === null ? null : await this.forkPoint(tx, source, request)
-      if (existing !== null) {
-        checkSameConfig(existing, request, fork)
-        return { created: false, info: info(existing) }
-      }
       const contentType = request.contentType ?? source?.contentType ?? DEFAULT_CONTENT_TYPE
       if (source !== null && mediaType(contentType) !== mediaType(source.contentType)) {
         throw new StreamConflictError('a fork keeps its source\'s content type')

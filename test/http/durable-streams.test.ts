@@ -408,6 +408,25 @@ test('Stream-Closed counts only as "true": a PUT compares it with the stream\'s 
   t.equal(await (await fetch(url)).text(), 'ab')
 })
 
+test('a repeated PUT of a fork compares what it asks for, not the source as it is now', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const text = { 'content-type': 'text/plain' }
+  const fork = { ...text, 'stream-forked-from': '/v1/stream/source' }
+  t.equal((await put(base, 'source', text)).status, 201)
+  await fetch(`${base}/v1/stream/source`, { method: 'POST', headers: text, body: 'ab' })
+  t.equal((await put(base, 'fork', fork)).status, 201, 'a fork at the source\'s tail')
+  await fetch(`${base}/v1/stream/source`, { method: 'POST', headers: text, body: 'cd' })
+  t.equal((await put(base, 'fork', fork)).status, 200, 'a retry without an offset after the source grew')
+  t.equal((await put(base, 'fork', { ...fork, 'stream-fork-offset': '0000000000000000_0000000000000002' })).status, 200, 'with the offset it got')
+  t.equal((await put(base, 'fork', { ...fork, 'stream-fork-offset': START })).status, 409, 'with another offset')
+  t.equal((await fetch(`${base}/v1/stream/source`, { method: 'DELETE' })).status, 204)
+  t.equal((await put(base, 'fork', fork)).status, 200, 'a retry after the source was deleted')
+  t.equal((await put(base, 'plain', text)).status, 201)
+  t.equal((await put(base, 'plain', { ...text, 'stream-forked-from': '/v1/stream/missing' })).status, 409, 'an existing stream answers before a missing source')
+  t.equal(await (await fetch(`${base}/v1/stream/fork`)).text(), 'ab')
+})
+
 test('an append\'s refusals come in the protocol\'s order: closed, content type, producer, Stream-Seq', async (t) => {
   const { base, close } = await serveHttp({})
   t.teardown(close)
