@@ -413,6 +413,9 @@ export function decideAppend (state: AppendState, known: ProducerState | null, r
   return { kind: 'apply', payload, close: request.close, producer }
 }
 
+/** The content type of a stream created without one (a fork's is its source's). */
+export const DEFAULT_CONTENT_TYPE = 'application/octet-stream'
+
 /** The configuration a PUT compares for idempotence. */
 export interface StreamConfig {
   contentType: string
@@ -425,13 +428,17 @@ export interface StreamConfig {
 /**
  * 409 unless an existing stream's configuration matches the request's (a repeated PUT is then a no-op). Whether
  * the stream is closed counts too: a PUT without `Stream-Closed: true` does not ensure a closed stream, nor one
- * with it an open stream. A fork matches its source and sub-offset, and its offset when the request gives one (the
- * stored offset includes the sub-offset); the source itself is not looked at, so a retried PUT of a fork still
- * answers 200 after its source grew or was deleted.
+ * with it an open stream. A PUT without a content type asks for the default one, and one without Stream-TTL or
+ * Stream-Expires-At for no expiry; a fork's PUT without them asks for what it inherits, which matches. A fork
+ * matches its source and sub-offset, and its offset when the request gives one (the stored offset includes the
+ * sub-offset); the source itself is not looked at, so a retried PUT of a fork still answers 200 after its source
+ * grew or was deleted.
  */
 export function checkSameConfig (existing: StreamConfig, request: CreateRequest): void {
-  const sameType = request.contentType === null || mediaType(request.contentType) === mediaType(existing.contentType)
-  const sameExpiry = (request.ttlSeconds === null && request.expiresAt === null) ||
+  const inherits = request.fork !== null
+  const contentType = request.contentType ?? (inherits ? existing.contentType : DEFAULT_CONTENT_TYPE)
+  const sameType = mediaType(contentType) === mediaType(existing.contentType)
+  const sameExpiry = (inherits && request.ttlSeconds === null && request.expiresAt === null) ||
     (request.ttlSeconds === existing.ttlSeconds && request.expiresAt === existing.expiresAt)
   const a = existing.fork
   const b = request.fork

@@ -4,12 +4,11 @@
 import { randomUUID } from 'node:crypto'
 import { StreamConflictError, StreamGoneError, StreamNotFoundError, StreamRequestError } from '../errors.js'
 import {
-  checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType, messageCharacters,
+  DEFAULT_CONTENT_TYPE, checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType, messageCharacters,
   type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type JsonPayload, type Payload,
   type Position, type ProducerClaim, type ProducerState, type ReadResult, type StreamConfig, type StreamInfo
 } from './store.js'
 
-const DEFAULT_CONTENT_TYPE = 'application/octet-stream'
 /** How often expired streams nobody asked about are dropped. */
 const SWEEP_INTERVAL_MS = 60_000
 

@@ -408,6 +408,21 @@ test('Stream-Closed counts only as "true": a PUT compares it with the stream\'s 
   t.equal(await (await fetch(url)).text(), 'ab')
 })
 
+test('a repeated PUT compares what it asks for: no expiry or content type given means none and the default', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const json = { 'content-type': 'application/json' }
+  t.equal((await put(base, 'kept', { ...json, 'stream-ttl': '3600' })).status, 201)
+  t.equal((await put(base, 'kept', { ...json, 'stream-ttl': '3600' })).status, 200)
+  t.equal((await put(base, 'kept', json)).status, 409, 'without Stream-TTL: a stream that does not expire')
+  t.equal((await put(base, 'kept', { 'stream-ttl': '3600' })).status, 409, 'without Content-Type: application/octet-stream')
+  t.equal((await put(base, 'dated', { ...json, 'stream-expires-at': '2099-01-01T00:00:00Z' })).status, 201)
+  t.equal((await put(base, 'dated', { ...json, 'stream-expires-at': '2099-01-01T01:00:00.000+01:00' })).status, 200, 'the same instant written otherwise')
+  t.equal((await put(base, 'dated', { ...json, 'stream-expires-at': '2099-01-01T00:00:01Z' })).status, 409, 'another instant')
+  t.equal((await put(base, 'fork', { 'stream-forked-from': '/v1/stream/kept' })).status, 201)
+  t.equal((await put(base, 'fork', { 'stream-forked-from': '/v1/stream/kept' })).status, 200, 'a fork\'s PUT without them asks for what it inherits')
+})
+
 test('a repeated PUT of a fork compares what it asks for, not the source as it is now', async (t) => {
   const { base, close } = await serveHttp({})
   t.teardown(close)
