@@ -1,9 +1,10 @@
 // Durable streams against the reference server (@durable-streams/server): the same random sequences of creates,
-// appends (JSON and text, Stream-Seq, producers, closes, bad bodies), reads, HEADs and deletes go to the reference
-// and to fastify-streams on memory, SQLite and Redis, and every answer must agree: status, what a read returns,
-// whether it is up to date or closed, and which earlier offset (if any) an answered offset equals. The
-// conformance suite checks each rule on its own; this checks them in combination, where stores keep state. The
-// operations are those the reference gets right (it fails 8 conformance tests, none of them about these).
+// forks, appends (JSON and text, Stream-Seq, producers, closes, bad bodies; alone and pipelined in batches), reads,
+// HEADs and deletes go to the reference and to fastify-streams on memory, SQLite, Redis, and two Redis nodes
+// taking operations in turn. Every answer must agree: status, what a read returns, whether it is up to date or
+// closed, the expiry a HEAD tells, and which earlier offset (if any) an answered offset equals. The conformance
+// suite checks each rule on its own; this checks them in combination, where stores keep state. The operations
+// are those the reference gets right (it fails 8 conformance tests, none about these), bar the cases named below.
 // A longer run: DURABLE_DIFFERENTIAL_RUNS=3000 npx tap test/http/durable-differential.test.ts
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -104,8 +105,11 @@ const operationArb: fc.Arbitrary<Operation> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('delete' as const), stream: streamArb }) }
 )
 
-/** One server under test, and per stream the distinct offsets it answered, in the order it first gave them. */
-interface System { name: string, base: string, offsets: string[][] }
+/**
+ * One server under test (on several nodes, taken in turn per operation), and per stream the distinct offsets it
+ * answered, in the order it first gave them.
+ */
+interface System { name: string, bases: string[], turn: number, offsets: string[][] }
 
 /** What an answer says, in terms every server shares (offsets as indexes into what the stream answered before). */
 interface Outcome {
@@ -209,8 +213,8 @@ function pipelined (base: string, requests: Request[]): Promise<Answer[]> {
   })
 }
 
-async function send (system: System, request: Request): Promise<Answer> {
-  const response = await fetch(system.base + request.path, { method: request.method, headers: request.headers, body: request.body })
+async function send (base: string, request: Request): Promise<Answer> {
+  const response = await fetch(base + request.path, { method: request.method, headers: request.headers, body: request.body })
   return { status: response.status, headers: response.headers, body: await response.text() }
 }
 
@@ -245,13 +249,14 @@ function outcomeOf (system: System, operation: Exclude<Operation, Batch>, answer
  * after another, and to ours pipelined, so that the appends reach the store together (and share commits).
  */
 async function perform (system: System, run: string, operation: Operation, reference?: Outcome[]): Promise<Outcome[]> {
-  if (operation.op !== 'batch') return [outcomeOf(system, operation, await send(system, requestOf(system, run, operation)), reference?.[0])]
+  const base = system.bases[system.turn++ % system.bases.length]
+  if (operation.op !== 'batch') return [outcomeOf(system, operation, await send(base, requestOf(system, run, operation)), reference?.[0])]
   const appends: Append[] = operation.appends.map(append => ({ ...append, op: 'append', stream: operation.stream }))
   const requests = appends.map(append => requestOf(system, run, append))
-  const answers = reference === undefined ? [] : await pipelined(system.base, requests)
+  const answers = reference === undefined ? [] : await pipelined(base, requests)
   const outcomes: Outcome[] = []
   for (const [index, append] of appends.entries()) {
-    outcomes.push(outcomeOf(system, append, answers[index] ?? await send(system, requests[index]), reference?.[index]))
+    outcomes.push(outcomeOf(system, append, answers[index] ?? await send(base, requests[index]), reference?.[index]))
   }
   return outcomes
 }
@@ -271,21 +276,24 @@ const reference = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', comp
 await reference.start()
 // A sequence gap is answered at once, as the reference does (the default waits for the producer's predecessors).
 const durable = { producer_reorder_wait_ms: 0 }
-const ours: Array<{ name: string, options: StreamsOptions }> = [
-  { name: 'memory', options: { durable_streams: durable } },
-  { name: 'SQLite', options: { adapter: { class: 'modules::streams::adapters::KvStore', config: { store_method: 'file_based', file_path: join(sqliteDir, 'streams.db') } }, durable_streams: durable } },
-  { name: 'Redis', options: { adapter: { class: 'modules::streams::adapters::RedisAdapter', config: { redis_url: redis.url } }, durable_streams: durable } }
+const redisAdapter = (prefix: string) => ({ class: 'modules::streams::adapters::RedisAdapter' as const, config: { redis_url: redis.url, key_prefix: prefix } })
+const ours: Array<{ name: string, options: StreamsOptions, nodes: number }> = [
+  { name: 'memory', options: { durable_streams: durable }, nodes: 1 },
+  { name: 'SQLite', options: { adapter: { class: 'modules::streams::adapters::KvStore', config: { store_method: 'file_based', file_path: join(sqliteDir, 'streams.db') } }, durable_streams: durable }, nodes: 1 },
+  { name: 'Redis', options: { adapter: redisAdapter('one:'), durable_streams: durable }, nodes: 1 },
+  // Every other operation on the other node: what a node remembers of a stream must never outlive a change made on the other.
+  { name: 'Redis, two nodes', options: { adapter: redisAdapter('two:'), durable_streams: durable }, nodes: 2 }
 ]
-const apps = await Promise.all(ours.map(({ options }) => serve(options)))
+const apps = await Promise.all(ours.map(({ options, nodes }) => Promise.all(Array.from({ length: nodes }, () => serve(options)))))
 t.teardown(async () => {
-  await Promise.all(apps.map(({ app }) => app.close()))
+  await Promise.all(apps.flat().map(({ app }) => app.close()))
   await reference.stop()
   await redis.close()
   await rm(sqliteDir, { recursive: true, force: true })
 })
 
-const bases = [{ name: 'reference', base: reference.url }, ...ours.map(({ name }, index) => ({ name, base: apps[index].url.replace('ws:', 'http:') }))]
-const fresh = (): System[] => bases.map(({ name, base }) => ({ name, base: base.replace(/\/$/, ''), offsets: Array.from({ length: STREAMS }, () => []) }))
+const servers = [{ name: 'reference', urls: [reference.url] }, ...ours.map(({ name }, index) => ({ name, urls: apps[index].map(({ url }) => url.replace('ws:', 'http:')) }))]
+const fresh = (): System[] => servers.map(({ name, urls }) => ({ name, bases: urls.map(url => url.replace(/\/$/, '')), turn: 0, offsets: Array.from({ length: STREAMS }, () => []) }))
 
 t.test('random operations: every store answers as the reference server does', async t => {
   let runs = 0
@@ -312,7 +320,7 @@ t.test('random operations: every store answers as the reference server does', as
         }
       }
       if (expected[0].status === 201) softDeleted.delete(operation.stream)
-      if (operation.op === 'delete' && expected[0].status === 204 && (await send(systems[0], requestOf(systems[0], run, { op: 'head', stream: operation.stream }))).status === 410) {
+      if (operation.op === 'delete' && expected[0].status === 204 && (await send(systems[0].bases[0], requestOf(systems[0], run, { op: 'head', stream: operation.stream }))).status === 410) {
         softDeleted.add(operation.stream)
       }
       for (const [which, outcome] of actual.entries()) {
