@@ -186,10 +186,13 @@ export class SseWriter {
   }
 }
 
-/** One Server-Sent Event: every payload line gets its own `data:` line. */
+/**
+ * One Server-Sent Event: every payload line gets its own `data: ` line. The space is always there because a
+ * reader drops one space after the colon: a line of text that starts with a space keeps it.
+ */
 export function sseEvent (type: string, lines: string[]): string {
   let frame = `event: ${type}\n`
-  for (const line of lines) frame += `data:${line}\n`
+  for (const line of lines) frame += `data: ${line}\n`
   return frame + '\n'
 }
 

@@ -123,6 +123,12 @@ test('bad input gets a coded refusal and the stream stays intact', async (t) => 
 
 const START = '0000000000000000_0000000000000000'
 
+/** The value of an SSE `data:` line as EventSource reads it: one space after the colon is dropped. */
+function sseValue (line: string): string {
+  const value = line.slice('data:'.length)
+  return value.startsWith(' ') ? value.slice(1) : value
+}
+
 test('every request is authenticated; authorize_function sees each operation and may refuse it', async (t) => {
   const seen: Array<{ method: string, path: string, operation: string, context: unknown }> = []
   const { base, close } = await serveHttp({
@@ -196,7 +202,7 @@ test('live readers are bounded, and closing the app ends open SSE and long-poll 
   const polled = await poll
   t.equal(polled.status, 204, 'the waiting long-poll answers 204 on shutdown')
   t.equal(polled.headers.get('stream-up-to-date'), 'true')
-  t.match(await sseText, /event: control\ndata:\{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
+  t.match(await sseText, /event: control\ndata: \{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
 })
 
 test('the official client: an IdempotentProducer\'s batches reach a live stream() reader exactly once', async (t) => {
@@ -223,6 +229,30 @@ test('the official client: an IdempotentProducer\'s batches reach a live stream(
   t.same(received, Array.from({ length: 500 }, (_, n) => ({ n })), 'every message once, in order')
   const all = await (await fetch(url)).json()
   t.equal(all.length, 500, 'the stream holds each message once')
+})
+
+test('the official client reads a text stream over SSE as written: lines that start with spaces keep them', async (t) => {
+  const { base, close } = await serveHttp({})
+  t.teardown(close)
+  const url = `${base}/v1/stream/indented`
+  const text = ' one\n  two\nthree \n\n   '
+  await DurableStream.create({ url, contentType: 'text/plain' })
+  // The client reads what is there with a plain GET, then goes live over SSE: the text comes after.
+  const response = await stream({ url, offset: '-1', live: 'sse' })
+  let received = ''
+  let live = false
+  await new Promise<void>((resolve, reject) => {
+    response.subscribeText((chunk) => {
+      received += chunk.text
+      if (!chunk.upToDate) return
+      if (live && received !== '') return resolve()
+      live = true
+      // A plain POST: the client's own append leaves a timer running that keeps this process alive.
+      fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: text }).catch(reject)
+    })
+  })
+  response.cancel()
+  t.equal(received, text)
 })
 
 test('two thousand idle SSE readers each get the next append, and a reader that leaves frees its slot', async (t) => {
@@ -259,8 +289,8 @@ test('two thousand idle SSE readers each get the next append, and a reader that 
   t.equal((await fetch(`${base}/v1/stream/fanout`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'marker' })).status, 204)
   const waiting = readers.slice(1)
   const deadline = Date.now() + 30_000
-  while (waiting.some(reader => !reader.text().includes('data:marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
-  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata:marker\n')).length, READERS - 1, 'every remaining reader got the append')
+  while (waiting.some(reader => !reader.text().includes('data: marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata: marker\n')).length, READERS - 1, 'every remaining reader got the append')
   for (const reader of waiting) reader.req.destroy()
 })
 
@@ -364,7 +394,7 @@ test('SSE never splits a UTF-8 character of a text stream across data events', a
   let raw = ''
   while (!raw.includes('"upToDate":true')) raw += Buffer.from((await reader.read()).value!).toString()
   await reader.cancel()
-  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => block.split('\n').slice(1).map(line => line.slice(5)).join('\n'))
+  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => block.split('\n').slice(1).map(sseValue).join('\n'))
   t.ok(data.length > 5, `${data.length} data events`)
   t.notOk(data.some(chunk => chunk.includes('\uFFFD')), 'no event holds a broken character')
   t.equal(data.join(''), text, 'together they are the text')
@@ -386,7 +416,7 @@ test('JSON messages are kept as sent, and a body with line breaks between its to
   let raw = ''
   while (!raw.includes('"upToDate":true')) raw += Buffer.from((await reader.read()).value!).toString()
   await reader.cancel()
-  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => JSON.parse(block.split('\n').slice(1).map(line => line.slice(5)).join('\n')))
+  const data = raw.split('\n\n').filter(block => block.startsWith('event: data')).map(block => JSON.parse(block.split('\n').slice(1).map(sseValue).join('\n')))
   t.same(data.flat(), expected, 'SSE data events parse as the same messages')
 })
 
@@ -615,6 +645,6 @@ test('appends made within one turn reach live SSE readers as one data event', as
   await waitFor(() => texts.every(text => text.includes('{"n":3}')), 'the appends reached both readers')
   for (const text of texts) {
     t.equal(text.split('event: data').length - 1, 1, 'one data event')
-    t.match(text, /event: data\ndata:\[\{"n":1\},\{"n":2\},\{"n":3\}\]/, 'holding the three messages in order')
+    t.match(text, /event: data\ndata: \[\{"n":1\},\{"n":2\},\{"n":3\}\]/, 'holding the three messages in order')
   }
 })
