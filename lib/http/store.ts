@@ -363,8 +363,8 @@ export type AppendDecision =
 /**
  * The protocol's append rules in its order of precedence: closure (a closed stream answers only a repeat of the
  * request that closed it, and a plain close again), then content type, then the producer (fencing, a new epoch's
- * first seq, duplicates, gaps), then Stream-Seq (of a body), then the body. `known`: the claiming producer's state in the
- * stream. Throws the coded refusal.
+ * first seq, duplicates, gaps), then Stream-Seq (of a body), then the body. `known`: the claiming producer's
+ * state in the stream. Throws the coded refusal.
  */
 export function decideAppend (state: AppendState, known: ProducerState | null, request: AppendRequest): AppendDecision {
   const claim = request.producer
