@@ -187,12 +187,13 @@ export class SseWriter {
 }
 
 /**
- * One Server-Sent Event: every payload line gets its own `data: ` line. The space is always there because a
- * reader drops one space after the colon: a line of text that starts with a space keeps it.
+ * One Server-Sent Event: every payload line gets its own `data:` line. A reader drops one space after the
+ * colon, so a line that starts with a space gets one more, which keeps its own; other lines follow the colon at
+ * once (the form the conformance suite expects).
  */
 export function sseEvent (type: string, lines: string[]): string {
   let frame = `event: ${type}\n`
-  for (const line of lines) frame += `data: ${line}\n`
+  for (const line of lines) frame += line.startsWith(' ') ? `data: ${line}\n` : `data:${line}\n`
   return frame + '\n'
 }
 

@@ -202,7 +202,7 @@ test('live readers are bounded, and closing the app ends open SSE and long-poll 
   const polled = await poll
   t.equal(polled.status, 204, 'the waiting long-poll answers 204 on shutdown')
   t.equal(polled.headers.get('stream-up-to-date'), 'true')
-  t.match(await sseText, /event: control\ndata: \{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
+  t.match(await sseText, /event: control\ndata:\{"streamNextOffset":"0000000000000000_0000000000000000"/, 'the SSE response ended')
 })
 
 test('the official client: an IdempotentProducer\'s batches reach a live stream() reader exactly once', async (t) => {
@@ -289,8 +289,8 @@ test('two thousand idle SSE readers each get the next append, and a reader that 
   t.equal((await fetch(`${base}/v1/stream/fanout`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'marker' })).status, 204)
   const waiting = readers.slice(1)
   const deadline = Date.now() + 30_000
-  while (waiting.some(reader => !reader.text().includes('data: marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
-  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata: marker\n')).length, READERS - 1, 'every remaining reader got the append')
+  while (waiting.some(reader => !reader.text().includes('data:marker')) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(waiting.filter(reader => reader.text().includes('event: data\ndata:marker\n')).length, READERS - 1, 'every remaining reader got the append')
   for (const reader of waiting) reader.req.destroy()
 })
 
@@ -645,6 +645,6 @@ test('appends made within one turn reach live SSE readers as one data event', as
   await waitFor(() => texts.every(text => text.includes('{"n":3}')), 'the appends reached both readers')
   for (const text of texts) {
     t.equal(text.split('event: data').length - 1, 1, 'one data event')
-    t.match(text, /event: data\ndata: \[\{"n":1\},\{"n":2\},\{"n":3\}\]/, 'holding the three messages in order')
+    t.match(text, /event: data\ndata:\[\{"n":1\},\{"n":2\},\{"n":3\}\]/, 'holding the three messages in order')
   }
 })
