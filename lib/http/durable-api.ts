@@ -3,7 +3,7 @@
 // rules, same live readers woken as for HTTP appends.
 import { InvalidArgumentError } from '../errors.js'
 import type { Registry } from '../registry.js'
-import { RecentMap, formatOffset, isJsonType, jsonArray, mediaType, parseOffset, type AppendResult, type DurableStreamStore, type ProducerClaim } from './store.js'
+import { DEFAULT_CONTENT_TYPE, RecentMap, formatOffset, isJsonType, jsonArray, mediaType, parseOffset, type AppendResult, type DurableStreamStore, type ProducerClaim } from './store.js'
 
 /** Streams whose content types the API remembers for its appends. */
 const MAX_REMEMBERED_TYPES = 1024
@@ -75,7 +75,7 @@ export function createDurableStreamsApi (store: DurableStreamStore, checkName: (
 
   const api: DurableStreamsApi = {
     async create (name, options = {}) {
-      const contentType = options.contentType ?? 'application/octet-stream'
+      const contentType = options.contentType ?? DEFAULT_CONTENT_TYPE
       const expiresAt = options.expiresAt === undefined ? null : new Date(options.expiresAt).getTime()
       if (expiresAt !== null && Number.isNaN(expiresAt)) throw new InvalidArgumentError('expiresAt is not a date')
       const ttl = options.ttlSeconds ?? null
