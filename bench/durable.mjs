@@ -1,7 +1,7 @@
 // The Durable Streams server of fastify-streams (`durable_streams: true` on memory, SQLite and Redis) next to the
 // reference server `@durable-streams/server` (in memory), side by side in one run (issue 12). Needs `npm run build`.
 //
-//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference,floor,fastify]
+//   node bench/durable.mjs [--scenarios appends,fanout,catchup] [--systems memory,sqlite,redis,reference,floor,fastify,fastify-ws]
 //        [--messages N] [--connections N] [--readers N] [--rate N] [--seconds S] [--mb N] [--runs N] [--out FILE]
 //
 // appends  (a) 100-byte JSON messages: (i) --messages appends batched by `IdempotentProducer` (@durable-streams/client,
@@ -12,7 +12,9 @@
 //          with, so (i) measures the client; (i') measures the servers. The system `floor`, in (i') and (ii) only,
 //          is a bare node:http server that reads each body and answers 204 with an offset: what a request costs
 //          before any work; the system `fastify` the same on a bare Fastify route (the body read as bytes by a
-//          content-type parser, as the plugin's routes read it): what a request costs in Fastify before any work.
+//          content-type parser, as the plugin's routes read it): what a request costs in Fastify before any work;
+//          the system `fastify-ws` that route with @fastify/websocket registered, as every app with the plugin has
+//          it (its hooks run on every route): the most any append served by the plugin's app could reach.
 // fanout   (b) --readers raw SSE readers of one stream, --rate appends/s for --seconds. Each message carries its
 //          scheduled append time; latency = receipt − that time. Measured: server CPU µs per delivered message,
 //          p50/p99/max latency, share delivered.
@@ -42,7 +44,7 @@ const SELF = fileURLToPath(import.meta.url)
 const { values: args } = parseArgs({
   options: {
     scenarios: { type: 'string', default: 'appends,fanout,catchup' },
-    systems: { type: 'string', default: 'memory,sqlite,redis,reference,floor,fastify' },
+    systems: { type: 'string', default: 'memory,sqlite,redis,reference,floor,fastify,fastify-ws' },
     // 500 000: a shorter run (100 000 take half a second) measured start-up more than appends.
     messages: { type: 'string', default: '500000' },
     connections: { type: 'string', default: '32' },
@@ -86,10 +88,11 @@ async function serve ({ system, sqlitePath, redisUrl }) {
     })
     await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
     port = server.address().port
-  } else if (system === 'fastify') {
+  } else if (system === 'fastify' || system === 'fastify-ws') {
     // The same on a Fastify route: Fastify's routing, hooks and body reading, no store, no checks.
     const { default: Fastify } = await import('fastify')
     const app = Fastify({ logger: false })
+    if (system === 'fastify-ws') await app.register((await import('@fastify/websocket')).default)
     app.removeAllContentTypeParsers()
     app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
     let appended = 0
@@ -546,10 +549,12 @@ const LABELS = {
   redis: 'ours, Redis',
   reference: 'reference (@durable-streams/server, memory)',
   floor: 'floor: bare node:http answering 204, no store',
-  fastify: 'floor: bare Fastify route answering 204, no store'
+  fastify: 'floor: bare Fastify route answering 204, no store',
+  'fastify-ws': 'floor: the same Fastify route, @fastify/websocket registered'
 }
 // The scenarios each system can serve (default: all).
-const SYSTEM_SCENARIOS = { floor: ['appends-posts', 'appends-batches'], fastify: ['appends-posts', 'appends-batches'] }
+const FLOOR_SCENARIOS = ['appends-posts', 'appends-batches']
+const SYSTEM_SCENARIOS = { floor: FLOOR_SCENARIOS, fastify: FLOOR_SCENARIOS, 'fastify-ws': FLOOR_SCENARIOS }
 const SCENARIOS = {
   'appends-producer': (server, redis, sizes) => appendsProducer(server, redis, sizes.messages),
   'appends-posts': (server, redis, sizes) => appendsPosts(server, redis, sizes.connections, sizes.seconds),
@@ -672,6 +677,18 @@ function report (raw) {
     const bounded = growth != null && doubleGrowth != null && doubleGrowth < 1.5 * Math.max(growth, 1)
     target(`catch-up RSS growth, ${LABELS[system]}`, 'bounded: not proportional to the stream (< 1.5× for twice the stream)',
       growth != null && `${growth} MB reading ${size} MB, ${doubleGrowth ?? '–'} MB reading ${doubleSize ?? '–'} MB`, bounded)
+  }
+  // What the single-POST bar leaves an append, measured against the emptiest route the plugin's app can serve.
+  const ceiling = get('appends-posts', 'fastify-ws', 'appendsPerSec')
+  const referencePosts = get('appends-posts', 'reference', 'appendsPerSec')
+  const floorCpu = get('appends-posts', 'fastify-ws', 'serverCpuUsPerAppend')
+  const referenceCpu = get('appends-posts', 'reference', 'serverCpuUsPerAppend')
+  const oursCpu = get('appends-posts', 'memory', 'serverCpuUsPerAppend')
+  if (ceiling && referencePosts && floorCpu && referenceCpu) {
+    lines.push('', 'Single-message POSTs: a Fastify route doing no work, in an app with @fastify/websocket (as every app with the plugin), ' +
+      `reaches ${(ceiling / referencePosts).toFixed(2)}× the reference at ${floorCpu} µs of server CPU per request. ` +
+      `The 1.5× bar (${round(referenceCpu / 1.5, 1)} µs per request) leaves ${round(referenceCpu / 1.5 - floorCpu, 1)} µs for the append itself` +
+      (oursCpu ? `; ours takes ${round(oursCpu - floorCpu, 1)} µs above that route.` : '.'))
   }
   lines.push('', `Raw figures: \`${path.relative(ROOT, meta.rawFile)}\`.`, '')
   return lines.join('\n')
