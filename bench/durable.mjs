@@ -672,7 +672,7 @@ function report (raw) {
     const cpu = get(scenario, 'memory', 'serverCpuUsPerAppend')
     const referenceCpu = get(scenario, 'reference', 'serverCpuUsPerAppend')
     const clientBound = runner >= CLIENT_BOUND_PCT && cpu && referenceCpu
-      ? `the client's rate (runner's core at ≥ ${runner} % for both): not decided by it; server CPU per append ${(cpu / referenceCpu).toFixed(2)}× the reference's`
+      ? `undecided: the client's rate, not the servers' (the runner's core at ${runner} % or more for both); server CPU per append ${(cpu / referenceCpu).toFixed(2)}× the reference's`
       : null
     target(`appends/s, ${what}`, '≥ 1.5× the reference', r && `${r.toFixed(2)}×`, clientBound ?? r >= 1.5)
   }
