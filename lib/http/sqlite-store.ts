@@ -183,6 +183,12 @@ class WriteFailed extends Error {}
 
 const UPSERT_STREAM = 'INSERT INTO ds_streams (id, name, row) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET row = excluded.row'
 const INSERT_ENTRY = 'INSERT INTO ds_entries (stream_id, start, end, json, data) VALUES (?, ?, ?, ?, ?)'
+/**
+ * Most entries one INSERT writes: each statement is a trip to sqlite3's thread pool, so the entries of a group
+ * go in a few statements, not one each. Counts are powers of two, so few statements are ever prepared.
+ */
+const ENTRIES_PER_INSERT = 64
+const insertEntries = (count: number): string => count === 1 ? INSERT_ENTRY : `${INSERT_ENTRY}${', (?, ?, ?, ?, ?)'.repeat(count - 1)}`
 const UPSERT_PRODUCER = 'INSERT INTO ds_producers (stream_id, producer_id, epoch, seq) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq'
 
 /**
@@ -229,8 +235,19 @@ class SqliteTransaction implements GroupTransaction<OperationStart> {
     this.pending = []
     const last = new Map<string, number>()
     writes.forEach((write, index) => { if (write.key !== null) last.set(write.key, index) })
-    for (const [index, write] of writes.entries()) {
-      if (write.key === null || last.get(write.key) === index) await this.sql.exec(write.sql, write.params)
+    const live = writes.filter((write, index) => write.key === null || last.get(write.key) === index)
+    for (let index = 0; index < live.length;) {
+      const write = live[index]
+      if (write.sql !== INSERT_ENTRY) {
+        await this.sql.exec(write.sql, write.params)
+        index++
+        continue
+      }
+      let entries = 1
+      while (entries < ENTRIES_PER_INSERT && live[index + entries]?.sql === INSERT_ENTRY) entries++
+      const count = 2 ** Math.floor(Math.log2(entries))
+      await this.sql.exec(insertEntries(count), live.slice(index, index + count).flatMap(entry => entry.params))
+      index += count
     }
   }
 

@@ -102,17 +102,22 @@ t.test('SQLite: appends handed in together share one commit; a refused one leave
   const run = sqlite3.Database.prototype.run
   const runStatement = sqlite3.Statement.prototype.run
   let commits = 0
+  // Each statement is a trip to sqlite3's thread pool: the entries of a group go in a few, not one each.
+  let entryStatements = 0
   sqlite3.Database.prototype.run = function (this: sqlite3.Database, sql: string, ...rest: unknown[]) {
     if (sql === 'COMMIT') commits++
+    if (sql.startsWith('INSERT INTO ds_entries')) entryStatements++
     return run.call(this, sql, ...rest as [])
   } as typeof run
   sqlite3.Statement.prototype.run = function (this: sqlite3.Statement & { sql: string }, ...rest: unknown[]) {
     if (this.sql === 'COMMIT') commits++
+    if (this.sql.startsWith('INSERT INTO ds_entries')) entryStatements++
     return runStatement.call(this, ...rest as [])
   } as typeof runStatement
   const outcomes = await Promise.allSettled(Array.from({ length: 72 }, async (_, n) =>
     n % 9 === 8 ? await durable.append('shut', { n }) : await durable.append('grouped', { n })))
   const groupCommits = commits
+  const groupEntryStatements = entryStatements
   // Big appends handed in together go in several transactions: the first is not kept waiting behind all of them.
   await durable.create('big', { contentType: 'text/plain' })
   const size = Math.floor(MAX_GROUP_APPEND_BYTES / 2) + 1
@@ -127,6 +132,7 @@ t.test('SQLite: appends handed in together share one commit; a refused one leave
   t.equal(refused.length, 8, 'the appends to the closed stream are refused')
   t.ok(refused.every(outcome => (outcome.reason as { code?: string }).code === 'STREAMS_ERR_STREAM_CLOSED'), 'each with its own error')
   t.ok(groupCommits >= 1 && groupCommits <= 4, `72 appends, ${groupCommits} commit(s)`)
+  t.ok(groupEntryStatements >= 1 && groupEntryStatements <= 16, `64 entries written by ${groupEntryStatements} INSERT statement(s)`)
   const expected = Array.from({ length: 72 }, (_, n) => n).filter(n => n % 9 !== 8)
   const messages = async (app: typeof first.app) => ((await app.streams.durable!.read('grouped')).messages as Array<{ n: number }>).map(m => m.n)
   t.same(await messages(first.app), expected, 'the others are all there, in the order they were handed in')
