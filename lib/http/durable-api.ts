@@ -117,7 +117,7 @@ export function createDurableStreamsApi (store: DurableStreamStore, checkName: (
       const result = await store.read(checkName(name), from, options.maxBytes ?? readChunkBytes)
       const upToDate = result.next === result.info.tail
       const out: DurableReadResult = { nextOffset: formatOffset(result.next), upToDate, closed: upToDate && result.info.closed }
-      if (result.payload.kind === 'json') out.messages = JSON.parse(jsonArray(result.payload)) as unknown[]
+      if (result.payload.kind === 'json') out.messages = JSON.parse(jsonArray(result.payload).toString('utf8')) as unknown[]
       else out.data = result.payload.bytes
       return out
     },

@@ -126,7 +126,7 @@ function bodyOf (request: FastifyRequest): Buffer {
 
 /** A read's body; JSON goes out as bytes too, so Fastify adds no charset to the stream's content type. */
 function payloadBody (payload: Payload): Buffer {
-  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(jsonArray(payload))
+  return payload.kind === 'bytes' ? payload.bytes : jsonArray(payload)
 }
 
 function payloadEmpty (payload: Payload): boolean {
@@ -161,7 +161,7 @@ function wholeCharacters (result: ReadResult): ReadResult {
 }
 
 function sseData (payload: Payload, encoding: 'text' | 'json' | 'base64'): string[] {
-  if (payload.kind === 'json') return [jsonArray(payload)]
+  if (payload.kind === 'json') return [jsonArray(payload).toString('utf8')]
   return encoding === 'base64' ? [payload.bytes.toString('base64')] : sseLines(payload.bytes.toString('utf8'))
 }
 

@@ -1,28 +1,32 @@
 // Durable streams in process memory (the in_memory KvStore's, closed with it): gone with the process, like its items.
 import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
-import { messageCharacters, type Payload, type Position, type ProducerState } from './store.js'
+import { messageBytes, type Position, type ProducerState } from './store.js'
 
 /**
- * An entry as kept: a JSON entry's messages as one string, one message per line (messages hold no line break),
- * so a batch of a thousand messages is one string for the garbage collector to move, not a thousand.
+ * An entry as kept: its bytes (a JSON entry's messages one per line), a short JSON entry's as a string (a string
+ * costs a few bytes besides its text, a Buffer's own object more than a short message), and its weight for reads.
  */
-interface HeldEntry { start: Position, end: Position, bytes: Buffer | null, lines: string, weight: number }
+interface HeldEntry { start: Position, end: Position, json: boolean, data: Buffer | string, weight: number }
 
 interface Held { stream: StoredStream, entries: HeldEntry[], producers: Map<string, ProducerState> }
 
 /** Entries looked at per call (a read asks again for more). */
 const ENTRY_PAGE = 64
 
+/** JSON entries up to this many bytes are kept as strings. */
+const SHORT_ENTRY_BYTES = 1024
+
 function hold (entry: StoredEntry): HeldEntry {
   const { start, end, payload } = entry
-  if (payload.kind === 'bytes') return { start, end, bytes: payload.bytes, lines: '', weight: payload.bytes.length }
-  // Weighed by message characters, as the other backends do.
-  return { start, end, bytes: null, lines: payload.lines, weight: messageCharacters(payload) }
+  if (payload.kind === 'bytes') return { start, end, json: false, data: payload.bytes, weight: payload.bytes.length }
+  const { lines } = payload
+  return { start, end, json: true, data: lines.length <= SHORT_ENTRY_BYTES ? lines.toString('utf8') : lines, weight: messageBytes(payload) }
 }
 
 function stored (entry: HeldEntry): StoredEntry {
-  const payload: Payload = entry.bytes !== null ? { kind: 'bytes', bytes: entry.bytes } : { kind: 'json', lines: entry.lines, count: entry.end - entry.start }
-  return { start: entry.start, end: entry.end, payload }
+  const { start, end } = entry
+  const bytes = typeof entry.data === 'string' ? Buffer.from(entry.data) : entry.data
+  return { start, end, payload: entry.json ? { kind: 'json', lines: bytes, count: end - start } : { kind: 'bytes', bytes } }
 }
 
 /** Index of the first entry ending after `position` (entries are sorted and contiguous). */

@@ -50,10 +50,19 @@ export interface AppendResult {
 }
 
 /**
- * JSON messages: `count` JSON texts, one per line of `lines` (a message never holds a line break). One string
- * for any number of messages: a batch of a thousand is one string for the garbage collector, not a thousand.
+ * JSON messages: `count` JSON texts in UTF-8, one per line of `lines` (a message never holds a line break). One
+ * buffer for any number of messages: a batch of a thousand is one block outside the JavaScript heap, which the
+ * garbage collector neither copies nor scans, and the very bytes a storage backend writes and reads.
  */
-export interface JsonPayload { kind: 'json', lines: string, count: number }
+export interface JsonPayload { kind: 'json', lines: Buffer, count: number }
+
+/** What ends each JSON message but the last in `lines`. */
+export const LINE_BREAK = 0x0a
+const LINE_BREAK_BYTES = Buffer.from([LINE_BREAK])
+const NO_LINES = Buffer.alloc(0)
+
+/** No JSON messages. */
+export const EMPTY_JSON: JsonPayload = Object.freeze({ kind: 'json', lines: NO_LINES, count: 0 })
 
 /** A read's payload: bytes for byte streams, JSON messages for JSON streams. */
 export type Payload = { kind: 'bytes', bytes: Buffer } | JsonPayload
@@ -298,17 +307,17 @@ function scanMessages (text: string): MessageSpans | null {
  * The scanned messages one per line. Messages of an ASCII body (one byte per character) that only a comma
  * separates are copied out at once, each comma turned into a line break: no string per message.
  */
-function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpans): string {
+function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpans): Buffer {
   const count = starts.length
   let tight = body.length === text.length
   for (let i = 1; tight && i < count; i++) tight = starts[i] === ends[i - 1] + 1
-  if (!tight) return starts.map((start, i) => text.slice(start, ends[i])).join('\n')
+  if (!tight) return Buffer.from(starts.map((start, i) => text.slice(start, ends[i])).join('\n'))
   const first = starts[0]
   // Not zeroed first: every byte is copied over.
   const lines = Buffer.allocUnsafe(ends[count - 1] - first)
   body.copy(lines, 0, first, ends[count - 1])
-  for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = 0x0a
-  return lines.toString('latin1')
+  for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = LINE_BREAK
+  return lines
 }
 
 /**
@@ -316,11 +325,11 @@ function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpan
  * one message. `allowEmpty` admits `[]` (a PUT creating an empty stream).
  */
 export function jsonPayload (body: Buffer, allowEmpty: boolean): JsonPayload {
-  if (body.length === 0) return { kind: 'json', lines: '', count: 0 }
+  if (body.length === 0) return EMPTY_JSON
   const text = body.toString('utf8')
   const spans = scanMessages(text)
   let payload: JsonPayload
-  if (spans !== null) payload = { kind: 'json', lines: spans.starts.length === 0 ? '' : spannedLines(body, text, spans), count: spans.starts.length }
+  if (spans !== null) payload = spans.starts.length === 0 ? EMPTY_JSON : { kind: 'json', lines: spannedLines(body, text, spans), count: spans.starts.length }
   else {
     let value: unknown
     try {
@@ -330,20 +339,36 @@ export function jsonPayload (body: Buffer, allowEmpty: boolean): JsonPayload {
     }
     // Line breaks between tokens would split an SSE data line: each message is serialised again, on one line.
     const messages = (Array.isArray(value) ? value : [value]).map(item => JSON.stringify(item) ?? 'null')
-    payload = { kind: 'json', lines: messages.join('\n'), count: messages.length }
+    payload = { kind: 'json', lines: Buffer.from(messages.join('\n')), count: messages.length }
   }
   if (payload.count === 0 && !allowEmpty) throw new StreamRequestError('an empty JSON array appends nothing')
   return payload
 }
 
-/** The characters of a JSON payload's messages, line breaks aside: what read budgets count. */
-export function messageCharacters (payload: JsonPayload): number {
+/** The bytes of a JSON payload's messages, line breaks aside: what read budgets count. */
+export function messageBytes (payload: JsonPayload): number {
   return payload.count === 0 ? 0 : payload.lines.length - payload.count + 1
 }
 
-/** JSON messages as an array: the body of a JSON read. */
-export function jsonArray (payload: JsonPayload): string {
-  return `[${payload.lines.replaceAll('\n', ',')}]`
+/** JSON lines one after another (parts of payloads, each ending on a whole message). */
+export function joinLines (parts: Buffer[]): Buffer {
+  if (parts.length <= 1) return parts[0] ?? NO_LINES
+  const pieces: Buffer[] = []
+  for (const part of parts) pieces.push(part, LINE_BREAK_BYTES)
+  pieces.pop()
+  return Buffer.concat(pieces)
+}
+
+/** JSON messages as an array, in UTF-8: the body of a JSON read. */
+export function jsonArray (payload: JsonPayload): Buffer {
+  const { lines } = payload
+  const array = Buffer.allocUnsafe(lines.length + 2)
+  array[0] = 0x5b
+  lines.copy(array, 1)
+  array[array.length - 1] = 0x5d
+  // A line break never occurs inside a UTF-8 sequence: each one found is a message's end.
+  for (let at = lines.indexOf(LINE_BREAK); at >= 0; at = lines.indexOf(LINE_BREAK, at + 1)) array[at + 1] = 0x2c
+  return array
 }
 
 /** The state the append rules need, as a backend holds it. */

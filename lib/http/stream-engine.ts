@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import { StreamConflictError, StreamGoneError, StreamNotFoundError, StreamRequestError } from '../errors.js'
 import {
-  DEFAULT_CONTENT_TYPE, checkSameConfig, decideAppend, expiryTime, isJsonType, jsonPayload, mediaType, messageCharacters,
+  DEFAULT_CONTENT_TYPE, EMPTY_JSON, LINE_BREAK, checkSameConfig, decideAppend, expiryTime, isJsonType, joinLines, jsonPayload, mediaType, messageBytes,
   type AppendRequest, type AppendResult, type CreateRequest, type CreateResult, type DurableStreamStore, type JsonPayload, type Payload,
   type Position, type ProducerClaim, type ProducerState, type ReadResult, type StreamConfig, type StreamInfo
 } from './store.js'
@@ -32,12 +32,12 @@ export interface StoredEntry { start: Position, end: Position, payload: Payload 
 
 /** A payload as a backend stores it: bytes, JSON messages one per line. */
 export function payloadBytes (payload: Payload): Buffer {
-  return payload.kind === 'bytes' ? payload.bytes : Buffer.from(payload.lines)
+  return payload.kind === 'bytes' ? payload.bytes : payload.lines
 }
 
 /** A stored payload back (`json`: it holds `count` JSON messages, one per line). */
 export function storedPayload (bytes: Buffer, json: boolean, count: number): Payload {
-  return json ? { kind: 'json', lines: bytes.toString('utf8'), count } : { kind: 'bytes', bytes }
+  return json ? { kind: 'json', lines: bytes, count } : { kind: 'bytes', bytes }
 }
 
 /** A value, or a promise of it: an in-memory backend answers at once, a storage backend later. */
@@ -187,9 +187,9 @@ function entrySize (payload: Payload): number {
 }
 
 /** Where the line `skip` lines after the one starting at `index` starts; past the end: length + 1. */
-function lineAfter (lines: string, index: number, skip: number): number {
+function lineAfter (lines: Buffer, index: number, skip: number): number {
   for (let k = 0; k < skip; k++) {
-    const newline = lines.indexOf('\n', index)
+    const newline = lines.indexOf(LINE_BREAK, index)
     if (newline < 0) return lines.length + 1
     index = newline + 1
   }
@@ -199,9 +199,9 @@ function lineAfter (lines: string, index: number, skip: number): number {
 /** The messages [a, b) of a JSON payload. */
 function jsonSlice (payload: JsonPayload, a: number, b: number): JsonPayload {
   if (a === 0 && b === payload.count) return payload
-  if (b <= a) return { kind: 'json', lines: '', count: 0 }
+  if (b <= a) return EMPTY_JSON
   const from = lineAfter(payload.lines, 0, a)
-  return { kind: 'json', lines: payload.lines.slice(from, lineAfter(payload.lines, from, b - a) - 1), count: b - a }
+  return { kind: 'json', lines: payload.lines.subarray(from, lineAfter(payload.lines, from, b - a) - 1), count: b - a }
 }
 
 /** The part [from, to) of an entry. */
@@ -324,7 +324,7 @@ export class StreamEngine implements DurableStreamStore {
       const json = isJsonType(stream.contentType)
       const parts: Buffer[] = []
       // JSON: the lines taken from each entry, and how many messages they hold.
-      const pieces: string[] = []
+      const pieces: Buffer[] = []
       let count = 0
       let position = start
       let bytes = 0
@@ -344,22 +344,22 @@ export class StreamEngine implements DurableStreamStore {
           } else {
             // Whole messages only, at least one per read; a part that fits whole is taken without looking into it.
             const { lines } = part
-            const characters = messageCharacters(part)
+            const partBytes = messageBytes(part)
             let taken = 0
             let at = 0
-            if (part.count > 0 && bytes + characters <= maxBytes) {
+            if (part.count > 0 && bytes + partBytes <= maxBytes) {
               taken = part.count
-              bytes += characters
+              bytes += partBytes
             }
             while (taken < part.count) {
-              const newline = lines.indexOf('\n', at)
+              const newline = lines.indexOf(LINE_BREAK, at)
               const length = (newline < 0 ? lines.length : newline) - at
               if (count + taken > 0 && bytes + length > maxBytes) break
               bytes += length
               taken++
               at += length + 1
             }
-            if (taken > 0) pieces.push(taken === part.count ? lines : lines.slice(0, at - 1))
+            if (taken > 0) pieces.push(taken === part.count ? lines : lines.subarray(0, at - 1))
             count += taken
             end = position + taken
           }
@@ -368,7 +368,7 @@ export class StreamEngine implements DurableStreamStore {
           if (full) break
         }
       }
-      const payload: Payload = json ? { kind: 'json', lines: pieces.join('\n'), count } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
+      const payload: Payload = json ? { kind: 'json', lines: joinLines(pieces), count } : { kind: 'bytes', bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts) }
       return { info: info(stream), from: start, next: position, payload }
     })
   }

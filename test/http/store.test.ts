@@ -8,9 +8,9 @@ import { jsonArray, jsonPayload, mediaType } from '../../lib/http/store.js'
 /** The messages of a body as jsonPayload keeps them (one per line), checked against its count and its array form. */
 function jsonMessages (body: Buffer, allowEmpty: boolean): string[] {
   const payload = jsonPayload(body, allowEmpty)
-  const messages = payload.count === 0 ? [] : payload.lines.split('\n')
+  const messages = payload.count === 0 ? [] : payload.lines.toString('utf8').split('\n')
   equal(messages.length, payload.count, 'as many lines as messages')
-  deepStrictEqual(JSON.parse(jsonArray(payload)), messages.map(message => JSON.parse(message) as unknown), 'the array form holds the same messages')
+  deepStrictEqual(JSON.parse(jsonArray(payload).toString('utf8')), messages.map(message => JSON.parse(message) as unknown), 'the array form holds the same messages')
   return messages
 }
 
