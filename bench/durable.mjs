@@ -35,7 +35,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { nowNs, procCpuMs, procRssKb, startControl, ticker, watchParent, control } from './lib/common.mjs'
-import { CLK_TCK, HAS_TASKSET, ensureFileLimit, pinSelf, startNode, startRedis, stopChild } from './lib/procs.mjs'
+import { CLK_TCK, HAS_TASKSET, ensureFileLimit, pinSelf, pinned, startNode, startRedis, stopChild } from './lib/procs.mjs'
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -615,6 +615,10 @@ function report (raw) {
       `@durable-streams/server ${meta.versions.server}, @durable-streams/client ${meta.versions.client}; taskset: ${meta.taskset ? 'server and redis-server on CPU 0, this runner on CPU 1' : 'not available, runs not pinned'}).`,
     `${meta.runs} run(s), systems interleaved, a fresh server per measurement; cells are medians. Server CPU = utime+stime of the server process ` +
       '(`/proc/<pid>/stat`); for Redis the redis-server CPU is given apart. Every ratio is ours ÷ reference: above 1 is better for rates, below 1 for CPU.',
+    ...meta.memory
+      ? [`Memory on the servers' core: copying into new 100 KB blocks that are kept costs ${meta.memory.keepMsPerMb} ms of CPU per MB, into one reused block ${meta.memory.reuseMsPerMb} ms ` +
+        `(${PROBE_MB} MB each). A server keeping appends in memory pays the first for every MB it keeps: ${round(meta.memory.keepMsPerMb / 10, 2)} µs per 100-byte message, whichever server it is.`]
+      : [],
     ''
   ]
   if (meta.notes.length) lines.push(...meta.notes.map(n => `- ${n}`), '')
@@ -753,7 +757,8 @@ async function run () {
     systems,
     sizes,
     notes,
-    rawFile: out.replace(/\.md$/, '') + '.json'
+    rawFile: out.replace(/\.md$/, '') + '.json',
+    memory: memoryProbe()
   }
   const results = {}
   const redis = systems.includes('redis') ? await startRedis({ cpu: 0 }) : null
@@ -784,6 +789,33 @@ async function run () {
   fs.writeFileSync(out, markdown)
   console.log('\n' + markdown)
   log(`wrote ${out} and ${meta.rawFile}`)
+}
+
+/** MB a memory probe copies (in 100 KB blocks, as a batch of 1 000 messages). */
+const PROBE_MB = 200
+
+/**
+ * What memory costs on the servers' core: CPU ms per MB for copying into new blocks that are kept (what a server
+ * storing appends in memory pays) and into one block used again. Where the first is far above the second (fresh
+ * pages are expensive on some virtual machines), every server's appends pay it per byte kept, which pulls the
+ * ratios between servers towards 1.
+ */
+function memoryProbe () {
+  const code = `
+    const block = 100_000, count = ${PROBE_MB} * 10, source = Buffer.alloc(block, 120), kept = []
+    const reused = Buffer.allocUnsafe(block)
+    const cpu = (work) => { const start = process.cpuUsage(); work(); const used = process.cpuUsage(start); return (used.user + used.system) / 1000 / ${PROBE_MB} }
+    const reuse = cpu(() => { for (let i = 0; i < count; i++) source.copy(reused) })
+    const keep = cpu(() => { for (let i = 0; i < count; i++) { const b = Buffer.allocUnsafe(block); source.copy(b); kept.push(b) } })
+    console.log(JSON.stringify({ keepMsPerMb: keep, reuseMsPerMb: reuse }))`
+  const command = [...pinned(0), process.execPath, '-e', code]
+  const result = spawnSync(command[0], command.slice(1), { encoding: 'utf8' })
+  try {
+    const { keepMsPerMb, reuseMsPerMb } = JSON.parse(result.stdout)
+    return { keepMsPerMb: round(keepMsPerMb, 2), reuseMsPerMb: round(reuseMsPerMb, 3) }
+  } catch {
+    return null
+  }
 }
 
 /** Writes the report of raw figures written earlier (`--report FILE.json`) beside them, measuring nothing. */
