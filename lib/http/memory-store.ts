@@ -13,14 +13,17 @@ interface Held { stream: StoredStream, entries: HeldEntry[], producers: Map<stri
 /** Entries looked at per call (a read asks again for more). */
 const ENTRY_PAGE = 64
 
-/** JSON entries up to this many bytes are kept as strings. */
-const SHORT_ENTRY_BYTES = 1024
+/**
+ * JSON entries shorter than this are kept as strings: Node cuts such Buffers from a shared 8 KiB block, which a
+ * kept one would keep whole.
+ */
+const SHORT_ENTRY_BYTES = Buffer.poolSize >>> 1
 
 function hold (entry: StoredEntry): HeldEntry {
   const { start, end, payload } = entry
   if (payload.kind === 'bytes') return { start, end, json: false, data: payload.bytes, weight: payload.bytes.length }
   const { lines } = payload
-  return { start, end, json: true, data: lines.length <= SHORT_ENTRY_BYTES ? lines.toString('utf8') : lines, weight: messageBytes(payload) }
+  return { start, end, json: true, data: lines.length < SHORT_ENTRY_BYTES ? lines.toString('utf8') : lines, weight: messageBytes(payload) }
 }
 
 function stored (entry: HeldEntry): StoredEntry {
