@@ -1,5 +1,6 @@
 // Durable streams storage: the contract every backend implements, the offset format, and the protocol's
 // rules for create and append as pure functions, so each backend applies them inside its own atomic step.
+import { isUtf8 } from 'node:buffer'
 import {
   ProducerFencedError, ProducerSeqGapError, StreamClosedError, StreamConflictError, StreamRequestError, StreamSeqError
 } from '../errors.js'
@@ -162,6 +163,10 @@ export function isJsonType (contentType: string): boolean {
 /** Nesting the scanner below follows; deeper bodies take JSON.parse's path. */
 const MAX_SCAN_DEPTH = 64
 
+// The scanner reads the body's bytes, not a decoded text: no string of the whole body to build and collect. It runs
+// on valid UTF-8 only, where every byte of a multi-byte character is 0x80 or above: such bytes can only be a
+// string's content, never a quote, a backslash or a control character.
+
 function isDigit (code: number): boolean {
   return code >= 0x30 && code <= 0x39
 }
@@ -170,35 +175,29 @@ function isHexDigit (code: number): boolean {
   return isDigit(code) || (code >= 0x41 && code <= 0x46) || (code >= 0x61 && code <= 0x66)
 }
 
+/** What may follow a backslash in a JSON string (`u` aside, checked with its four hex digits). */
+function isEscapable (code: number): boolean {
+  return code === 0x22 || code === 0x5c || code === 0x2f || code === 0x62 || code === 0x66 || code === 0x6e || code === 0x72 || code === 0x74
+}
+
 /** Past the spaces and tabs at `index` (a line break is not skipped: such bodies take JSON.parse's path). */
-function skipSpaces (text: string, index: number): number {
-  let code = text.charCodeAt(index)
-  while (code === 0x20 || code === 0x09) code = text.charCodeAt(++index)
+function skipSpaces (bytes: Buffer, index: number): number {
+  let code = bytes[index]
+  while (code === 0x20 || code === 0x09) code = bytes[++index]
   return index
 }
 
-/** A backslash or a control character: a text without any has only strings that end at their next quote. */
-// eslint-disable-next-line no-control-regex
-const ESCAPE_OR_CONTROL = /[\u0000-\u001f\\]/
-
-/**
- * Past the JSON string opening at `index`; -1 if it is not one. `plain`: the text holds no backslash and no
- * control character, so the next quote ends the string (found natively, not character by character).
- */
-function stringEnd (text: string, index: number, plain: boolean): number {
-  if (plain) {
-    const quote = text.indexOf('"', index + 1)
-    return quote < 0 ? -1 : quote + 1
-  }
-  for (index++; index < text.length; index++) {
-    const code = text.charCodeAt(index)
+/** Past the JSON string opening at `index`; -1 if it is not one. */
+function stringEnd (bytes: Buffer, index: number): number {
+  for (index++; index < bytes.length; index++) {
+    const code = bytes[index]
     if (code === 0x22) return index + 1
     if (code < 0x20) return -1
     if (code === 0x5c) {
-      const escaped = text.charCodeAt(++index)
+      const escaped = bytes[++index]
       if (escaped === 0x75) {
-        for (let k = 0; k < 4; k++) if (!isHexDigit(text.charCodeAt(++index))) return -1
-      } else if (!'"\\/bfnrt'.includes(text[index] ?? '')) {
+        for (let k = 0; k < 4; k++) if (!isHexDigit(bytes[++index])) return -1
+      } else if (!isEscapable(escaped)) {
         return -1
       }
     }
@@ -207,116 +206,127 @@ function stringEnd (text: string, index: number, plain: boolean): number {
 }
 
 /** Past the JSON number starting at `index`; -1 if it is not one. */
-function numberEnd (text: string, index: number): number {
-  if (text.charCodeAt(index) === 0x2d) index++
-  let code = text.charCodeAt(index)
-  if (code === 0x30) code = text.charCodeAt(++index)
-  else if (code >= 0x31 && code <= 0x39) while (isDigit(code)) code = text.charCodeAt(++index)
+function numberEnd (bytes: Buffer, index: number): number {
+  if (bytes[index] === 0x2d) index++
+  let code = bytes[index]
+  if (code === 0x30) code = bytes[++index]
+  else if (code >= 0x31 && code <= 0x39) while (isDigit(code)) code = bytes[++index]
   else return -1
   if (code === 0x2e) {
     const digits = ++index
-    while (isDigit(text.charCodeAt(index))) index++
+    while (isDigit(bytes[index])) index++
     if (index === digits) return -1
-    code = text.charCodeAt(index)
+    code = bytes[index]
   }
   if (code === 0x65 || code === 0x45) {
-    code = text.charCodeAt(++index)
+    code = bytes[++index]
     if (code === 0x2b || code === 0x2d) index++
     const digits = index
-    while (isDigit(text.charCodeAt(index))) index++
+    while (isDigit(bytes[index])) index++
     if (index === digits) return -1
   }
   return index
 }
 
-/**
- * Past the JSON value starting at `index` (spaces skipped inside it, not around it); -1 if there is none.
- * `plain` as for stringEnd.
- */
-function valueEnd (text: string, index: number, depth: number, plain: boolean): number {
-  const code = text.charCodeAt(index)
-  if (code === 0x22) return stringEnd(text, index, plain)
+/** Whether `word` (ASCII) is at `index`. */
+function wordAt (bytes: Buffer, index: number, word: string): boolean {
+  for (let k = 0; k < word.length; k++) if (bytes[index + k] !== word.charCodeAt(k)) return false
+  return true
+}
+
+/** Past the JSON value starting at `index` (spaces skipped inside it, not around it); -1 if there is none. */
+function valueEnd (bytes: Buffer, index: number, depth: number): number {
+  const code = bytes[index]
+  if (code === 0x22) return stringEnd(bytes, index)
   if (code === 0x7b || code === 0x5b) {
     if (depth === MAX_SCAN_DEPTH) return -1
     const object = code === 0x7b
     const close = object ? 0x7d : 0x5d
-    index = skipSpaces(text, index + 1)
-    if (text.charCodeAt(index) === close) return index + 1
+    index = skipSpaces(bytes, index + 1)
+    if (bytes[index] === close) return index + 1
     for (;;) {
       if (object) {
-        if (text.charCodeAt(index) !== 0x22) return -1
-        index = stringEnd(text, index, plain)
+        if (bytes[index] !== 0x22) return -1
+        index = stringEnd(bytes, index)
         if (index < 0) return -1
-        index = skipSpaces(text, index)
-        if (text.charCodeAt(index) !== 0x3a) return -1
-        index = skipSpaces(text, index + 1)
+        index = skipSpaces(bytes, index)
+        if (bytes[index] !== 0x3a) return -1
+        index = skipSpaces(bytes, index + 1)
       }
-      index = valueEnd(text, index, depth + 1, plain)
+      index = valueEnd(bytes, index, depth + 1)
       if (index < 0) return -1
-      index = skipSpaces(text, index)
-      const next = text.charCodeAt(index)
+      index = skipSpaces(bytes, index)
+      const next = bytes[index]
       if (next === close) return index + 1
       if (next !== 0x2c) return -1
-      index = skipSpaces(text, index + 1)
+      index = skipSpaces(bytes, index + 1)
     }
   }
-  if (text.startsWith('true', index) || text.startsWith('null', index)) return index + 4
-  if (text.startsWith('false', index)) return index + 5
-  return numberEnd(text, index)
+  if (code === 0x74) return wordAt(bytes, index, 'true') ? index + 4 : -1
+  if (code === 0x6e) return wordAt(bytes, index, 'null') ? index + 4 : -1
+  if (code === 0x66) return wordAt(bytes, index, 'false') ? index + 5 : -1
+  return numberEnd(bytes, index)
 }
 
-/** Where the messages of a scanned body lie in its text: message `i` is [starts[i], ends[i]). */
+/** Where the messages of a scanned body lie in its bytes: message `i` is [starts[i], ends[i]). */
 interface MessageSpans { starts: number[], ends: number[] }
 
 /**
- * The messages of a JSON text on one line, found in the text itself (cheaper than parsing it and serialising every
- * element again): a top-level array's elements, or the whole value. Null when the scanner does not accept the text:
+ * The messages of a JSON body on one line, found in the body itself (cheaper than parsing it and serialising every
+ * element again): a top-level array's elements, or the whole value. Null when the scanner does not accept the body:
  * not JSON, a line break, deeper than MAX_SCAN_DEPTH. It accepts only valid JSON; JSON.parse decides the rest.
+ * `bytes` must be valid UTF-8.
  */
-function scanMessages (text: string): MessageSpans | null {
-  const plain = !ESCAPE_OR_CONTROL.test(text)
-  let index = skipSpaces(text, 0)
+function scanMessages (bytes: Buffer): MessageSpans | null {
+  let index = skipSpaces(bytes, 0)
   const spans: MessageSpans = { starts: [], ends: [] }
-  if (text.charCodeAt(index) === 0x5b) {
-    index = skipSpaces(text, index + 1)
-    if (text.charCodeAt(index) === 0x5d) index++
+  if (bytes[index] === 0x5b) {
+    index = skipSpaces(bytes, index + 1)
+    if (bytes[index] === 0x5d) index++
     else {
       for (;;) {
         spans.starts.push(index)
-        index = valueEnd(text, index, 1, plain)
+        index = valueEnd(bytes, index, 1)
         if (index < 0) return null
         spans.ends.push(index)
-        index = skipSpaces(text, index)
-        const next = text.charCodeAt(index)
-        index = skipSpaces(text, index + 1)
+        index = skipSpaces(bytes, index)
+        const next = bytes[index]
+        index = skipSpaces(bytes, index + 1)
         if (next === 0x5d) break
         if (next !== 0x2c) return null
       }
     }
   } else {
     spans.starts.push(index)
-    index = valueEnd(text, index, 0, plain)
+    index = valueEnd(bytes, index, 0)
     if (index < 0) return null
     spans.ends.push(index)
-    index = skipSpaces(text, index)
+    index = skipSpaces(bytes, index)
   }
-  return index === text.length ? spans : null
+  return index === bytes.length ? spans : null
 }
 
 /**
- * The scanned messages one per line. Messages of an ASCII body (one byte per character) that only a comma
- * separates are copied out at once, each comma turned into a line break: no string per message.
+ * The scanned messages one per line, in one copy. Messages that only a comma separates are copied out at once,
+ * each comma turned into a line break.
  */
-function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpans): Buffer {
+function spannedLines (body: Buffer, { starts, ends }: MessageSpans): Buffer {
   const count = starts.length
-  let tight = body.length === text.length
-  for (let i = 1; tight && i < count; i++) tight = starts[i] === ends[i - 1] + 1
-  if (!tight) return Buffer.from(starts.map((start, i) => text.slice(start, ends[i])).join('\n'))
-  const first = starts[0]
+  let size = count - 1
+  for (let i = 0; i < count; i++) size += ends[i] - starts[i]
   // Not zeroed first: every byte is copied over.
-  const lines = Buffer.allocUnsafe(ends[count - 1] - first)
-  body.copy(lines, 0, first, ends[count - 1])
-  for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = LINE_BREAK
+  const lines = Buffer.allocUnsafe(size)
+  const first = starts[0]
+  if (size === ends[count - 1] - first) {
+    body.copy(lines, 0, first, ends[count - 1])
+    for (let i = 0; i < count - 1; i++) lines[ends[i] - first] = LINE_BREAK
+    return lines
+  }
+  let at = 0
+  for (let i = 0; i < count; i++) {
+    if (i > 0) lines[at++] = LINE_BREAK
+    at += body.copy(lines, at, starts[i], ends[i])
+  }
   return lines
 }
 
@@ -326,14 +336,15 @@ function spannedLines (body: Buffer, text: string, { starts, ends }: MessageSpan
  */
 export function jsonPayload (body: Buffer, allowEmpty: boolean): JsonPayload {
   if (body.length === 0) return EMPTY_JSON
-  const text = body.toString('utf8')
-  const spans = scanMessages(text)
+  // A body that is not UTF-8 is decoded as every text is (U+FFFD for each bad sequence) and its messages written
+  // again: what is kept is always UTF-8.
+  const spans = isUtf8(body) ? scanMessages(body) : null
   let payload: JsonPayload
-  if (spans !== null) payload = spans.starts.length === 0 ? EMPTY_JSON : { kind: 'json', lines: spannedLines(body, text, spans), count: spans.starts.length }
+  if (spans !== null) payload = spans.starts.length === 0 ? EMPTY_JSON : { kind: 'json', lines: spannedLines(body, spans), count: spans.starts.length }
   else {
     let value: unknown
     try {
-      value = JSON.parse(text)
+      value = JSON.parse(body.toString('utf8'))
     } catch {
       throw new StreamRequestError('the body is not valid JSON')
     }

@@ -1,6 +1,7 @@
 // The JSON messages of an append body: the scanner that cuts them from the body's text accepts exactly what
 // JSON.parse accepts, and the messages it cuts mean what the body's elements mean, each on one line.
 import { deepStrictEqual, equal, ok } from 'node:assert/strict'
+import { isUtf8 } from 'node:buffer'
 import t from 'tap'
 import fc from 'fast-check'
 import { jsonArray, jsonPayload, mediaType } from '../../lib/http/store.js'
@@ -118,6 +119,22 @@ t.test('a body is refused (400) exactly when it is not JSON', async (t) => {
 t.test('strings with escapes and without: each ends at its own closing quote', async (t) => {
   t.same(jsonMessages(Buffer.from('["a\\"b", {"c\\\\":"d"}, "e"]'), false), ['"a\\"b"', '{"c\\\\":"d"}', '"e"'])
   t.same(jsonMessages(Buffer.from('["a,b", {"c]":"d}"}, "e"]'), false), ['"a,b"', '{"c]":"d}"}', '"e"'])
+})
+
+t.test('bytes that are not UTF-8: read as U+FFFD, as any decoder reads them, and kept as UTF-8', async (t) => {
+  const bytes = (...parts: Array<string | number[]>): Buffer => Buffer.concat(parts.map(part => Buffer.from(part)))
+  // One bad byte (a character of its own once decoded) and a cut sequence (two bytes, one character).
+  for (const [body, messages] of [
+    [bytes('["a', [0xff], 'b","c"]'), ['"a\ufffdb"', '"c"']],
+    [bytes('[{"c":"', [0xe6, 0x97], '"}, 1]'), ['{"c":"\ufffd"}', '1']]
+  ] as const) {
+    const payload = jsonPayload(body, false)
+    t.ok(isUtf8(payload.lines), 'what is kept is UTF-8')
+    t.same(payload.lines.toString('utf8').split('\n'), messages)
+  }
+  // A lone continuation byte outside a string is not JSON however it is read.
+  t.same(outcome(Buffer.from([0x5b, 0x31, 0x2c, 0x80, 0x5d]).toString('latin1')), { code: 'STREAMS_ERR_STREAM_REQUEST' })
+  t.throws(() => jsonPayload(Buffer.from([0x5b, 0x31, 0x2c, 0x80, 0x5d]), false), { code: 'STREAMS_ERR_STREAM_REQUEST' })
 })
 
 t.test('deep nesting: a hostile body is refused, a deep valid one accepted, neither crashes', async (t) => {
