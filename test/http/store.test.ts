@@ -66,7 +66,7 @@ t.test('a JSON text on one line becomes its elements (an array) or itself, uncha
 })
 
 t.test('any characters, one byte or several: each message as the body wrote it, on a line of its own', async (t) => {
-  // Commas alone between the elements of an ASCII body are turned into line breaks in one copy; other bodies are cut.
+  // Commas alone between the elements (of any UTF-8 body) are turned into line breaks in one copy; other bodies are cut.
   t.same(jsonMessages(Buffer.from('[{"a":"x,y"},[1,2],"b","c\\"d"]'), false), ['{"a":"x,y"}', '[1,2]', '"b"', '"c\\"d"'])
   t.same(jsonMessages(Buffer.from('["é",{"k":"日本"},"ü","😀"]'), false), ['"é"', '{"k":"日本"}', '"ü"', '"😀"'])
   t.same(jsonMessages(Buffer.from('["a", "é",1]'), false), ['"a"', '"é"', '1'])
