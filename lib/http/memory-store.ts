@@ -1,5 +1,5 @@
 // Durable streams in process memory (the in_memory KvStore's, closed with it): gone with the process, like its items.
-import { SerialBackend, StreamEngine, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
+import { SerialBackend, StreamEngine, storedPayload, withinBudget, type StoredEntry, type StoredStream, type StreamBackend, type StreamTransaction } from './stream-engine.js'
 import { messageBytes, type Position, type ProducerState } from './store.js'
 
 /**
@@ -27,9 +27,8 @@ function hold (entry: StoredEntry): HeldEntry {
 }
 
 function stored (entry: HeldEntry): StoredEntry {
-  const { start, end } = entry
-  const bytes = typeof entry.data === 'string' ? Buffer.from(entry.data) : entry.data
-  return { start, end, payload: entry.json ? { kind: 'json', lines: bytes, count: end - start } : { kind: 'bytes', bytes } }
+  const { start, end, data } = entry
+  return { start, end, payload: storedPayload(typeof data === 'string' ? Buffer.from(data) : data, entry.json, end - start) }
 }
 
 /** Index of the first entry ending after `position` (entries are sorted and contiguous). */
